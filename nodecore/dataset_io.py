@@ -1,0 +1,259 @@
+"""Parquet storage for labelled datasets with a fixed, validated schema.
+
+File layout (schema version :data:`SCHEMA_VERSION`): columns ``x0 .. x{D-1}``
+(float32, non-null) then ``label`` (int64, non-null); the file-level key-value
+metadata key :data:`METADATA_KEY` holds a JSON object with the caller's
+``dataset_type``, ``params`` and ``seed`` plus ``n_samples``, ``dim``,
+``nodecore_version`` and ``schema_version`` filled in by :func:`write_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from nodecore._version import __version__
+
+__all__ = [
+    "METADATA_KEY",
+    "SCHEMA_VERSION",
+    "DatasetFormatError",
+    "content_digest",
+    "file_digest",
+    "read_dataset",
+    "write_dataset",
+]
+
+SCHEMA_VERSION = 1
+METADATA_KEY = "nodecore"
+LABEL_COLUMN = "label"
+_REQUIRED_KEYS = ("dataset_type", "params", "seed")
+_AUTO_KEYS = ("n_samples", "dim", "nodecore_version", "schema_version")
+
+
+class DatasetFormatError(ValueError):
+    """A file is not a nodecore dataset Parquet file of the expected schema."""
+
+
+def _schema(dim: int, metadata: dict[bytes, bytes] | None = None) -> pa.Schema:
+    """Return the expected schema for ``dim`` feature columns."""
+    fields = [pa.field(f"x{j}", pa.float32(), nullable=False) for j in range(dim)]
+    fields.append(pa.field(LABEL_COLUMN, pa.int64(), nullable=False))
+    return pa.schema(fields, metadata=metadata)
+
+
+def _check_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``X`` [N, D] floating and ``y`` [N] integer; return float32 / int64 arrays."""
+    if not isinstance(X, torch.Tensor) or not isinstance(y, torch.Tensor):
+        kinds = f"{type(X).__name__}, {type(y).__name__}"
+        raise ValueError(f"X and y must be torch.Tensor, got {kinds}")
+    if X.ndim != 2 or not X.is_floating_point() or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(
+            f"X must be a non-empty 2-D floating tensor [N, D], got {X.dtype} {tuple(X.shape)}"
+        )
+    if y.ndim != 1 or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"y must be a 1-D integer tensor [N], got {y.dtype} {tuple(y.shape)}")
+    if len(y) != len(X):
+        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+    X_np = X.detach().cpu().to(torch.float32).numpy()
+    if not np.isfinite(X_np).all():
+        raise ValueError("X must contain only finite values (after conversion to float32)")
+    return X_np, y.detach().cpu().to(torch.int64).numpy()
+
+
+def _build_metadata(metadata: dict[str, Any], n_samples: int, dim: int) -> bytes:
+    """Complete the caller's ``metadata`` and return it as canonical JSON bytes."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+    missing = [key for key in _REQUIRED_KEYS if key not in metadata]
+    reserved = [key for key in _AUTO_KEYS if key in metadata]
+    if missing:
+        raise ValueError(f"metadata is missing required key(s) {missing}")
+    if reserved:
+        raise ValueError(f"metadata key(s) {reserved} are set by write_dataset; do not pass them")
+    full = {
+        **metadata,
+        "n_samples": n_samples,
+        "dim": dim,
+        "nodecore_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+    }
+    try:
+        return json.dumps(full, sort_keys=True, allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"metadata must be JSON-serialisable without NaN/inf: {err}") from err
+
+
+def write_dataset(
+    path: str | os.PathLike[str], X: torch.Tensor, y: torch.Tensor, *, metadata: dict[str, Any]
+) -> Path:
+    """Atomically write ``(X, y)`` and metadata to a Parquet file.
+
+    The data go to a temporary file in the destination directory, which is
+    fsynced and then moved onto ``path`` with ``os.replace``; on any error the
+    temporary file is removed and ``path`` is left untouched.
+
+    Args:
+        path: destination file; its parent directory must exist.
+        X: features [N, D], floating, finite; stored as float32.
+        y: labels [N], integer; stored as int64.
+        metadata: JSON-serialisable dict with at least ``dataset_type``,
+            ``params`` and ``seed``; must not contain ``n_samples``, ``dim``,
+            ``nodecore_version`` or ``schema_version`` (they are added).
+
+    Returns:
+        The destination path as a ``Path``.
+
+    Raises:
+        ValueError: invalid ``X``, ``y`` or ``metadata``.
+        OSError: the file cannot be written.
+    """
+    X_np, y_np = _check_arrays(X, y)
+    n_samples, dim = X_np.shape
+    meta_json = _build_metadata(metadata, n_samples, dim)
+    columns = [pa.array(np.ascontiguousarray(X_np[:, j])) for j in range(dim)] + [pa.array(y_np)]
+    table = pa.Table.from_arrays(columns, schema=_schema(dim, {METADATA_KEY.encode(): meta_json}))
+    path = Path(path)
+    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    # O_EXCL + mode 0o666: a fresh private name, with the usual umask-derived permissions
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        tmp_name.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort fsync of ``directory`` so a completed rename survives a crash."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
+    """Decode and check the nodecore JSON metadata stored in ``schema``."""
+    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
+    if raw is None:
+        raise DatasetFormatError(
+            f"{path}: expected file metadata key {METADATA_KEY!r}, found none"
+        )
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise DatasetFormatError(
+            f"{path}: metadata {METADATA_KEY!r} is not valid JSON: {err}"
+        ) from err
+    if not isinstance(meta, dict):
+        raise DatasetFormatError(
+            f"{path}: expected metadata to be a JSON object, found {type(meta).__name__}"
+        )
+    version = meta.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DatasetFormatError(
+            f"{path}: expected schema_version {SCHEMA_VERSION}, found {version!r}"
+        )
+    return meta
+
+
+def _type_name(arrow_type: pa.DataType) -> str:
+    """Return a numpy-style name for an Arrow type (``float`` -> ``float32``)."""
+    name = str(arrow_type)
+    return {"halffloat": "float16", "float": "float32", "double": "float64"}.get(name, name)
+
+
+def _check_schema(schema: pa.Schema, path: Path) -> int:
+    """Check column names and types against the expected layout; return D."""
+    dim = sum(1 for name in schema.names if name != LABEL_COLUMN)
+    expected = _schema(dim)
+    found = [(field.name, _type_name(field.type)) for field in schema]
+    wanted = [(field.name, _type_name(field.type)) for field in expected]
+    if dim < 1 or found != wanted:
+        raise DatasetFormatError(f"{path}: expected columns {wanted}, found {found}")
+    return dim
+
+
+def read_dataset(
+    path: str | os.PathLike[str],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Read a dataset written by :func:`write_dataset`, validating its schema.
+
+    Args:
+        path: Parquet file to read.
+
+    Returns:
+        ``(X, y, metadata)``: X float32 [N, D], y int64 [N], and the full metadata dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DatasetFormatError: not Parquet, wrong columns/dtypes, nulls, or bad metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset file at {path}")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as err:
+        raise DatasetFormatError(
+            f"{path}: expected a Parquet file, could not read it: {err}"
+        ) from err
+    dim = _check_schema(table.schema, path)
+    meta = _read_metadata(table.schema, path)
+    if table.num_rows != meta.get("n_samples") or dim != meta.get("dim"):
+        raise DatasetFormatError(
+            f"{path}: expected n_samples={meta.get('n_samples')!r}, dim={meta.get('dim')!r} "
+            f"from metadata, found {table.num_rows} rows and {dim} feature columns"
+        )
+    if any(column.null_count for column in table.columns):
+        raise DatasetFormatError(f"{path}: expected no null values, found some")
+    X = np.stack([table.column(f"x{j}").to_numpy() for j in range(dim)], axis=1)
+    y = table.column(LABEL_COLUMN).to_numpy()
+    return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.array(y)), meta
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """Return the SHA-256 hex digest of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_digest(X: torch.Tensor, y: torch.Tensor) -> str:
+    """Return a SHA-256 hex digest of the data, independent of file encoding.
+
+    Args:
+        X: features [N, D], hashed as float32.
+        y: labels [N], hashed as int64.
+
+    Returns:
+        Hex digest over the shape and the raw little-endian bytes of X and y.
+    """
+    X_np, y_np = _check_arrays(X, y)
+    digest = hashlib.sha256(f"{X_np.shape[0]}x{X_np.shape[1]}".encode())
+    digest.update(X_np.astype("<f4").tobytes())
+    digest.update(y_np.astype("<i8").tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,272 @@
+"""``NeuralODE``: a vector field integrated over depth, differentiated by autograd or the adjoint."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torchdiffeq import odeint
+
+from nodecore.adjoint import odeint_adjoint_flat
+from nodecore.errors import NonFiniteError, TooManyStepsError, translate_solver_assertion
+from nodecore.fields import VectorField
+from nodecore.solvers import Solver, get_solver
+from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
+
+Sensitivity = Literal["autograd", "adjoint"]
+SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
+TSpan = Union[Tensor, Sequence[float]]
+
+# Defaults shared with the pipeline's config (one home for them).
+DEFAULT_SOLVER = "dopri5"
+DEFAULT_ATOL = 1e-3
+DEFAULT_RTOL = 1e-3
+DEFAULT_ATOL_ADJOINT = 1e-4
+DEFAULT_RTOL_ADJOINT = 1e-4
+DEFAULT_MAX_STEPS = 10_000
+
+
+class _SolveFunc(nn.Module):
+    """What torchdiffeq integrates for one solve: the field plus counters and the step cap."""
+
+    def __init__(
+        self,
+        vf: VectorField,
+        counter: StepCounter,
+        *,
+        max_steps: int,
+        state_shape: torch.Size,
+        adaptive_forward: bool,
+        adaptive_backward: bool,
+    ) -> None:
+        super().__init__()
+        self.vf = vf
+        self.counter = counter
+        self.phase: _PhaseCounts = counter.forward
+        self.max_steps = max_steps
+        self.state_shape = state_shape
+        self._shape_checked = False
+        # torchdiffeq warns about callbacks a solver cannot call, so only offer the ones it can.
+        if adaptive_forward:
+            self.callback_reject_step = self._reject_forward
+        if adaptive_backward:
+            self.callback_reject_step_adjoint = self._reject_backward
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        self.phase.nfe += 1
+        dx = self.vf(t, x)
+        if not self._shape_checked:
+            if not isinstance(dx, Tensor) or dx.shape != x.shape:
+                got = tuple(dx.shape) if isinstance(dx, Tensor) else type(dx).__name__
+                raise ValueError(
+                    f"the vector field must return a tensor shaped like the state {tuple(x.shape)}, got {got}; "
+                    "for an augmented state, put an Augmenter before the NeuralODE"
+                )
+            self._shape_checked = True
+        return dx
+
+    def _attempt(self, phase: _PhaseCounts, name: str) -> None:
+        phase.attempts += 1
+        if phase.attempts > self.max_steps:
+            raise TooManyStepsError(
+                f"the {name} solve exceeded max_steps={self.max_steps}: the dynamics may be stiff or the "
+                "tolerances too tight; loosen atol/rtol, use a fixed-step solver, or raise max_steps"
+            )
+
+    def callback_step(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self._attempt(self.counter.forward, "forward")
+
+    def callback_step_adjoint(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self._attempt(self.counter.backward, "backward (adjoint)")
+
+    def _reject_forward(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.counter.forward.rejected += 1
+
+    def _reject_backward(self, t0: Tensor, y0: Tensor, dt: Tensor) -> None:
+        self.counter.backward.rejected += 1
+
+
+def _positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _solver_options(solver: Solver, step_size: float | None) -> dict:
+    """torchdiffeq options for a solver; with ``step_size`` every solver takes constant steps."""
+    if step_size is None:
+        return {}
+    if solver.adaptive:
+        # min_step == max_step pins the step; torchdiffeq accepts every step at min_step.
+        return {"first_step": step_size, "min_step": step_size, "max_step": step_size}
+    return {"step_size": step_size}
+
+
+class NeuralODE(nn.Module):
+    """A Neural ODE: ``dx/dt = f(t, x)`` integrated over ``t_span``.
+
+    ``model(x, t_span)`` returns ``(t_eval [T], trajectory [T, *x.shape])``; ``trajectory[0]`` is ``x``.
+
+    Args:
+        vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``.
+        solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'dopri5'``).
+        sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
+            ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps).
+        atol, rtol: forward tolerances of adaptive solvers (default 1e-3, torchdyn's).
+        atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
+        solver_adjoint: solver for the adjoint solve; the forward solver when None.
+        seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
+            control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on.
+        step_size: constant step. Fixed-step solvers step on ``t_span`` when None; adaptive solvers given
+            a step size take constant steps without error control.
+        max_steps: cap on steps per solve (forward and backward each); exceeding it raises
+            :class:`~nodecore.errors.TooManyStepsError` instead of looping for ever.
+
+    Raises:
+        ValueError: unknown solver or sensitivity (the message lists the valid ones), bad tolerances.
+    """
+
+    def __init__(
+        self,
+        vector_field: nn.Module | Callable[..., Tensor],
+        *,
+        solver: str = DEFAULT_SOLVER,
+        sensitivity: Sensitivity = "autograd",
+        atol: float = DEFAULT_ATOL,
+        rtol: float = DEFAULT_RTOL,
+        atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
+        rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
+        solver_adjoint: str | None = None,
+        seminorm: bool = True,
+        step_size: float | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+    ) -> None:
+        super().__init__()
+        if sensitivity not in SENSITIVITIES:
+            raise ValueError(f"unknown sensitivity {sensitivity!r}; valid sensitivities: {', '.join(SENSITIVITIES)}")
+        if not (isinstance(max_steps, int) and max_steps >= 1):
+            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        self.vf = VectorField(vector_field)
+        self.solver = get_solver(solver)
+        self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
+        self.sensitivity = sensitivity
+        self.atol, self.rtol = _positive("atol", atol), _positive("rtol", rtol)
+        self.atol_adjoint = _positive("atol_adjoint", atol_adjoint)
+        self.rtol_adjoint = _positive("rtol_adjoint", rtol_adjoint)
+        self.seminorm = bool(seminorm)
+        self.step_size = None if step_size is None else _positive("step_size", step_size)
+        self.max_steps = max_steps
+        self._counter = StepCounter()
+
+    def extra_repr(self) -> str:
+        return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
+
+    @property
+    def stats(self) -> SolveStats:
+        """NFE and step counts of the last forward pass and of the backward pass that followed it."""
+        return self._counter.snapshot()
+
+    def forward(self, x: Tensor, t_span: TSpan | None = None) -> tuple[Tensor, Tensor]:
+        """Integrate from ``x`` over ``t_span`` (default ``[0, 1]``).
+
+        Args:
+            x: initial state ``[B, D]`` (any shape the field accepts), floating point.
+            t_span: ``[T]`` depths, strictly increasing or strictly decreasing (a backward solve), on
+                ``x``'s device.
+
+        Returns:
+            ``(t_eval [T], trajectory [T, *x.shape])``.
+
+        Raises:
+            ValueError: bad ``x`` or ``t_span``; TypeError: ``x`` is not a tensor;
+            NonFiniteError, StepSizeUnderflowError, TooManyStepsError: the solve failed.
+        """
+        t_span = self._check_inputs(x, t_span)
+        counter = StepCounter()
+        self._counter = counter
+        func = _SolveFunc(
+            self.vf,
+            counter,
+            max_steps=self.max_steps,
+            state_shape=x.shape,
+            adaptive_forward=self.solver.adaptive,
+            adaptive_backward=self.solver_adjoint.adaptive,
+        )
+        try:
+            trajectory = self._integrate(func, x, t_span)
+        except AssertionError as err:  # torchdiffeq signals solve failures with assertions
+            raise translate_solver_assertion(err) from err
+        func.phase = counter.backward  # any later evaluation belongs to the backward pass
+        if not torch.isfinite(trajectory[-1]).all():
+            raise NonFiniteError(
+                "the solution contains NaN or Inf: the dynamics blew up; use a smaller step_size, an "
+                "adaptive solver, tighter tolerances, or check the vector field and inputs"
+            )
+        return t_span, trajectory
+
+    def trajectory(self, x: Tensor, t_span: TSpan | None = None) -> Tensor:
+        """The states only: ``trajectory [T, *x.shape]``."""
+        return self(x, t_span)[1]
+
+    def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
+        options = _solver_options(self.solver, self.step_size)
+        if self.sensitivity == "autograd":
+            return odeint(func, x, t_span, rtol=self.rtol, atol=self.atol, method=self.solver.method, options=options)
+        return odeint_adjoint_flat(
+            func,
+            x,
+            t_span,
+            solve=lambda x0, t: odeint(func, x0, t, rtol=self.rtol, atol=self.atol, method=self.solver.method,
+                                       options=options),
+            params=tuple(self.vf.parameters()),
+            method=self.solver_adjoint.method,
+            adaptive=self.solver_adjoint.adaptive,
+            options=_solver_options(self.solver_adjoint, self.step_size),
+            rtol=self.rtol_adjoint,
+            atol=self.atol_adjoint,
+            seminorm=self.seminorm,
+        )
+
+    def _check_inputs(self, x: Tensor, t_span: TSpan | None) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
+        if x.ndim < 1 or x.numel() == 0:
+            raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
+        param = next(self.vf.parameters(), None)
+        if param is not None and (param.device != x.device or param.dtype != x.dtype):
+            raise ValueError(
+                f"x is {x.dtype} on {x.device} but the vector field's parameters are {param.dtype} on "
+                f"{param.device}; move one to the other, e.g. model.to(x.device, x.dtype)"
+            )
+        t_span = _check_t_span(t_span, x)
+        if self.sensitivity == "adjoint" and t_span.requires_grad:
+            raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
+        return t_span
+
+
+def _check_t_span(t_span: TSpan | None, x: Tensor) -> Tensor:
+    if t_span is None:
+        return torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
+    if not isinstance(t_span, Tensor):
+        t_span = torch.as_tensor(t_span, dtype=x.dtype, device=x.device)
+    if t_span.device != x.device:
+        raise ValueError(
+            f"t_span is on {t_span.device} but x is on {x.device}; move it with t_span.to(x.device)"
+        )
+    if t_span.ndim != 1 or t_span.numel() < 2:
+        raise ValueError(f"t_span must be 1-D with at least 2 depths, got shape {tuple(t_span.shape)}")
+    if not t_span.is_floating_point():
+        t_span = t_span.to(x.dtype)
+    if not torch.isfinite(t_span).all():
+        raise ValueError(f"t_span must be finite, got {t_span.tolist()}")
+    steps = t_span.diff()
+    if not ((steps > 0).all() or (steps < 0).all()):
+        raise ValueError(
+            "t_span must be strictly increasing, or strictly decreasing for a backward solve, "
+            f"got {t_span.tolist()}"
+        )
+    return t_span
