@@ -4,6 +4,8 @@ One public surface over small modules. Importing nodecore never imports Prefect.
 """
 
 from nodecore._version import __version__
+from nodecore.architectures import ACTIVATIONS, MLPFieldSpec, build_field
+from nodecore.checkpoints import Checkpoint, build_model, load_checkpoint, load_model, model_config, save_checkpoint
 from nodecore.dataset_io import (
     SCHEMA_VERSION,
     DatasetFormatError,
@@ -17,31 +19,62 @@ from nodecore.errors import NonFiniteError, SolverError, StepSizeUnderflowError,
 from nodecore.fields import Augmenter, DepthCat, VectorField
 from nodecore.neuralode import SENSITIVITIES, NeuralODE
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
+from nodecore.plotting import (
+    plot_decision_boundary,
+    plot_state_space,
+    plot_trajectories_depth,
+    plot_vector_field,
+    save_figure,
+    vector_field_limits,
+)
 from nodecore.stats import SolveStats
+from nodecore.training import EpochStats, History, Metrics, accuracy, evaluate, logits, train
 
 __all__ = [
     "__version__",
+    "accuracy",
+    "ACTIVATIONS",
     "Augmenter",
+    "build_field",
+    "build_model",
+    "Checkpoint",
     "content_digest",
     "DATASET_TYPES",
     "DatasetFormatError",
     "DepthCat",
+    "EpochStats",
+    "evaluate",
     "file_digest",
     "get_solver",
+    "History",
+    "load_checkpoint",
+    "load_model",
+    "logits",
+    "Metrics",
+    "MLPFieldSpec",
+    "model_config",
     "NeuralODE",
     "NonFiniteError",
+    "plot_decision_boundary",
+    "plot_state_space",
+    "plot_trajectories_depth",
+    "plot_vector_field",
     "read_dataset",
     "resolve_params",
+    "save_checkpoint",
+    "save_figure",
     "SCHEMA_VERSION",
     "SENSITIVITIES",
     "Solver",
     "SOLVER_NAMES",
+    "SolverError",
     "SOLVERS",
     "SolveStats",
-    "SolverError",
     "StepSizeUnderflowError",
-    "ToyDataset",
     "TooManyStepsError",
+    "ToyDataset",
+    "train",
+    "vector_field_limits",
     "VectorField",
     "write_dataset",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import torch
 
 from nodecore._version import __version__
+from nodecore.files import atomic_write, file_digest  # noqa: F401  (file_digest re-exported)
 
 __all__ = [
     "METADATA_KEY",
@@ -98,12 +98,10 @@ def write_dataset(
 ) -> Path:
     """Atomically write ``(X, y)`` and metadata to a Parquet file.
 
-    The data go to a temporary file in the destination directory, which is
-    fsynced and then moved onto ``path`` with ``os.replace``; on any error the
-    temporary file is removed and ``path`` is left untouched.
+    Written with :func:`nodecore.files.atomic_write`: on any error ``path`` is left untouched.
 
     Args:
-        path: destination file; its parent directory must exist.
+        path: destination file; parent directories are created.
         X: features [N, D], floating, finite; stored as float32.
         y: labels [N], integer; stored as int64.
         metadata: JSON-serialisable dict with at least ``dataset_type``,
@@ -122,35 +120,9 @@ def write_dataset(
     meta_json = _build_metadata(metadata, n_samples, dim)
     columns = [pa.array(np.ascontiguousarray(X_np[:, j])) for j in range(dim)] + [pa.array(y_np)]
     table = pa.Table.from_arrays(columns, schema=_schema(dim, {METADATA_KEY.encode(): meta_json}))
-    path = Path(path)
-    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
-    # O_EXCL + mode 0o666: a fresh private name, with the usual umask-derived permissions
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Best-effort fsync of ``directory`` so a completed rename survives a crash."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as handle:
+        pq.write_table(table, handle)
+    return Path(path)
 
 
 def _read_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
@@ -231,15 +203,6 @@ def read_dataset(
     X = np.stack([table.column(f"x{j}").to_numpy() for j in range(dim)], axis=1)
     y = table.column(LABEL_COLUMN).to_numpy()
     return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.array(y)), meta
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """Return the SHA-256 hex digest of the file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_digest(X: torch.Tensor, y: torch.Tensor) -> str:

@@ -163,6 +163,21 @@ class NeuralODE(nn.Module):
     def extra_repr(self) -> str:
         return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
 
+    def options(self) -> dict[str, object]:
+        """The constructor's keyword arguments (all but the field): ``NeuralODE(f, **model.options())``."""
+        return {
+            "solver": self.solver.name,
+            "sensitivity": self.sensitivity,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "atol_adjoint": self.atol_adjoint,
+            "rtol_adjoint": self.rtol_adjoint,
+            "solver_adjoint": self.solver_adjoint.name,
+            "seminorm": self.seminorm,
+            "step_size": self.step_size,
+            "max_steps": self.max_steps,
+        }
+
     @property
     def stats(self) -> SolveStats:
         """NFE and step counts of the last forward pass and of the backward pass that followed it."""

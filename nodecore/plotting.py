@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+
+from nodecore.files import atomic_write
 
 __all__ = [
     "DEFAULT_COLORS", "figure_to_png_bytes", "plot_decision_boundary", "plot_state_space",
@@ -274,22 +275,8 @@ def figure_to_png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
     """Atomically write ``fig`` as a PNG to ``path`` (parents created) and return the path.
 
-    The image is written to a temporary file in the target directory and moved into place
-    with :func:`os.replace`; on any error the temporary file is removed and ``path`` is left
-    untouched.
+    Written with :func:`nodecore.files.atomic_write`: on any error ``path`` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_write(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    return Path(path)

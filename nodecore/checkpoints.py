@@ -1,0 +1,135 @@
+"""Self-describing checkpoints: weights + config + library version, never a pickled module.
+
+A checkpoint is a dict of plain values and CPU tensors that ``torch.load(path, weights_only=True)`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nodecore._version import __version__
+from nodecore.architectures import MLPFieldSpec, build_field
+from nodecore.files import atomic_write
+from nodecore.neuralode import NeuralODE
+
+CHECKPOINT_FORMAT = "nodecore.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What a checkpoint file holds.
+
+    Attributes:
+        state_dict: the model's weights (CPU tensors).
+        config: JSON-compatible description of the model and of how it was trained.
+        nodecore_version: the version that wrote it.
+        epoch: epochs completed when written.
+        history: per-epoch statistics (``History.to_dict()``), if saved.
+        optimizer_state: the optimizer's ``state_dict()``, if saved (for resuming).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    nodecore_version: str
+    epoch: int = 0
+    history: dict[str, list] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    config: dict[str, Any],
+    epoch: int = 0,
+    history: dict[str, list] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Atomically write a checkpoint of ``model`` to ``path``.
+
+    Raises:
+        ValueError: ``config`` or ``history`` is not JSON-serialisable.
+    """
+    try:
+        config_json = json.dumps(config, sort_keys=True)
+        history_json = json.dumps(history or {})
+    except TypeError as err:
+        raise ValueError(f"checkpoint config and history must be JSON-serialisable: {err}") from None
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "nodecore_version": __version__,
+        "config": config_json,
+        "epoch": int(epoch),
+        "history": history_json,
+        "state_dict": _to_cpu(model.state_dict()),
+        "optimizer_state": _to_cpu(optimizer.state_dict()) if optimizer is not None else None,
+    }
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
+    return Path(path)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint with ``torch.load(weights_only=True)`` onto the CPU.
+
+    Raises:
+        ValueError: the file is not a nodecore checkpoint, or one of an unsupported format version.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{path} is not a readable nodecore checkpoint: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a nodecore checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {payload.get('format_version')!r}; "
+            f"this nodecore ({__version__}) reads version {CHECKPOINT_VERSION}"
+        )
+    return Checkpoint(
+        state_dict=payload["state_dict"],
+        config=json.loads(payload["config"]),
+        nodecore_version=payload["nodecore_version"],
+        epoch=payload["epoch"],
+        history=json.loads(payload["history"]),
+        optimizer_state=payload["optimizer_state"],
+    )
+
+
+def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:
+    """The part of a checkpoint config that rebuilds the model: ``{"field": ..., "ode": ...}``."""
+    return {"field": spec.to_dict(), "ode": model.options()}
+
+
+def build_model(config: dict[str, Any]) -> NeuralODE:
+    """Build an untrained ``NeuralODE`` from a config made by :func:`model_config`."""
+    return NeuralODE(build_field(MLPFieldSpec.from_dict(config["field"])), **config["ode"])
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[NeuralODE, Checkpoint]:
+    """Rebuild the ``NeuralODE`` saved at ``path`` with its weights, on ``device``."""
+    checkpoint = load_checkpoint(path)
+    model = build_model(checkpoint.config)
+    model.load_state_dict(checkpoint.state_dict)
+    return model.to(device), checkpoint
