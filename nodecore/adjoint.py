@@ -94,8 +94,10 @@ class _AdjointSolve(torch.autograd.Function):
                 continue
             z = torch.cat([trajectory[end].reshape(-1), adjoint, param_grads])
             try:
+                # The whole sub-grid, not just its ends: fixed-step solvers step on it as the forward did,
+                # adaptive ones only interpolate at the inner points.
                 z = odeint(
-                    dynamics, z, torch.stack([t_span[end], t_span[start]]),
+                    dynamics, z, t_span[start : end + 1].flip(0),
                     rtol=opts["rtol"], atol=opts["atol"], method=opts["method"], options=options,
                 )[-1]
             except AssertionError as err:  # torchdiffeq signals solve failures with assertions

@@ -1,0 +1,1 @@
+"""deployments of the nodecore pipeline."""
