@@ -1,0 +1,125 @@
+"""The pipeline's one typed configuration: every default lives here (or in nodecore, which it reads).
+
+Prefect validates these models as flow parameters and renders them as the run form in the UI; the CLI
+(``python flows/train_flow.py --help``) exposes every field as an option.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nodecore.architectures import ACTIVATIONS
+from nodecore.datasets import DATASET_TYPES
+from nodecore.neuralode import (
+    DEFAULT_ATOL,
+    DEFAULT_ATOL_ADJOINT,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_RTOL,
+    DEFAULT_RTOL_ADJOINT,
+    SENSITIVITIES,
+)
+from nodecore.solvers import SOLVER_NAMES
+
+SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
+DatasetType = Literal[DATASET_TYPES]  # type: ignore[valid-type]
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+SensitivityName = Literal[SENSITIVITIES]  # type: ignore[valid-type]
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DatasetConfig(_Config):
+    """The toy dataset: a training set and a held-out test set drawn with another seed."""
+
+    dataset_type: DatasetType = Field("moons", description="toy dataset generator")
+    n_train: int = Field(512, ge=2, description="training points")
+    n_test: int = Field(2048, ge=1, description="held-out test points")
+    noise: float = Field(0.1, ge=0, description="std of the Gaussian noise added to the points")
+    seed: int = Field(0, ge=0, description="seed of the training set")
+    test_seed: int = Field(1, ge=0, description="seed of the test set")
+
+
+class ModelConfig(_Config):
+    """The vector field (an MLP) and the depth grid it is integrated over."""
+
+    hidden: int = Field(16, ge=1, description="hidden width of the vector field")
+    layers: int = Field(1, ge=1, description="hidden layers of the vector field")
+    activation: Activation = Field("tanh", description="activation of the vector field")
+    depth_variant: bool = Field(False, description="feed the depth t to the field (DepthCat)")
+    t_end: float = Field(1.0, gt=0, description="integrate over depth [0, t_end]")
+    t_points: int = Field(5, ge=2, description="depths in t_span where the state is returned")
+    init_seed: int = Field(0, ge=0, description="seed of the initial weights")
+
+
+class SolverConfig(_Config):
+    """How every grid cell integrates and differentiates; the solver itself is a grid axis."""
+
+    sensitivity: SensitivityName = Field("adjoint", description="gradient method")
+    atol: float = Field(DEFAULT_ATOL, gt=0, description="absolute tolerance (adaptive solvers)")
+    rtol: float = Field(DEFAULT_RTOL, gt=0, description="relative tolerance (adaptive solvers)")
+    atol_adjoint: float = Field(DEFAULT_ATOL_ADJOINT, gt=0, description="adjoint absolute tolerance")
+    rtol_adjoint: float = Field(DEFAULT_RTOL_ADJOINT, gt=0, description="adjoint relative tolerance")
+    step_size: Optional[float] = Field(None, gt=0, description="constant step; fixed solvers step on t_span if unset")
+    max_steps: int = Field(DEFAULT_MAX_STEPS, ge=1, description="cap on solver steps per solve")
+
+
+class TrainingConfig(_Config):
+    """The optimisation loop."""
+
+    epochs: int = Field(200, ge=0, description="training epochs")
+    lr: float = Field(0.01, gt=0, description="Adam learning rate")
+    batch_size: Optional[int] = Field(None, ge=1, description="mini-batch size; full batch if unset")
+    checkpoint_every: int = Field(25, ge=1, description="write a resumable checkpoint every N epochs")
+    log_every: int = Field(25, ge=1, description="log progress every N epochs")
+
+
+class OutputConfig(_Config):
+    """Trajectory integration and plots."""
+
+    trajectory_points: int = Field(50, ge=2, description="depths of the fine grid for trajectories")
+    trajectory_samples: int = Field(512, ge=1, description="test points whose trajectories are kept")
+    plot_samples: int = Field(300, ge=1, description="trajectories drawn per plot")
+
+
+class RunConfig(_Config):
+    """Where artifacts go and how stages are retried."""
+
+    artifacts_dir: str = Field("artifacts", description="root folder of cached artifacts")
+    refresh: bool = Field(False, description="recompute every stage, ignoring cached artifacts")
+    retries: int = Field(2, ge=0, description="retries of a transiently failing stage")
+    retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay (doubles each retry)")
+    max_workers: Optional[int] = Field(None, ge=1, description="concurrent task threads (default: grid size)")
+
+
+class PipelineConfig(_Config):
+    """Everything one run of the training flow needs."""
+
+    dataset: DatasetConfig = DatasetConfig()
+    model: ModelConfig = ModelConfig()
+    solver: SolverConfig = SolverConfig()
+    training: TrainingConfig = TrainingConfig()
+    output: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
+    solvers: list[SolverName] = Field(["dopri5", "rk4", "tsit5"], min_length=1, description="grid axis: solvers")
+    devices: list[str] = Field(["auto"], min_length=1, description="grid axis: 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("solvers", "devices")
+    @classmethod
+    def _unique(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate entries in {values}")
+        return values
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not DEVICE_PATTERN.match(value):
+                raise ValueError(f"unknown device {value!r}; valid devices: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        return values

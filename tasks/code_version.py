@@ -1,0 +1,70 @@
+"""Code versions for cache keys: a stage's own source plus every nodecore module it reaches.
+
+Prefect's ``TASK_SOURCE`` hashes only the task function's own source, so a change inside nodecore would
+not invalidate a cached stage. Here a stage's version digests its module's source and, transitively, the
+sources of the nodecore modules that module imports (found by reading ``import`` statements), plus the
+nodecore version string. A change to ``nodecore/plotting.py`` therefore invalidates the render stage
+but not training.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from pathlib import Path
+
+import nodecore
+
+NODECORE_DIR = Path(nodecore.__file__).parent
+
+
+def _imported_nodecore_modules(source_file: Path) -> set[str]:
+    """Names like ``nodecore.training`` that ``source_file`` imports."""
+    tree = ast.parse(source_file.read_text(), filename=str(source_file))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "nodecore")
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] == "nodecore":
+                found.add(node.module)
+                # `from nodecore import training` imports a submodule, not just a name.
+                found.update(f"{node.module}.{alias.name}" for alias in node.names
+                             if _module_file(f"{node.module}.{alias.name}") is not None)
+    return found
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")[1:]
+    if not parts:
+        return NODECORE_DIR / "__init__.py"
+    candidate = NODECORE_DIR.joinpath(*parts)
+    for path in (candidate.with_suffix(".py"), candidate / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def nodecore_dependencies(source_file: Path) -> list[Path]:
+    """Every nodecore source file reached from ``source_file``'s imports, transitively, sorted."""
+    seen: set[Path] = set()
+    pending = [f for f in map(_module_file, _imported_nodecore_modules(source_file)) if f is not None]
+    while pending:
+        path = pending.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        pending.extend(f for f in map(_module_file, _imported_nodecore_modules(path)) if f is not None)
+    return sorted(seen)
+
+
+def code_digest(source_file: Path) -> str:
+    """SHA-256 over ``source_file``, the nodecore files it reaches and ``nodecore.__version__``.
+
+    Not memoised: a long-lived worker sees code changes (reading ~15 small files costs about a millisecond).
+    """
+    digest = hashlib.sha256(nodecore.__version__.encode())
+    for path in [source_file, *nodecore_dependencies(source_file)]:
+        digest.update(str(path.name).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()

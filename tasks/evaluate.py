@@ -1,0 +1,39 @@
+"""Stage 4: evaluate a trained cell: accuracy and loss on train and test, solver cost, timing."""
+
+from __future__ import annotations
+
+import json
+
+from nodecore.checkpoints import load_model
+from nodecore.dataset_io import read_dataset
+from nodecore.files import atomic_write
+from nodecore.training import evaluate
+from tasks.cache import Built, StageContext, StageOutput, stage_task
+from tasks.faults import maybe_fail
+from tasks.retry import RETRYABLE
+from tasks.train import t_span
+from flows.config import ModelConfig
+
+
+@stage_task("evaluate", **RETRYABLE)
+def evaluate_cell(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput, model: ModelConfig) -> Built:
+    """Write ``metrics.json``: train/test accuracy and loss, NFE forward/backward, wall times, device, solver."""
+    maybe_fail("evaluate", trained.data["solver"] + "@" + trained.data["device"])
+    neural_ode, _ = load_model(trained.path(ctx.root, "checkpoint"))
+    span = t_span(model)
+    metrics = {"solver": trained.data["solver"], "device": trained.data["device"],
+               "sensitivity": neural_ode.sensitivity}
+    for split in ("train", "test"):
+        X, y, _ = read_dataset(dataset.path(ctx.root, split))
+        result = evaluate(neural_ode, X, y, t_span=span)
+        metrics |= {f"{split}_accuracy": result.accuracy, f"{split}_loss": result.loss}
+    metrics |= {
+        "nfe_forward": trained.data["nfe_forward"],
+        "nfe_backward": trained.data["nfe_backward"],
+        "nfe_forward_eval": result.nfe_forward,
+        "train_seconds": trained.data["train_seconds"],
+    }
+    path = ctx.folder / "metrics.json"
+    with atomic_write(path) as handle:
+        handle.write(json.dumps(metrics, indent=2).encode())
+    return Built(files={"metrics": path}, data=metrics)

@@ -1,0 +1,81 @@
+"""The join: a comparison of every grid cell, written to the artifacts folder and published to Prefect."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from nodecore.files import atomic_write
+from tasks.cache import StageOutput
+
+COLUMNS = ("cell", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
+           "nfe_forward", "nfe_backward", "train_seconds")
+INLINE_BUDGET_BYTES = 900_000  # keep the markdown artifact under Prefect's ~1 MB comfort zone
+
+
+def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]:
+    """One row per cell with the columns of :data:`COLUMNS`."""
+    rows = []
+    for cell in cells:
+        metrics = cell["metrics"].data
+        rows.append({"cell": f"{metrics['solver']}@{metrics['device']}", **{c: metrics.get(c) for c in COLUMNS[1:]}})
+    return rows
+
+
+def _format(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_format(row[c]) for c in COLUMNS) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]], root: Path, *,
+                  inline: bool) -> str:
+    """The report as markdown; plots inline as data URIs (``inline``) or as links relative to ``root``."""
+    parts = ["# nodecore training grid", "", markdown_table(rows), ""]
+    budget = INLINE_BUDGET_BYTES
+    for row, cell in zip(rows, cells):
+        parts += [f"## {row['cell']}", ""]
+        for name in cell["plots"].files:
+            path = cell["plots"].path(root, name)
+            if inline:
+                encoded = base64.b64encode(path.read_bytes()).decode()
+                if len(encoded) > budget:
+                    parts.append(f"*{name}: omitted to keep the artifact small; see {path}*")
+                    continue
+                budget -= len(encoded)
+                parts.append(f"![{name}](data:image/png;base64,{encoded})")
+            else:
+                parts.append(f"![{name}]({cell['plots'].files[name]})")
+        parts.append("")
+    return "\n".join(parts)
+
+
+@task(name="report")
+def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, Any]:
+    """Write ``report.md`` and ``summary.json`` under ``root`` and create the Prefect table, report and links."""
+    root_path = Path(root)
+    rows = comparison_rows(cells)
+    report_path, summary_path = root_path / "report.md", root_path / "summary.json"
+    with atomic_write(report_path) as handle:
+        handle.write(render_report(rows, cells, root_path, inline=False).encode())
+    with atomic_write(summary_path) as handle:
+        handle.write(json.dumps({"rows": rows, "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]},
+                                indent=2).encode())
+    create_table_artifact(key="nodecore-grid", table=rows, description="one row per (solver, device) cell")
+    create_markdown_artifact(key="nodecore-report", markdown=render_report(rows, cells, root_path, inline=True),
+                             description="comparison report with plots")
+    create_link_artifact(key="nodecore-report-file", link=report_path.resolve().as_uri(), link_text=str(report_path))
+    for row, cell in zip(rows, cells):
+        checkpoint = cell["trained"].path(root_path, "checkpoint").resolve()
+        create_link_artifact(link=checkpoint.as_uri(), link_text=f"checkpoint {row['cell']}",
+                             description=f"trained weights of {row['cell']}")
+    return {"rows": rows, "report": str(report_path), "summary": str(summary_path)}

@@ -1,0 +1,114 @@
+"""Stage 3: train one grid cell's NeuralODE on its assigned device, resumably."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.concurrency.sync import concurrency
+
+from nodecore.architectures import MLPFieldSpec, build_field
+from nodecore.checkpoints import load_checkpoint, model_config, save_checkpoint
+from nodecore.dataset_io import read_dataset
+from nodecore.files import atomic_write
+from nodecore.neuralode import NeuralODE
+from nodecore.training import EpochStats, History, train
+from tasks.cache import Built, StageContext, StageOutput, stage_task
+from tasks.faults import maybe_fail
+from tasks.retry import RETRYABLE
+from flows.config import ModelConfig, SolverConfig, TrainingConfig
+from flows.grid import device_slot
+
+RESUME = "resume.pt"
+
+
+def t_span(model: ModelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The depths ``[t_points]`` over ``[0, t_end]`` where the state is returned."""
+    return torch.linspace(0.0, model.t_end, model.t_points, device=device)
+
+
+def build_neural_ode(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> NeuralODE:
+    """The cell's untrained NeuralODE: the field stage's initial weights with the cell's solver settings."""
+    initial = load_checkpoint(field.path(root, "field"))
+    vector_field = build_field(MLPFieldSpec.from_dict(initial.config["field"]))
+    vector_field.load_state_dict(initial.state_dict)
+    return NeuralODE(vector_field, solver=solver, sensitivity=config.sensitivity, atol=config.atol,
+                     rtol=config.rtol, atol_adjoint=config.atol_adjoint, rtol_adjoint=config.rtol_adjoint,
+                     step_size=config.step_size, max_steps=config.max_steps)
+
+
+@stage_task("train", **RETRYABLE)
+def train_cell(
+    ctx: StageContext,
+    *,
+    dataset: StageOutput,
+    field: StageOutput,
+    model: ModelConfig,
+    solver: str,
+    solver_config: SolverConfig,
+    training: TrainingConfig,
+    device: str,
+) -> Built:
+    """Train on ``device`` holding its concurrency slot; checkpoint every few epochs and resume from there."""
+    logger = get_run_logger()
+    cell = f"{solver}@{device}"
+    X, y, _ = read_dataset(dataset.path(ctx.root, "train"))
+    neural_ode = build_neural_ode(field, ctx.root, solver, solver_config)
+    optimizer = torch.optim.Adam(neural_ode.parameters(), lr=training.lr)
+    config = model_config(MLPFieldSpec.from_dict(field.data["spec"]), neural_ode) | {
+        "training": training.model_dump(mode="json"), "device": device}
+
+    history, start_epoch = History(), 0
+    resume_path = ctx.folder / RESUME
+    if resume_path.is_file():
+        resume = load_checkpoint(resume_path)
+        neural_ode.load_state_dict(resume.state_dict)
+        optimizer.load_state_dict(resume.optimizer_state)
+        history, start_epoch = History.from_dict(resume.history), resume.epoch
+        logger.info("%s: resuming from the checkpoint at epoch %d", cell, start_epoch)
+
+    progress_id = create_progress_artifact(
+        progress=100.0 * start_epoch / max(training.epochs, 1),
+        description=f"training {cell}: epochs completed, percent",
+    )
+
+    with concurrency(device_slot(device), occupy=1, strict=True):
+        neural_ode.to(device)
+        # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
+        optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
+        X, y, span = X.to(device), y.to(device), t_span(model, device)
+
+        def on_epoch(stats: EpochStats) -> None:
+            history.epochs.append(stats)
+            done = stats.epoch + 1
+            if done % training.log_every == 0 or done == training.epochs:
+                logger.info("%s: epoch %d/%d loss %.4f accuracy %.4f nfe %d/%d", cell, done, training.epochs,
+                            stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
+                update_progress_artifact(progress_id, 100.0 * done / max(training.epochs, 1))
+            if done % training.checkpoint_every == 0 and done < training.epochs:
+                save_checkpoint(resume_path, neural_ode, config=config, epoch=done, history=history.to_dict(),
+                                optimizer=optimizer)
+                maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
+
+        started = time.perf_counter()
+        train(neural_ode, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
+              batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
+        seconds = time.perf_counter() - started
+
+    update_progress_artifact(progress_id, 100.0)
+    checkpoint = save_checkpoint(ctx.folder / "checkpoint.pt", neural_ode, config=config, epoch=training.epochs,
+                                 history=history.to_dict())
+    history_path = ctx.folder / "history.json"
+    with atomic_write(history_path) as handle:
+        handle.write(json.dumps(history.to_dict()).encode())
+    resume_path.unlink(missing_ok=True)
+    last = history.epochs[-1] if history.epochs else None
+    return Built(
+        files={"checkpoint": checkpoint, "history": history_path},
+        data={"solver": solver, "device": device, "train_seconds": seconds, "resumed_from_epoch": start_epoch,
+              "nfe_forward": last.nfe_forward if last else 0, "nfe_backward": last.nfe_backward if last else 0},
+    )
