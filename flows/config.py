@@ -94,7 +94,6 @@ class RunConfig(_Config):
     refresh: bool = Field(False, description="recompute every stage, ignoring cached artifacts")
     retries: int = Field(2, ge=0, description="retries of a transiently failing stage")
     retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay (doubles each retry)")
-    max_workers: Optional[int] = Field(None, ge=1, description="concurrent task threads (default: grid size)")
 
 
 class PipelineConfig(_Config):

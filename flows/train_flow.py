@@ -19,7 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import torch
 from prefect import flow, get_client
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import PipelineConfig
@@ -77,6 +77,12 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
             dataset=dataset, trained=trained, trajectories=trajectories, model=config.model, output=config.output,
             **common)
         results.append({"trained": trained, "metrics": metrics, "trajectories": trajectories, "plots": plots})
+    # Let every stage finish (a failed cell must not cancel the others' running stages), then fail with the
+    # first stage's own error rather than the report's "upstream task did not complete".
+    stages = [dataset, field, *(future for cell_futures in results for future in cell_futures.values())]
+    wait(stages)
+    for future in stages:
+        future.result()
     return publish_report.submit(str(root), results).result()
 
 

@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import threading
 from pathlib import Path
 
 import nodecore
 
 NODECORE_DIR = Path(nodecore.__file__).parent
+# CPython 3.11 (3.11.7 here) keeps ast.parse's recursion-depth counter per interpreter, not per thread: stages
+# computing their keys at once in the flow's thread pool intermittently failed with "SystemError: AST
+# constructor recursion depth mismatch". Parse one file at a time.
+_PARSE_LOCK = threading.Lock()
 
 
 def _imported_nodecore_modules(source_file: Path) -> set[str]:
     """Names like ``nodecore.training`` that ``source_file`` imports."""
-    tree = ast.parse(source_file.read_text(), filename=str(source_file))
+    source = source_file.read_text()
+    with _PARSE_LOCK:
+        tree = ast.parse(source, filename=str(source_file))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -95,7 +95,7 @@ def test_overrides_land_in_the_config() -> None:
             "--solvers", "rk4", "euler",
             "--devices", "cpu", "cuda:1",
             "--solver.step_size", "0.05",
-            "--run.max_workers", "4",
+            "--training.batch_size", "none",
             "--dataset.dataset_type", "spirals",
             "--model.activation", "relu",
             "--run.artifacts_dir", "/tmp/x y",
@@ -104,7 +104,7 @@ def test_overrides_land_in_the_config() -> None:
     assert config.training.epochs == 3 and config.training.lr == 0.2
     assert config.model.depth_variant is True and config.run.refresh is False
     assert config.solvers == ["rk4", "euler"] and config.devices == ["cpu", "cuda:1"]
-    assert config.solver.step_size == 0.05 and config.run.max_workers == 4
+    assert config.solver.step_size == 0.05 and config.training.batch_size is None
     assert config.dataset.dataset_type == "spirals" and config.model.activation == "relu"
     assert config.run.artifacts_dir == "/tmp/x y"
     # untouched fields, in the same nested models and elsewhere, keep their defaults
