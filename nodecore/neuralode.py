@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Literal, Sequence, Union
 
 import torch
@@ -45,7 +46,7 @@ class _SolveFunc(nn.Module):
         self.vf = vf
         self.counter = counter
         self.phase: _PhaseCounts = counter.forward
-        self.max_steps = max_steps
+        self.max_steps = int(max_steps)
         self.state_shape = state_shape
         self._shape_checked = False
         # torchdiffeq warns about callbacks a solver cannot call, so only offer the ones it can.
@@ -94,13 +95,14 @@ def _positive(name: str, value: float) -> float:
     return float(value)
 
 
-def _solver_options(solver: Solver, step_size: float | None) -> dict:
+def _solver_options(solver: Solver, step_size: float | None, t_span: Tensor) -> dict:
     """torchdiffeq options for a solver; with ``step_size`` every solver takes constant steps."""
     if step_size is None:
         return {}
     if solver.adaptive:
-        # min_step == max_step pins the step; torchdiffeq accepts every step at min_step.
-        return {"first_step": step_size, "min_step": step_size, "max_step": step_size}
+        # min_step == max_step pins the step (torchdiffeq accepts every step at min_step); step_t shortens
+        # the step that would cross a point of t_span, so no step overshoots the end of the solve.
+        return {"first_step": step_size, "min_step": step_size, "max_step": step_size, "step_t": t_span}
     return {"step_size": step_size}
 
 
@@ -146,8 +148,14 @@ class NeuralODE(nn.Module):
         super().__init__()
         if sensitivity not in SENSITIVITIES:
             raise ValueError(f"unknown sensitivity {sensitivity!r}; valid sensitivities: {', '.join(SENSITIVITIES)}")
-        if not (isinstance(max_steps, int) and max_steps >= 1):
+        if isinstance(max_steps, bool) or not (isinstance(max_steps, numbers.Integral) and max_steps >= 1):
             raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module):
+            raise TypeError(
+                "sensitivity='adjoint' returns gradients for the field's parameters only, so the field must be an "
+                f"nn.Module holding them (got {type(vector_field).__name__}); tensors a plain function captures "
+                "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
+            )
         self.vf = VectorField(vector_field)
         self.solver = get_solver(solver)
         self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
@@ -157,7 +165,7 @@ class NeuralODE(nn.Module):
         self.rtol_adjoint = _positive("rtol_adjoint", rtol_adjoint)
         self.seminorm = bool(seminorm)
         self.step_size = None if step_size is None else _positive("step_size", step_size)
-        self.max_steps = max_steps
+        self.max_steps = int(max_steps)
         self._counter = StepCounter()
 
     def extra_repr(self) -> str:
@@ -226,7 +234,7 @@ class NeuralODE(nn.Module):
         return self(x, t_span)[1]
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
-        options = _solver_options(self.solver, self.step_size)
+        options = _solver_options(self.solver, self.step_size, t_span)
         if self.sensitivity == "autograd":
             return odeint(func, x, t_span, rtol=self.rtol, atol=self.atol, method=self.solver.method, options=options)
         return odeint_adjoint_flat(
@@ -238,7 +246,7 @@ class NeuralODE(nn.Module):
             params=tuple(self.vf.parameters()),
             method=self.solver_adjoint.method,
             adaptive=self.solver_adjoint.adaptive,
-            options=_solver_options(self.solver_adjoint, self.step_size),
+            options=_solver_options(self.solver_adjoint, self.step_size, t_span),
             rtol=self.rtol_adjoint,
             atol=self.atol_adjoint,
             seminorm=self.seminorm,
@@ -251,6 +259,8 @@ class NeuralODE(nn.Module):
             raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or Inf; the initial state must be finite")
         param = next(self.vf.parameters(), None)
         if param is not None and (param.device != x.device or param.dtype != x.dtype):
             raise ValueError(

@@ -235,11 +235,6 @@ def test_gradcheck_adjoint_with_an_adaptive_solver() -> None:
     assert torch.autograd.gradcheck(adjoint_solve_fn(model, module), inputs, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="nodecore bug: in adjoint mode only vf.parameters() get gradients; a tensor the field captures "
-    "by closure silently gets none (torchdiffeq.odeint_adjoint refuses a non-Module func for this reason)",
-)
 def test_adjoint_does_not_silently_drop_the_gradient_of_a_captured_tensor() -> None:
     """A plain-function field is accepted (``NeuralODE(f)`` with ``f(x)`` a callable). If it reads a tensor
     that requires grad, the adjoint must either give that tensor its gradient or refuse clearly."""

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch import Tensor, nn
 
 from nodecore import NeuralODE, NonFiniteError, SolverError, StepSizeUnderflowError, TooManyStepsError
@@ -203,10 +204,11 @@ def test_non_callable_field_is_refused() -> None:
 def poisoned_field(value: float, after: float = 0.5):
     """``dx/dt = -x`` until depth ``after``, then ``value`` (NaN or Inf) everywhere."""
 
-    def field(t: Tensor, x: Tensor) -> Tensor:
-        return torch.where(t > after, torch.full_like(x, value), -x)
+    class Poisoned(nn.Module):  # a module, so the adjoint accepts it too
+        def forward(self, t: Tensor, x: Tensor) -> Tensor:
+            return torch.where(t > after, torch.full_like(x, value), -x)
 
-    return field
+    return Poisoned()
 
 
 def fixed_step(name: str) -> dict:
@@ -339,3 +341,29 @@ def test_good_arguments_are_kept() -> None:
     solve = NeuralODE(Decay(), atol=1e-6, rtol=1e-5, atol_adjoint=1e-7, rtol_adjoint=1e-8, max_steps=7, step_size=1)
     assert (solve.atol, solve.rtol, solve.atol_adjoint, solve.rtol_adjoint) == (1e-6, 1e-5, 1e-7, 1e-8)
     assert solve.max_steps == 7 and solve.step_size == 1.0
+
+
+def test_a_non_finite_initial_state_is_rejected_before_solving() -> None:
+    model = NeuralODE(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="x contains NaN or Inf"):
+        model(torch.tensor([[0.0, float("nan")]]), torch.linspace(0, 1, 3))
+
+
+def test_max_steps_takes_any_integer_but_not_a_bool() -> None:
+    import numpy as np
+
+    assert NeuralODE(nn.Linear(2, 2), max_steps=np.int64(5)).max_steps == 5
+    with pytest.raises(ValueError, match="max_steps"):
+        NeuralODE(nn.Linear(2, 2), max_steps=True)
+
+
+def test_constant_steps_of_an_adaptive_solver_never_overshoot_the_end() -> None:
+    seen: list[float] = []
+
+    class Recording(nn.Module):
+        def forward(self, t: Tensor, x: Tensor) -> Tensor:
+            seen.append(float(t))
+            return -x
+
+    NeuralODE(Recording(), solver="dopri5", step_size=0.3)(torch.ones(1, 1), torch.linspace(0, 1, 3))
+    assert max(seen) <= 1.0 + 1e-12
