@@ -10,18 +10,25 @@ metadata key :data:`METADATA_KEY` holds a JSON object with the caller's
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from nodecore._version import __version__
-from nodecore.files import atomic_write, file_digest  # noqa: F401  (file_digest re-exported)
+from nodecore.files import file_digest  # noqa: F401  (file_digest re-exported)
+from nodecore.parquet_io import (
+    METADATA_KEY,
+    ParquetFormatError,
+    check_columns,
+    check_no_nulls,
+    decode_metadata,
+    encode_metadata,
+    read_table,
+    write_table,
+)
 
 __all__ = [
     "METADATA_KEY",
@@ -34,13 +41,11 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-METADATA_KEY = "nodecore"
 LABEL_COLUMN = "label"
 _REQUIRED_KEYS = ("dataset_type", "params", "seed")
-_AUTO_KEYS = ("n_samples", "dim", "nodecore_version", "schema_version")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ParquetFormatError):
     """A file is not a nodecore dataset Parquet file of the expected schema."""
 
 
@@ -70,29 +75,6 @@ def _check_arrays(X: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndar
     return X_np, y.detach().cpu().to(torch.int64).numpy()
 
 
-def _build_metadata(metadata: dict[str, Any], n_samples: int, dim: int) -> bytes:
-    """Complete the caller's ``metadata`` and return it as canonical JSON bytes."""
-    if not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
-    missing = [key for key in _REQUIRED_KEYS if key not in metadata]
-    reserved = [key for key in _AUTO_KEYS if key in metadata]
-    if missing:
-        raise ValueError(f"metadata is missing required key(s) {missing}")
-    if reserved:
-        raise ValueError(f"metadata key(s) {reserved} are set by write_dataset; do not pass them")
-    full = {
-        **metadata,
-        "n_samples": n_samples,
-        "dim": dim,
-        "nodecore_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-    }
-    try:
-        return json.dumps(full, sort_keys=True, allow_nan=False).encode()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"metadata must be JSON-serialisable without NaN/inf: {err}") from err
-
-
 def write_dataset(
     path: str | os.PathLike[str], X: torch.Tensor, y: torch.Tensor, *, metadata: dict[str, Any]
 ) -> Path:
@@ -117,53 +99,23 @@ def write_dataset(
     """
     X_np, y_np = _check_arrays(X, y)
     n_samples, dim = X_np.shape
-    meta_json = _build_metadata(metadata, n_samples, dim)
+    meta_json = encode_metadata(
+        metadata,
+        {"n_samples": n_samples, "dim": dim},
+        schema_version=SCHEMA_VERSION,
+        writer="write_dataset",
+        required=_REQUIRED_KEYS,
+    )
     columns = [pa.array(np.ascontiguousarray(X_np[:, j])) for j in range(dim)] + [pa.array(y_np)]
     table = pa.Table.from_arrays(columns, schema=_schema(dim, {METADATA_KEY.encode(): meta_json}))
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle)
-    return Path(path)
-
-
-def _read_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
-    """Decode and check the nodecore JSON metadata stored in ``schema``."""
-    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
-    if raw is None:
-        raise DatasetFormatError(
-            f"{path}: expected file metadata key {METADATA_KEY!r}, found none"
-        )
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:
-        raise DatasetFormatError(
-            f"{path}: metadata {METADATA_KEY!r} is not valid JSON: {err}"
-        ) from err
-    if not isinstance(meta, dict):
-        raise DatasetFormatError(
-            f"{path}: expected metadata to be a JSON object, found {type(meta).__name__}"
-        )
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise DatasetFormatError(
-            f"{path}: expected schema_version {SCHEMA_VERSION}, found {version!r}"
-        )
-    return meta
-
-
-def _type_name(arrow_type: pa.DataType) -> str:
-    """Return a numpy-style name for an Arrow type (``float`` -> ``float32``)."""
-    name = str(arrow_type)
-    return {"halffloat": "float16", "float": "float32", "double": "float64"}.get(name, name)
+    return write_table(path, table)
 
 
 def _check_schema(schema: pa.Schema, path: Path) -> int:
-    """Check column names and types against the expected layout; return D."""
+    """Check column names and types against the expected layout; return D (at least 1)."""
     dim = sum(1 for name in schema.names if name != LABEL_COLUMN)
-    expected = _schema(dim)
-    found = [(field.name, _type_name(field.type)) for field in schema]
-    wanted = [(field.name, _type_name(field.type)) for field in expected]
-    if dim < 1 or found != wanted:
-        raise DatasetFormatError(f"{path}: expected columns {wanted}, found {found}")
+    # With no feature column, compare with the smallest valid layout so the mismatch is reported.
+    check_columns(schema, _schema(max(dim, 1)), path, DatasetFormatError)
     return dim
 
 
@@ -183,23 +135,17 @@ def read_dataset(
         DatasetFormatError: not Parquet, wrong columns/dtypes, nulls, or bad metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no dataset file at {path}")
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowException as err:
-        raise DatasetFormatError(
-            f"{path}: expected a Parquet file, could not read it: {err}"
-        ) from err
+    table = read_table(path, DatasetFormatError, what="dataset")
     dim = _check_schema(table.schema, path)
-    meta = _read_metadata(table.schema, path)
+    meta = decode_metadata(
+        table.schema, path, schema_version=SCHEMA_VERSION, error=DatasetFormatError
+    )
     if table.num_rows != meta.get("n_samples") or dim != meta.get("dim"):
         raise DatasetFormatError(
             f"{path}: expected n_samples={meta.get('n_samples')!r}, dim={meta.get('dim')!r} "
             f"from metadata, found {table.num_rows} rows and {dim} feature columns"
         )
-    if any(column.null_count for column in table.columns):
-        raise DatasetFormatError(f"{path}: expected no null values, found some")
+    check_no_nulls(table, path, DatasetFormatError)
     X = np.stack([table.column(f"x{j}").to_numpy() for j in range(dim)], axis=1)
     y = table.column(LABEL_COLUMN).to_numpy()
     return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.array(y)), meta

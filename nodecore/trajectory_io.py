@@ -9,18 +9,24 @@ JSON object with the caller's metadata (solver, checkpoint digest, ...) plus ``k
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from nodecore._version import __version__
-from nodecore.files import atomic_write
+from nodecore.parquet_io import (
+    METADATA_KEY,
+    ParquetFormatError,
+    check_columns,
+    check_no_nulls,
+    decode_metadata,
+    encode_metadata,
+    read_table,
+    write_table,
+)
 
 __all__ = [
     "KIND",
@@ -32,7 +38,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-METADATA_KEY = "nodecore"
 KIND = "trajectory"
 _INDEX_FIELDS = (
     ("t_index", pa.int32()),
@@ -40,10 +45,9 @@ _INDEX_FIELDS = (
     ("sample", pa.int64()),
     ("label", pa.int64()),
 )
-_AUTO_KEYS = ("kind", "T", "B", "D", "nodecore_version", "schema_version")
 
 
-class TrajectoryFormatError(ValueError):
+class TrajectoryFormatError(ParquetFormatError):
     """A file is not a nodecore trajectory Parquet file of the expected schema."""
 
 
@@ -87,29 +91,6 @@ def _check_arrays(
     return t_np, z_np, labels.detach().cpu().to(torch.int64).numpy()
 
 
-def _build_metadata(metadata: dict[str, Any], shape: tuple[int, int, int]) -> bytes:
-    """Complete the caller's ``metadata`` and return it as canonical JSON bytes."""
-    if not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
-    reserved = [key for key in _AUTO_KEYS if key in metadata]
-    if reserved:
-        raise ValueError(f"metadata key(s) {reserved} are set by write_trajectory; do not pass them")
-    n_times, n_samples, dim = shape
-    full = {
-        **metadata,
-        "kind": KIND,
-        "T": n_times,
-        "B": n_samples,
-        "D": dim,
-        "nodecore_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-    }
-    try:
-        return json.dumps(full, sort_keys=True, allow_nan=False).encode()
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"metadata must be JSON-serialisable without NaN/inf: {err}") from err
-
-
 def write_trajectory(
     path: str | os.PathLike[str],
     t_eval: torch.Tensor,
@@ -139,7 +120,12 @@ def write_trajectory(
     """
     t_np, z_np, labels_np = _check_arrays(t_eval, trajectory, labels)
     n_times, n_samples, dim = z_np.shape
-    meta_json = _build_metadata(metadata, (n_times, n_samples, dim))
+    meta_json = encode_metadata(
+        metadata,
+        {"kind": KIND, "T": n_times, "B": n_samples, "D": dim},
+        schema_version=SCHEMA_VERSION,
+        writer="write_trajectory",
+    )
     rows = z_np.reshape(n_times * n_samples, dim)
     columns = [
         pa.array(np.repeat(np.arange(n_times, dtype=np.int32), n_samples)),
@@ -148,46 +134,7 @@ def write_trajectory(
         pa.array(np.tile(labels_np, n_times)),
     ] + [pa.array(np.ascontiguousarray(rows[:, j])) for j in range(dim)]
     table = pa.Table.from_arrays(columns, schema=_schema(dim, {METADATA_KEY.encode(): meta_json}))
-    with atomic_write(path) as handle:
-        pq.write_table(table, handle)
-    return Path(path)
-
-
-def _read_metadata(schema: pa.Schema, path: Path) -> dict[str, Any]:
-    """Decode and check the nodecore JSON metadata stored in ``schema``."""
-    raw = (schema.metadata or {}).get(METADATA_KEY.encode())
-    if raw is None:
-        raise TrajectoryFormatError(f"{path}: expected file metadata key {METADATA_KEY!r}, found none")
-    try:
-        meta = json.loads(raw)
-    except ValueError as err:
-        raise TrajectoryFormatError(f"{path}: metadata {METADATA_KEY!r} is not valid JSON: {err}") from err
-    if not isinstance(meta, dict):
-        raise TrajectoryFormatError(f"{path}: expected metadata to be a JSON object, found {type(meta).__name__}")
-    if meta.get("kind") != KIND:
-        raise TrajectoryFormatError(f"{path}: expected kind {KIND!r} in metadata, found {meta.get('kind')!r}")
-    version = meta.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise TrajectoryFormatError(f"{path}: expected schema_version {SCHEMA_VERSION}, found {version!r}")
-    for key in ("T", "B", "D"):
-        value = meta.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise TrajectoryFormatError(f"{path}: expected metadata {key!r} to be a positive integer, found {value!r}")
-    return meta
-
-
-def _type_name(arrow_type: pa.DataType) -> str:
-    """Return a numpy-style name for an Arrow type (``float`` -> ``float32``)."""
-    name = str(arrow_type)
-    return {"halffloat": "float16", "float": "float32", "double": "float64"}.get(name, name)
-
-
-def _check_schema(schema: pa.Schema, dim: int, path: Path) -> None:
-    """Check column names and types against the layout for ``dim`` state columns."""
-    found = [(field.name, _type_name(field.type)) for field in schema]
-    wanted = [(field.name, _type_name(field.type)) for field in _schema(dim)]
-    if found != wanted:
-        raise TrajectoryFormatError(f"{path}: expected columns {wanted}, found {found}")
+    return write_table(path, table)
 
 
 def _check_rows(table: pa.Table, shape: tuple[int, int, int], path: Path) -> np.ndarray:
@@ -198,8 +145,7 @@ def _check_rows(table: pa.Table, shape: tuple[int, int, int], path: Path) -> np.
             f"{path}: expected T*B = {n_times}*{n_samples} = {n_times * n_samples} rows from metadata, "
             f"found {table.num_rows}"
         )
-    if any(column.null_count for column in table.columns):
-        raise TrajectoryFormatError(f"{path}: expected no null values, found some")
+    check_no_nulls(table, path, TrajectoryFormatError)
     t_index = table.column("t_index").to_numpy().astype(np.int64)
     sample = table.column("sample").to_numpy()
     in_range = (t_index >= 0) & (t_index < n_times) & (sample >= 0) & (sample < n_samples)
@@ -233,16 +179,18 @@ def read_trajectory(
             rows that do not form the T x B grid, or ``t`` / ``label`` inconsistent across rows.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no trajectory file at {path}")
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowException as err:
-        raise TrajectoryFormatError(f"{path}: expected a Parquet file, could not read it: {err}") from err
-    meta = _read_metadata(table.schema, path)
+    table = read_table(path, TrajectoryFormatError, what="trajectory")
+    meta = decode_metadata(
+        table.schema,
+        path,
+        schema_version=SCHEMA_VERSION,
+        error=TrajectoryFormatError,
+        kind=KIND,
+        positive_ints=("T", "B", "D"),
+    )
     shape = (meta["T"], meta["B"], meta["D"])
     n_times, n_samples, dim = shape
-    _check_schema(table.schema, dim, path)
+    check_columns(table.schema, _schema(dim), path, TrajectoryFormatError)
     order = _check_rows(table, shape, path)
 
     def column(name: str) -> np.ndarray:
