@@ -1,1 +1,1 @@
-"""deployments of the nodecore pipeline."""
+"""Scheduled deployments of the nodecore flows, and the workers that run them."""

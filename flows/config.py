@@ -94,6 +94,16 @@ class RunConfig(_Config):
     refresh: bool = Field(False, description="recompute every stage, ignoring cached artifacts")
     retries: int = Field(2, ge=0, description="retries of a transiently failing stage")
     retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay (doubles each retry)")
+    executor: Literal["threads", "dask", "deployments"] = Field(
+        "threads", description="where grid cells run: threads of this process, a Dask cluster, or work pools")
+    dask_address: Optional[str] = Field(
+        None, description="Dask scheduler address for executor=dask; a LocalCluster when unset")
+    dask_workers: int = Field(2, ge=1, description="workers of the LocalCluster for executor=dask")
+    cpu_pools: list[str] = Field(["cpu"], min_length=1,
+                                 description="work pools for CPU cells (executor=deployments), used in turn")
+    gpu_pool: str = Field("gpu", description="work pool for cuda:N cells (executor=deployments)")
+    cell_timeout_seconds: Optional[float] = Field(
+        None, gt=0, description="give up on a dispatched cell after this long (executor=deployments)")
 
 
 class PipelineConfig(_Config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,10 +21,11 @@ class Cell(BaseModel):
         return f"{self.solver}@{self.device}"
 
 
-def resolve_devices(requested: list[str], *, cuda_count: int) -> list[str]:
+def resolve_devices(requested: list[str], *, cuda_count: int, check: bool = True) -> list[str]:
     """Expand and check device names against the ``cuda_count`` CUDA devices visible here.
 
     ``auto`` means every visible CUDA device, or ``cpu`` when there is none; ``cuda`` means ``cuda:0``.
+    With ``check=False`` explicit ``cuda:N`` devices are kept unchecked (they belong to other hosts).
 
     Raises:
         ValueError: a CUDA device that does not exist, naming the ones that do.
@@ -38,7 +40,7 @@ def resolve_devices(requested: list[str], *, cuda_count: int) -> list[str]:
         else:
             expanded = [name]
         for device in expanded:
-            if device.startswith("cuda") and device not in available:
+            if check and device.startswith("cuda") and device not in available:
                 valid = ", ".join(["cpu", *available])
                 raise ValueError(
                     f"device {device!r} does not exist: this machine has {cuda_count} CUDA device(s); "
@@ -54,12 +56,27 @@ def grid_cells(solvers: list[str], devices: list[str]) -> list[Cell]:
     return [Cell(solver=solver, device=device) for solver in solvers for device in devices]
 
 
-def device_slot(device: str) -> str:
-    """Name of the Prefect global concurrency limit that guards ``device``."""
-    return "nodecore-device-" + device.replace(":", "-")
+def physical_device(device: str, *, visible: str | None = None) -> str:
+    """``device`` as this machine numbers it: under ``CUDA_VISIBLE_DEVICES=2,3``, ``cuda:1`` is GPU 3."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    if not device.startswith("cuda") or not visible:
+        return device
+    index = int(device.partition(":")[2] or 0)
+    ids = [part.strip() for part in visible.split(",") if part.strip()]
+    return f"cuda:{ids[index]}" if index < len(ids) else device
+
+
+def device_slot(device: str, *, host: str | None = None) -> str:
+    """Name of the Prefect global concurrency limit that guards ``device`` on ``host`` (default: this one)."""
+    host = host or socket.gethostname()
+    return f"nodecore-device-{host}-{physical_device(device).replace(':', '-')}"
+
+
+def slot_limit(device: str, *, cpu_slots: int | None = None) -> int:
+    """Trainings a device takes at once: one per GPU; on the CPU, one per core."""
+    return (cpu_slots or os.cpu_count() or 1) if device == "cpu" else 1
 
 
 def device_slot_limits(devices: list[str], *, cpu_slots: int | None = None) -> dict[str, int]:
-    """Concurrency limits: one training per GPU at a time; CPU trainings capped by the cores."""
-    cpu_slots = cpu_slots or os.cpu_count() or 1
-    return {device_slot(d): (cpu_slots if d == "cpu" else 1) for d in devices}
+    """Concurrency limits of this host's ``devices``: ``{slot name: limit}``."""
+    return {device_slot(d): slot_limit(d, cpu_slots=cpu_slots) for d in devices}

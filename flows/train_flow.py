@@ -18,72 +18,65 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-from prefect import flow, get_client
-from prefect.futures import PrefectFuture, wait
+from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import PipelineConfig
-from flows.grid import device_slot_limits, grid_cells, resolve_devices
-from tasks.cache import RESULTS_DIR
-from tasks.evaluate import evaluate_cell
+from flows.grid import Cell, grid_cells, resolve_devices
+from flows.stages import Stages, resolve, resolve_cells
+from tasks.cache import StageOutput
+from tasks.dispatch import dispatch_cell, pool_and_device
 from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
-from tasks.render import render_plots
 from tasks.report import publish_report
-from tasks.train import train_cell
-from tasks.trajectories import integrate_trajectories
 
 
-def ensure_device_limits(limits: dict[str, int]) -> None:
-    """Create or update the global concurrency limits that give each training its device."""
-    with get_client(sync_client=True) as client:
-        for name, limit in limits.items():
-            client.upsert_global_concurrency_limit_by_name(name=name, limit=limit)
+@flow(name="nodecore-cells")
+def cells_flow(config: PipelineConfig, cells: list[Cell], dataset: StageOutput,
+               field: StageOutput) -> list[dict[str, StageOutput]]:
+    """Every cell's stages on this flow's task runner (a Dask cluster for ``run.executor=dask``)."""
+    stages = Stages(config)
+    return resolve_cells([stages.submit_cell(cell, dataset, field) for cell in cells])
 
 
-def _stage_options(config: PipelineConfig, root: Path, *, retryable: bool) -> dict[str, Any]:
-    options: dict[str, Any] = {"result_storage": root / RESULTS_DIR, "refresh_cache": config.run.refresh}
-    if retryable:
-        delays = [config.run.retry_delay_seconds * 2**i for i in range(config.run.retries)]
-        options |= {"retries": config.run.retries, "retry_delay_seconds": delays or 0}
-    return options
+def _dask_runner(config: PipelineConfig) -> Any:
+    from prefect_dask import DaskTaskRunner
+
+    if config.run.dask_address:
+        return DaskTaskRunner(address=config.run.dask_address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": config.run.dask_workers, "threads_per_worker": 1,
+                                          "processes": True, "dashboard_address": None})
 
 
 @flow(name="nodecore-train", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     """Generate the dataset once, then build, train, evaluate, integrate and render every grid cell."""
-    devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count())
+    # Dispatched cells run on other hosts' GPUs: only their workers can tell whether cuda:N exists.
+    remote = config.run.executor == "deployments"
+    devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count(), check=not remote)
     cells = grid_cells(config.solvers, devices)
-    ensure_device_limits(device_slot_limits(devices))
-    root = Path(config.run.artifacts_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    common = {"root": str(root), "refresh": config.run.refresh}
+    stages = Stages(config)
+    stages.root.mkdir(parents=True, exist_ok=True)
 
-    def stage(task: Any, retryable: bool = False) -> Any:
-        return task.with_options(**_stage_options(config, root, retryable=retryable))
-
-    dataset = stage(generate_dataset, True).submit(dataset=config.dataset, **common)
-    field = stage(build_vector_field).submit(dataset=dataset, model=config.model, **common)
-    results: list[dict[str, PrefectFuture]] = []
-    for cell in cells:
-        trained = stage(train_cell, True).with_options(task_run_name=f"train-{cell.name}").submit(
-            dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
-            training=config.training, device=cell.device, **common)
-        metrics = stage(evaluate_cell, True).with_options(task_run_name=f"evaluate-{cell.name}").submit(
-            dataset=dataset, trained=trained, model=config.model, **common)
-        trajectories = stage(integrate_trajectories).with_options(task_run_name=f"trajectories-{cell.name}").submit(
-            dataset=dataset, trained=trained, model=config.model, output=config.output, **common)
-        plots = stage(render_plots).with_options(task_run_name=f"render-{cell.name}").submit(
-            dataset=dataset, trained=trained, trajectories=trajectories, model=config.model, output=config.output,
-            **common)
-        results.append({"trained": trained, "metrics": metrics, "trajectories": trajectories, "plots": plots})
-    # Let every stage finish (a failed cell must not cancel the others' running stages), then fail with the
-    # first stage's own error rather than the report's "upstream task did not complete".
-    stages = [dataset, field, *(future for cell_futures in results for future in cell_futures.values())]
-    wait(stages)
-    for future in stages:
-        future.result()
-    return publish_report.submit(str(root), results).result()
+    dataset = stages(generate_dataset, retryable=True).submit(dataset=config.dataset, **stages.common)
+    field = stages(build_vector_field).submit(dataset=dataset, model=config.model, **stages.common)
+    if config.run.executor == "threads":
+        results = resolve_cells([stages.submit_cell(cell, dataset, field) for cell in cells])
+    elif config.run.executor == "dask":
+        dataset_output, field_output = resolve([dataset, field])
+        results = cells_flow.with_options(task_runner=_dask_runner(config))(config, cells, dataset_output,
+                                                                            field_output)
+    else:
+        dataset_output, field_output = resolve([dataset, field])
+        futures, cpu_cells = [], 0
+        for cell in cells:
+            pool, device, env = pool_and_device(cell, config, cpu_cells)
+            cpu_cells += cell.device == "cpu"
+            futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}").submit(
+                config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset_output,
+                field=field_output))
+        results = resolve(futures)
+    return publish_report.submit(str(stages.root), results).result()
 
 
 def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
@@ -104,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(PipelineConfig, prog="python flows/train_flow.py", description=__doc__.split("\n\n")[0])
     config, _ = parse_config(PipelineConfig, argv, parser=parser)
     try:
-        resolve_devices(config.devices, cuda_count=torch.cuda.device_count())
+        resolve_devices(config.devices, cuda_count=torch.cuda.device_count(),
+                        check=config.run.executor != "deployments")
     except ValueError as err:
         parser.error(f"--devices: {err}")
     server = ensure_server()

@@ -2,7 +2,9 @@
 
 ``NODECORE_FAULTS`` (read at call time) injects failures, e.g. ``train:transient:1`` fails the first
 attempt of each training cell with a retryable error, ``evaluate:permanent`` fails every evaluation with a
-non-retryable one. Several entries are separated by commas. Unset, it does nothing.
+non-retryable one, and ``evaluate:while:/tmp/broken`` fails it (non-retryably) while that file exists, so
+a test can "fix the problem" and retry the run. Several entries are separated by commas. Unset, it does
+nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ def maybe_fail(stage: str, scope: str = "") -> None:
         if parts[0] != stage:
             continue
         kind = parts[1] if len(parts) > 1 else "transient"
+        if kind == "while":
+            flag = ":".join(parts[2:])
+            if os.path.exists(flag):
+                raise InjectedPermanentFault(f"injected failure in stage {stage!r} while {flag} exists ({ENV})")
+            continue
         if kind == "permanent":
             raise InjectedPermanentFault(f"injected permanent failure in stage {stage!r} ({ENV}={entry!r})")
         times = int(parts[2]) if len(parts) > 2 else 1

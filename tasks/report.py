@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -37,6 +39,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _thumbnail(path: Path, *, size: int = 560, quality: int = 80) -> bytes:
+    """A JPEG thumbnail of a PNG plot, small enough to inline many in one artifact."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()
+
+
 def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]], root: Path, *,
                   inline: bool) -> str:
     """The report as markdown; plots inline as data URIs (``inline``) or as links relative to ``root``."""
@@ -47,12 +59,12 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
         for name in cell["plots"].files:
             path = cell["plots"].path(root, name)
             if inline:
-                encoded = base64.b64encode(path.read_bytes()).decode()
+                encoded = base64.b64encode(_thumbnail(path)).decode()
                 if len(encoded) > budget:
                     parts.append(f"*{name}: omitted to keep the artifact small; see {path}*")
                     continue
                 budget -= len(encoded)
-                parts.append(f"![{name}](data:image/png;base64,{encoded})")
+                parts.append(f"![{name}](data:image/jpeg;base64,{encoded})")
             else:
                 parts.append(f"![{name}]({cell['plots'].files[name]})")
         parts.append("")

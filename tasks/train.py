@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from nodecore.architectures import MLPFieldSpec, build_field
 from nodecore.checkpoints import load_checkpoint, model_config, save_checkpoint
@@ -21,9 +27,35 @@ from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
 from flows.config import ModelConfig, SolverConfig, TrainingConfig
-from flows.grid import device_slot
+from flows.grid import device_slot, slot_limit
 
 RESUME = "resume.pt"
+
+
+def host_label() -> str:
+    """Who trained: ``NODECORE_HOST_LABEL`` (set it per worker) or the host name."""
+    return os.environ.get("NODECORE_HOST_LABEL") or socket.gethostname()
+
+
+@contextmanager
+def hold_device(device: str) -> Iterator[None]:
+    """Hold this host's concurrency slot for ``device`` (a Prefect global concurrency limit) while training.
+
+    The limit is created on first use with one slot per GPU and one per CPU core, so any worker on any
+    host can train without setting anything up first.
+    """
+    name = device_slot(device)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            limit = GlobalConcurrencyLimitCreate(name=name, limit=slot_limit(device))
+            try:
+                client.create_global_concurrency_limit(limit)
+            except ObjectAlreadyExists:  # another training on this device created it first: use theirs
+                pass
+    with concurrency(name, occupy=1, strict=True):
+        yield
 
 
 def t_span(model: ModelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -76,7 +108,7 @@ def train_cell(
         description=f"training {cell}: epochs completed, percent",
     )
 
-    with concurrency(device_slot(device), occupy=1, strict=True):
+    with hold_device(device):
         neural_ode.to(device)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
@@ -109,6 +141,7 @@ def train_cell(
     last = history.epochs[-1] if history.epochs else None
     return Built(
         files={"checkpoint": checkpoint, "history": history_path},
-        data={"solver": solver, "device": device, "train_seconds": seconds, "resumed_from_epoch": start_epoch,
+        data={"solver": solver, "device": device, "host": host_label(), "train_seconds": seconds,
+              "resumed_from_epoch": start_epoch,
               "nfe_forward": last.nfe_forward if last else 0, "nfe_backward": last.nfe_backward if last else 0},
     )

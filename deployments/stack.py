@@ -1,0 +1,138 @@
+"""Create the work pools and deployments, start workers, and bring the local stack up or down.
+
+    python deployments/stack.py deploy              # idempotent: pools `cpu` and `gpu`, every deployment
+    python deployments/stack.py worker --pool cpu   # a process worker in the foreground
+    python deployments/stack.py up                  # server + deployments + a background `cpu` worker
+    python deployments/stack.py down                # stop the background workers and the server
+    python deployments/stack.py status
+
+A GPU host runs `python deployments/stack.py worker --pool gpu`; without a GPU the `gpu` pool simply
+has no worker and its runs wait. Workers and the server use the same PREFECT_API_URL (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from deployments.definitions import CPU_POOL, DEPLOYMENTS, GPU_POOL, DeploymentSpec
+from flows.server import REPO_ROOT, ensure_server, resolve_home, stop_server
+
+POOLS = (CPU_POOL, GPU_POOL)
+
+
+def ensure_work_pools(names: tuple[str, ...] | list[str] = POOLS) -> None:
+    """Create the process work pools that do not exist yet."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            except ObjectAlreadyExists:
+                pass
+
+
+def deploy(spec: DeploymentSpec, *, source: Path = REPO_ROOT) -> str:
+    """Create or update one deployment from the project's source folder; returns its id."""
+    from prefect import flow
+
+    runnable = flow.from_source(source=str(source), entrypoint=spec.entrypoint)
+    return str(runnable.deploy(
+        name=spec.name, work_pool_name=spec.pool, cron=spec.cron, parameters=spec.parameters,
+        description=spec.description, tags=list(spec.tags), build=False, push=False, print_next_steps=False,
+    ))
+
+
+def deploy_all(specs: tuple[DeploymentSpec, ...] = DEPLOYMENTS) -> dict[str, str]:
+    """Pools and every deployment; running it again updates them in place."""
+    ensure_work_pools(sorted({spec.pool for spec in specs} | set(POOLS)))
+    return {spec.name: deploy(spec) for spec in specs}
+
+
+def worker_command(pool: str, *, run_once: bool = False, name: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    if name:
+        command += ["--name", name]
+    return command + (["--run-once"] if run_once else [])
+
+
+def _pid_file(pool: str) -> Path:
+    return resolve_home() / f"worker-{pool}.pid"
+
+
+def start_background_worker(pool: str) -> int:
+    """Start a worker for ``pool`` that outlives this process; its log goes beside the server's."""
+    log = (resolve_home() / f"worker-{pool}.log").open("ab")
+    process = subprocess.Popen(worker_command(pool, name=f"{pool}-worker"), stdout=log, stderr=log,
+                               start_new_session=True, cwd=REPO_ROOT)
+    _pid_file(pool).write_text(str(process.pid))
+    return process.pid
+
+
+def stop_background_worker(pool: str) -> bool:
+    pid_file = _pid_file(pool)
+    if not pid_file.is_file():
+        return False
+    pid = int(pid_file.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("deploy", help="create or update the work pools and deployments (idempotent)")
+    worker = commands.add_parser("worker", help="run a process worker in the foreground")
+    worker.add_argument("--pool", default=CPU_POOL, help="work pool to poll (default: cpu)")
+    worker.add_argument("--run-once", action="store_true", help="exit after one scheduled run")
+    commands.add_parser("up", help="start the local server, deploy, and start a background cpu worker")
+    commands.add_parser("down", help="stop the background workers and the local server")
+    commands.add_parser("status", help="say what is running")
+    args = parser.parse_args(argv)
+
+    if args.command == "down":
+        stopped = [pool for pool in POOLS if stop_background_worker(pool)]
+        print(f"stopped workers: {', '.join(stopped) or 'none'}")
+        print("stopped the local Prefect server" if stop_server() else "no local Prefect server was running")
+        return 0
+    info = ensure_server()
+    if args.command == "worker":
+        return subprocess.call(worker_command(args.pool, run_once=args.run_once), cwd=REPO_ROOT)
+    if args.command in ("deploy", "up"):
+        for name, deployment_id in deploy_all().items():
+            print(f"deployment {name}: {deployment_id}")
+    if args.command == "up":
+        if _pid_file(CPU_POOL).is_file():
+            print(f"a {CPU_POOL} worker is already running (pid {_pid_file(CPU_POOL).read_text()})")
+        else:
+            print(f"started a {CPU_POOL} worker (pid {start_background_worker(CPU_POOL)})")
+        print(f"UI: {info.ui_url}; run one: prefect deployment run nodecore-train/on-demand")
+    if args.command == "status":
+        print(f"server: {info.api_url}")
+        for pool in POOLS:
+            pid = _pid_file(pool).read_text() if _pid_file(pool).is_file() else "none"
+            print(f"background {pool} worker: {pid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

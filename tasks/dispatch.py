@@ -1,0 +1,63 @@
+"""Running a grid cell on a work pool: a deployment run of the cell flow, pinned to its device."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.deployments import run_deployment
+
+from flows.cell_flow import CELL_FLOW_NAME, read_cell_result
+from flows.config import PipelineConfig
+from flows.grid import Cell
+from tasks.cache import StageOutput
+
+
+def cell_deployment_name(pool: str) -> str:
+    """The cell flow's deployment that runs on work pool ``pool``."""
+    return f"cell-{pool}"
+
+
+def pool_and_device(cell: Cell, config: PipelineConfig, index: int) -> tuple[str, str, dict[str, str]]:
+    """Where a cell runs: (work pool, device as the cell's process sees it, extra environment).
+
+    A ``cuda:N`` cell goes to the GPU pool with ``CUDA_VISIBLE_DEVICES=N`` and trains on ``cuda:0``;
+    CPU cells take the CPU pools in turn (``index`` counts the CPU cells).
+    """
+    if cell.device.startswith("cuda"):
+        return config.run.gpu_pool, "cuda:0", {"CUDA_VISIBLE_DEVICES": cell.device.partition(":")[2] or "0"}
+    pools = config.run.cpu_pools
+    return pools[index % len(pools)], cell.device, {}
+
+
+@task(name="dispatch-cell")
+def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str, env: dict[str, str],
+                  dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput]:
+    """Run ``cell`` as a deployment run on ``pool`` and return its stage outputs.
+
+    Raises:
+        RuntimeError: the cell's flow run did not complete (its state and id are in the message).
+    """
+    root = Path(config.run.artifacts_dir).resolve()
+    result_path = root / "cells" / f"{uuid.uuid4().hex}.json"
+    parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": device, "dataset": dataset,
+                                  "field": field, "result_path": str(result_path)}
+    flow_run = run_deployment(
+        f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
+        parameters=parameters,
+        job_variables={"env": env} if env else None,
+        timeout=config.run.cell_timeout_seconds,
+        poll_interval=1,
+        flow_run_name=f"cell-{cell.name}",
+    )
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        kind = state.type.value if state else "UNKNOWN"
+        raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {kind} (flow run {flow_run.id}): "
+                           f"{state.message if state else ''}; is a worker polling pool {pool!r}?")
+    try:
+        return read_cell_result(result_path)
+    finally:
+        result_path.unlink(missing_ok=True)
