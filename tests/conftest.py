@@ -22,6 +22,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _drain_prefect_workers() -> None:
+    """Send this process's queued logs and events while the server still runs.
+
+    Left queued, they are flushed at interpreter exit against a stopped server, and their retries hold
+    the exit of pytest for over a minute ("Error logging to API").
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
     """Start ``prefect server start`` under a temporary home on a free port; stop it at the end of the session.
@@ -46,6 +59,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         assert info.started and not info.user_supplied, info
         yield info
     finally:
+        _drain_prefect_workers()
         stop_server(home=home, port=port)
         os.environ.clear()
         os.environ.update(saved_env)

@@ -1,0 +1,199 @@
+"""Deployments end to end against a real `prefect server` on loopback: pools, schedules, workers, the UI.
+
+Slowest part of the suite (~2 min): every worker run spawns a process that imports torch and prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.deployments import run_deployment
+
+from deployments.definitions import DEPLOYMENTS, cell_deployment
+from deployments.stack import deploy, deploy_all, ensure_work_pools, worker_command
+from flows.server import REPO_ROOT, prefect_settings_context
+from flows.train_flow import train_flow
+from flows.config import PipelineConfig
+from tasks.cache import StageOutput
+
+pytestmark = pytest.mark.slow
+
+
+def tiny(artifacts: Path, **changes) -> dict:
+    config = {
+        "dataset": {"n_train": 64, "n_test": 64},
+        "training": {"epochs": 2, "log_every": 1},
+        "output": {"trajectory_samples": 16, "trajectory_points": 5, "plot_samples": 10},
+        "solvers": ["euler"],
+        "devices": ["cpu"],
+        "run": {"artifacts_dir": str(artifacts), "retry_delay_seconds": 0},
+    }
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return config
+
+
+def run_worker_once(pool: str, env: dict[str, str] | None = None) -> None:
+    subprocess.run(worker_command(pool, run_once=True), cwd=REPO_ROOT, env={**os.environ, **(env or {})},
+                   check=True, timeout=240, capture_output=True)
+
+
+def flow_run_and_tasks(run_id) -> tuple[object, dict[str, list[str]]]:
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    states: dict[str, list[str]] = {}
+    for task in sorted(tasks, key=lambda t: t.expected_start_time or t.created):
+        states.setdefault(task.name, []).append(task.state.name)
+    return run, states
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    with prefect_settings_context(prefect_server):
+        first = deploy_all()
+        second = deploy_all()
+        yield first, second, prefect_server
+
+
+def test_deploying_twice_is_idempotent_and_the_nightly_grid_is_scheduled(deployed):
+    first, second, _ = deployed
+    assert first == second and set(first) == {spec.name for spec in DEPLOYMENTS}
+    with get_client(sync_client=True) as client:
+        pools = {pool.name: pool.type for pool in client.read_work_pools()}
+        nightly = client.read_deployment_by_name("nodecore-train/nightly-grid")
+        on_demand = client.read_deployment_by_name("nodecore-train/on-demand")
+    assert pools["cpu"] == "process" and pools["gpu"] == "process"
+    assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    assert nightly.work_pool_name == "cpu" and not on_demand.schedules
+    assert nightly.parameters["config"]["solvers"][0] == "dopri5"
+    PipelineConfig.model_validate(nightly.parameters["config"])  # deployments pass only valid changes
+
+
+@pytest.fixture(scope="module")
+def completed_run(deployed, tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("on_demand")
+    run = run_deployment("nodecore-train/on-demand", parameters={"config": tiny(artifacts)}, timeout=0)
+    run_worker_once("cpu")
+    return run.id, artifacts
+
+
+def test_a_deployment_run_completes_on_a_worker_with_its_artifacts(completed_run):
+    run_id, tmp_path = completed_run
+    run, states = flow_run_and_tasks(run_id)
+    assert run.state.is_completed(), run.state
+    assert {"train-euler@cpu", "evaluate-euler@cpu", "render-euler@cpu", "trajectories-euler@cpu"} <= set(states)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    keys = {artifact.key for artifact in artifacts}
+    assert {"nodecore-grid", "nodecore-report"} <= keys
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_a_failed_run_retried_like_the_ui_retry_button_completes_and_reuses_stages(deployed, tmp_path):
+    broken = tmp_path / "broken"
+    broken.touch()
+    run = run_deployment("nodecore-train/on-demand", parameters={"config": tiny(tmp_path / "artifacts")},
+                         job_variables={"env": {"NODECORE_FAULTS": f"evaluate:while:{broken}"}}, timeout=0)
+    run_worker_once("cpu")
+    failed, _ = flow_run_and_tasks(run.id)
+    assert failed.state.is_failed() and "injected failure in stage 'evaluate'" in failed.state.message
+
+    broken.unlink()  # the problem is fixed; now press Retry
+    from prefect.states import Scheduled
+
+    with get_client(sync_client=True) as client:  # exactly what the UI's Retry button sends
+        client.set_flow_run_state(run.id, Scheduled(name="AwaitingRetry", message="Retry from the UI"), force=False)
+    run_worker_once("cpu")
+    retried, states = flow_run_and_tasks(run.id)
+    assert retried.state.is_completed() and retried.run_count == 2
+    assert states["train-euler@cpu"] == ["Completed", "Cached"]
+    assert states["evaluate-euler@cpu"] == ["Failed", "Completed"]
+
+
+def test_cells_dispatched_to_two_pools_run_on_the_workers_of_those_pools(deployed, tmp_path):
+    """Two hosts on loopback: a worker per pool, labelled; each cell reports who trained it."""
+    ensure_work_pools(["host-a", "host-b"])
+    for pool in ("host-a", "host-b"):
+        deploy(cell_deployment(pool))
+    workers = [subprocess.Popen(worker_command(pool), cwd=REPO_ROOT, start_new_session=True,
+                                env={**os.environ, "NODECORE_HOST_LABEL": f"worker-of-{pool}"},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for pool in ("host-a", "host-b")]
+    try:
+        config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "rk4"], run={
+            "executor": "deployments", "cpu_pools": ["host-a", "host-b"], "cell_timeout_seconds": 240}))
+        summary = train_flow(config)
+    finally:
+        for worker in workers:
+            os.killpg(worker.pid, 15)
+            worker.wait(timeout=30)
+    cells = {c["trained"]["data"]["solver"]: c["trained"]["data"]["host"]
+             for c in __import__("json").loads((tmp_path / "summary.json").read_text())["cells"]}
+    assert cells == {"euler": "worker-of-host-a", "rk4": "worker-of-host-b"}
+    assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "rk4@cpu"]
+
+
+def test_the_grid_fans_out_on_a_dask_local_cluster(prefect_server, tmp_path):
+    with prefect_settings_context(prefect_server):
+        config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"],
+                                                    run={"executor": "dask", "dask_workers": 2}))
+        summary = train_flow(config)
+    assert sorted(row["cell"] for row in summary["rows"]) == ["euler@cpu", "midpoint@cpu"]
+    assert all(0 <= row["test_accuracy"] <= 1 for row in summary["rows"])
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = REPO_ROOT / "artifacts" / "ui"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_prefect_ui_shows_the_run_its_stages_and_the_report_with_rendered_plots(completed_run, deployed):
+    from playwright.sync_api import sync_playwright
+
+    run_id, _ = completed_run
+    ui = deployed[2].ui_url
+    run, states = flow_run_and_tasks(run_id)
+    with get_client(sync_client=True) as client:
+        report = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
+    report_id = next(a.id for a in report if a.key == "nodecore-report")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle")
+        page.wait_for_timeout(1500)  # the run graph is drawn on a canvas after the data arrives
+        page.screenshot(path=SCREENSHOTS / "flow-run.png")
+        assert run.name in page.inner_text("body") and "Completed" in page.inner_text("body")
+        page.get_by_text("Task Runs", exact=True).first.click()
+        page.wait_for_selector('a[href*="/runs/task-run/"]')
+        listed = " ".join(page.locator('a[href*="/runs/task-run/"]').all_inner_texts())
+        for stage in ("train-euler@cpu", "evaluate-euler@cpu", "trajectories-euler@cpu", "render-euler@cpu"):
+            assert stage in listed
+        page.screenshot(path=SCREENSHOTS / "flow-run-task-runs.png")
+
+        page.get_by_text("Artifacts", exact=True).last.click()
+        page.wait_for_function("document.body.innerText.includes('nodecore-grid')")
+        artifacts_text = page.inner_text("body")
+        assert "nodecore-report" in artifacts_text and "nodecore-grid" in artifacts_text
+        page.screenshot(path=SCREENSHOTS / "flow-run-artifacts.png")
+
+        page.goto(f"{ui}/artifacts/artifact/{report_id}", wait_until="networkidle")
+        page.wait_for_function("[...document.images].filter(i => i.alt).every(i => i.complete)")
+        widths = page.eval_on_selector_all("img[alt]", "imgs => imgs.map(i => [i.alt, i.naturalWidth])")
+        page.screenshot(path=SCREENSHOTS / "report.png", full_page=True)
+        browser.close()
+    plots = {alt: width for alt, width in widths if alt in ("depth", "state_space", "vector_field",
+                                                            "decision_boundary")}
+    assert set(plots) == {"depth", "state_space", "vector_field", "decision_boundary"}, widths
+    assert all(width > 0 for width in plots.values()), widths

@@ -1,0 +1,150 @@
+"""Tests for flows.grid: device resolution with faked device counts, the grid, and device slots on a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import ContextManager
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.concurrency.sync import concurrency
+
+from flows.grid import (
+    Cell,
+    device_slot,
+    device_slot_limits,
+    grid_cells,
+    physical_device,
+    resolve_devices,
+    slot_limit,
+)
+from flows.server import ServerInfo, prefect_settings_context
+from tasks.train import hold_device
+
+# --- resolve_devices -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda_count", "expected"),
+    [
+        (["auto"], 0, ["cpu"]),
+        (["auto"], 2, ["cuda:0", "cuda:1"]),
+        (["cuda"], 1, ["cuda:0"]),
+        (["cuda"], 2, ["cuda:0"]),
+        (["cpu"], 2, ["cpu"]),
+        (["cuda:1", "cpu"], 2, ["cuda:1", "cpu"]),  # order kept
+        (["cpu", "auto"], 0, ["cpu"]),  # duplicates removed ...
+        (["auto", "cuda:1"], 2, ["cuda:0", "cuda:1"]),
+        (["cuda", "cuda:0", "auto"], 2, ["cuda:0", "cuda:1"]),  # ... whatever spelling produced them
+    ],
+)
+def test_resolve_devices(requested: list[str], cuda_count: int, expected: list[str]) -> None:
+    assert resolve_devices(requested, cuda_count=cuda_count) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "cuda_count", "valid"),
+    [
+        (["cuda:2"], 2, "valid devices: cpu, cuda:0, cuda:1, auto"),
+        (["cuda:0"], 0, "valid devices: cpu, auto"),
+        (["cuda"], 0, "valid devices: cpu, auto"),
+        (["cpu", "cuda:7"], 1, "valid devices: cpu, cuda:0, auto"),
+    ],
+)
+def test_missing_cuda_device_is_rejected_naming_the_valid_ones(
+    requested: list[str], cuda_count: int, valid: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        resolve_devices(requested, cuda_count=cuda_count)
+    assert valid in str(info.value)
+    assert f"{cuda_count} CUDA device(s)" in str(info.value)
+
+
+def test_unchecked_devices_belong_to_other_hosts() -> None:
+    assert resolve_devices(["cuda:3", "cpu"], cuda_count=0, check=False) == ["cuda:3", "cpu"]
+    assert resolve_devices(["auto"], cuda_count=0, check=False) == ["cpu"]
+
+
+# --- grid and slots ------------------------------------------------------------------------------------
+
+
+def test_grid_cells_pair_every_solver_with_every_device() -> None:
+    cells = grid_cells(["rk4", "euler"], ["cpu", "cuda:0"])
+    assert [cell.name for cell in cells] == ["rk4@cpu", "rk4@cuda:0", "euler@cpu", "euler@cuda:0"]
+    assert cells[1] == Cell(solver="rk4", device="cuda:0")
+    assert grid_cells(["dopri5"], ["cpu"]) == [Cell(solver="dopri5", device="cpu")]
+
+
+def test_device_slots_give_one_training_per_gpu() -> None:
+    assert device_slot("cuda:1", host="gpu-box") == "nodecore-device-gpu-box-cuda-1"
+    assert device_slot("cpu", host="gpu-box") == "nodecore-device-gpu-box-cpu"
+    assert device_slot("cpu") == f"nodecore-device-{socket.gethostname()}-cpu"
+    assert slot_limit("cuda:0") == slot_limit("cuda:3", cpu_slots=8) == 1
+    assert slot_limit("cpu", cpu_slots=3) == 3 and slot_limit("cpu") == (os.cpu_count() or 1)
+    assert device_slot_limits(["cpu", "cuda:0", "cuda:1"], cpu_slots=3) == {
+        device_slot("cpu"): 3, device_slot("cuda:0"): 1, device_slot("cuda:1"): 1}
+
+
+@pytest.mark.parametrize(
+    ("device", "visible", "expected"),
+    [
+        ("cuda:1", "2,3", "cuda:3"),
+        ("cuda", "2,3", "cuda:2"),
+        ("cuda:0", "", "cuda:0"),
+        ("cpu", "1", "cpu"),
+        ("cuda:5", "0,1", "cuda:5"),  # beyond the visible list: left as is
+    ],
+)
+def test_physical_device_follows_cuda_visible_devices(device: str, visible: str, expected: str) -> None:
+    assert physical_device(device, visible=visible) == expected
+
+
+def _hold_at_once(info: ServerInfo, hold: Callable[[], ContextManager[object]], *, holders: int = 2,
+                  seconds: float = 0.6) -> list[tuple[float, float]]:
+    """Enter ``hold()`` from ``holders`` threads at once; return each one's (enter, exit) times, sorted."""
+    spans: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(holders)
+
+    def hold_slot() -> None:
+        try:
+            with prefect_settings_context(info):  # settings contexts do not cross threads
+                start.wait()
+                with hold():
+                    entered = time.monotonic()
+                    time.sleep(seconds)
+                    spans.append((entered, time.monotonic()))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=hold_slot) for _ in range(holders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert len(spans) == holders
+    return sorted(spans)
+
+
+def test_a_gpu_slot_serialises_trainings(prefect_server: ServerInfo) -> None:
+    """Two trainings on cuda:0 start together on a server that has no limit yet; they take turns."""
+    (_, first_exit), (second_enter, _) = _hold_at_once(prefect_server, lambda: hold_device("cuda:0"))
+    assert second_enter >= first_exit, "two trainings held cuda:0 at once"
+    with prefect_settings_context(prefect_server), get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(device_slot("cuda:0")).limit == 1
+
+
+def test_the_overlap_measurement_can_see_overlap(prefect_server: ServerInfo) -> None:
+    """The control: a limit of 2 lets both holders in together."""
+    name = f"nodecore-test-two-slots-{uuid.uuid4().hex[:8]}"
+    with prefect_settings_context(prefect_server), get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name=name, limit=2)
+    (_, first_exit), (second_enter, _) = _hold_at_once(
+        prefect_server, lambda: concurrency(name, occupy=1, strict=True), seconds=2.0)  # slack for a busy server
+    assert second_enter < first_exit

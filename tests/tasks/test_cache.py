@@ -1,0 +1,194 @@
+"""Unit tests of tasks.cache: stage keys, manifests, and the stage body's cache check (no Prefect server)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.config import DatasetConfig, ModelConfig
+from tasks.cache import (
+    MANIFEST,
+    RESULTS_DIR,
+    ArtifactCachePolicy,
+    Built,
+    StageContext,
+    StageOutput,
+    read_manifest,
+    stage_key,
+    stage_task,
+)
+
+CODE = "a" * 64
+
+
+def _upstream(digest: str = "d1") -> StageOutput:
+    return StageOutput(stage="generate-dataset", key="k" * 24, files={"train": "generate-dataset/k/train.parquet"},
+                       digests={"train": digest}, data={"dim": 2})
+
+
+def _inputs(**changes: object) -> dict[str, object]:
+    inputs: dict[str, object] = {"root": "/tmp/a", "refresh": False, "dataset": _upstream(),
+                                 "model": ModelConfig(), "solver": "rk4"}
+    return inputs | changes
+
+
+# --- stage_key -----------------------------------------------------------------------------------------
+
+
+def test_same_inputs_give_the_same_key() -> None:
+    key = stage_key("train", CODE, _inputs())
+    assert key == stage_key("train", CODE, _inputs())
+    assert key == stage_key("train", CODE, _inputs(model=ModelConfig(hidden=16)))  # equal config, new object
+    assert len(key) == 24 and int(key, 16) >= 0
+
+
+def test_key_ignores_where_the_artifacts_live_and_refresh() -> None:
+    key = stage_key("train", CODE, _inputs())
+    assert stage_key("train", CODE, _inputs(root="/elsewhere", refresh=True)) == key
+    assert stage_key("train", CODE, {k: v for k, v in _inputs().items() if k not in ("root", "refresh")}) == key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": ModelConfig(hidden=17)},
+        {"model": ModelConfig(init_seed=1)},
+        {"solver": "euler"},
+        {"dataset": _upstream(digest="d2")},  # the upstream stage's files changed
+        {"extra": None},
+    ],
+)
+def test_a_changed_input_changes_the_key(change: dict[str, object]) -> None:
+    assert stage_key("train", CODE, _inputs(**change)) != stage_key("train", CODE, _inputs())
+
+
+def test_stage_name_and_code_version_are_part_of_the_key() -> None:
+    key = stage_key("train", CODE, _inputs())
+    assert stage_key("evaluate", CODE, _inputs()) != key
+    assert stage_key("train", "b" * 64, _inputs()) != key
+
+
+def test_upstream_identity_is_its_stage_key_and_file_digests() -> None:
+    base = _upstream()
+    assert base.digest == _upstream().digest
+    assert base.model_copy(update={"data": {"dim": 3}}).digest == base.digest  # data is not the identity
+    assert base.model_copy(update={"key": "x" * 24}).digest != base.digest
+    assert _upstream(digest="d2").digest != base.digest
+
+
+def test_inputs_that_cannot_be_keyed_are_refused() -> None:
+    with pytest.raises(TypeError, match="stage inputs must be"):
+        stage_key("train", CODE, _inputs(tensor=object()))
+
+
+# --- manifests and the stage body ----------------------------------------------------------------------
+
+BUILDS: list[int] = []
+DIE = {"after_first_file": False}
+
+
+@stage_task("toy")
+def toy_stage(ctx: StageContext, *, dataset: DatasetConfig) -> Built:
+    """Write two files; die after the first (as a killed run would) while ``DIE`` says so."""
+    BUILDS.append(dataset.n_train)
+    first = ctx.folder / "a.txt"
+    first.write_text(f"n_train={dataset.n_train}")
+    if DIE["after_first_file"]:
+        raise RuntimeError("killed")
+    second = ctx.folder / "sub" / "b.bin"
+    second.parent.mkdir(exist_ok=True)
+    second.write_bytes(bytes(range(256)))
+    return Built(files={"a": first, "b": second}, data={"n": dataset.n_train})
+
+
+@pytest.fixture
+def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    BUILDS.clear()
+    monkeypatch.setitem(DIE, "after_first_file", False)
+    return tmp_path / "artifacts"
+
+
+def _edit_digest(folder: Path) -> None:
+    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest["digests"]["a"] = "0" * 64
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _run(root: Path, **kwargs: object) -> StageOutput:
+    return toy_stage.fn(root=str(root), dataset=kwargs.pop("dataset", DatasetConfig()), **kwargs)
+
+
+def test_a_stage_writes_its_files_and_a_manifest_that_reads_back(root: Path) -> None:
+    output = _run(root)
+    folder = root / "toy" / output.key
+    assert output.files == {"a": f"toy/{output.key}/a.txt", "b": f"toy/{output.key}/sub/b.bin"}
+    assert output.path(root, "a").read_text() == "n_train=512" and output.data == {"n": 512}
+    assert read_manifest(folder, root) == output
+    assert json.loads((folder / MANIFEST).read_text())["digests"] == output.digests
+    with pytest.raises(KeyError, match="has no file 'c'"):
+        output.path(root, "c")
+
+
+def test_a_verified_stage_is_not_rebuilt_unless_refreshed(root: Path) -> None:
+    first = _run(root)
+    assert _run(root) == first and BUILDS == [512]
+    assert _run(root, refresh=True) == first and BUILDS == [512, 512]
+    other = _run(root, dataset=DatasetConfig(n_train=8))
+    assert other.key != first.key and BUILDS == [512, 512, 8]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda folder: (folder / "a.txt").write_text("n_train=513"),  # content changed
+        lambda folder: (folder / "sub" / "b.bin").unlink(),  # file deleted
+        lambda folder: (folder / MANIFEST).unlink(),  # manifest missing (killed before it was written)
+        lambda folder: (folder / MANIFEST).write_text((folder / MANIFEST).read_text()[:-20]),  # truncated
+        _edit_digest,
+    ],
+    ids=["changed-file", "deleted-file", "no-manifest", "truncated-manifest", "edited-digest"],
+)
+def test_a_tampered_stage_is_rejected_and_rebuilt(root: Path, tamper) -> None:
+    output = _run(root)
+    folder = root / "toy" / output.key
+    tamper(folder)
+    assert read_manifest(folder, root) is None
+    assert _run(root) == output and BUILDS == [512, 512]
+    assert read_manifest(folder, root) == output
+
+
+def test_a_build_that_dies_leaves_no_manifest(root: Path) -> None:
+    DIE["after_first_file"] = True
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(root)
+    (folder,) = (root / "toy").iterdir()
+    assert (folder / "a.txt").is_file() and not (folder / MANIFEST).exists()
+    assert read_manifest(folder, root) is None
+    DIE["after_first_file"] = False
+    output = _run(root)  # the half-written folder was not taken as a result
+    assert BUILDS == [512, 512] and output.key == folder.name and read_manifest(folder, root) == output
+
+
+def test_a_rebuild_removes_the_old_manifest_first(root: Path) -> None:
+    """A refresh that dies must not leave the old manifest describing half-rewritten files."""
+    output = _run(root)
+    DIE["after_first_file"] = True
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(root, refresh=True)
+    assert not (root / "toy" / output.key / MANIFEST).exists()
+
+
+def test_cache_policy_drops_a_record_whose_files_no_longer_verify(root: Path) -> None:
+    policy = toy_stage.cache_policy
+    assert isinstance(policy, ArtifactCachePolicy)
+    inputs = {"root": str(root), "dataset": DatasetConfig(), "refresh": False}
+    output = _run(root)
+    assert policy.compute_key(None, inputs, {}) == output.key
+    record = root / RESULTS_DIR / output.key
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    assert policy.compute_key(None, inputs, {}) == output.key and record.exists()  # files intact: kept
+    (root / output.files["b"]).unlink()
+    assert policy.compute_key(None, inputs, {}) == output.key and not record.exists()  # stale: dropped

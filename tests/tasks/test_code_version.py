@@ -1,0 +1,113 @@
+"""Unit tests of tasks.code_version: which nodecore code each stage's cache key covers."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import nodecore
+from tasks.code_version import NODECORE_DIR, code_digest, nodecore_dependencies
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+
+
+def _names(stage_file: str) -> set[str]:
+    return {path.name for path in nodecore_dependencies(TASKS_DIR / stage_file)}
+
+
+def test_render_depends_on_plotting() -> None:
+    deps = nodecore_dependencies(TASKS_DIR / "render.py")
+    assert NODECORE_DIR / "plotting.py" in deps and NODECORE_DIR / "trajectory_io.py" in deps
+    assert deps == sorted(set(deps))
+
+
+def test_generate_depends_on_the_dataset_code_only() -> None:
+    names = _names("generate.py")
+    assert {"datasets.py", "dataset_io.py"} <= names
+    assert not names & {"plotting.py", "neuralode.py", "training.py", "solvers.py"}
+
+
+def test_training_does_not_depend_on_plotting() -> None:
+    names = _names("train.py")
+    assert {"training.py", "neuralode.py", "solvers.py", "checkpoints.py"} <= names
+    assert "plotting.py" not in names
+
+
+def test_dependencies_are_followed_transitively(tmp_path: Path) -> None:
+    stage = tmp_path / "stage.py"
+    stage.write_text("from nodecore import checkpoints\n")  # `from nodecore import <module>` counts
+    names = {path.name for path in nodecore_dependencies(stage)}
+    assert {"checkpoints.py", "neuralode.py", "solvers.py", "architectures.py"} <= names  # via checkpoints
+    stage.write_text("import nodecore.plotting\nfrom nodecore.files import atomic_write\n")
+    assert {"plotting.py", "files.py"} <= {path.name for path in nodecore_dependencies(stage)}
+    stage.write_text("import numpy\nfrom . import nodecore\n")
+    assert nodecore_dependencies(stage) == []
+
+
+def test_code_digest_follows_the_stage_source_and_the_nodecore_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    render = TASKS_DIR / "render.py"
+    digest = code_digest(render)
+    assert digest == code_digest(render) and len(digest) == 64
+    copy = tmp_path / "render.py"
+    shutil.copy(render, copy)
+    assert code_digest(copy) == digest  # the file's name and bytes, not its location
+    copy.write_text(render.read_text() + "\n# edited\n")
+    assert code_digest(copy) != digest
+    monkeypatch.setattr(nodecore, "__version__", nodecore.__version__ + "+changed")
+    assert code_digest(render) != digest
+
+
+class _Finalized:
+    """Cyclic garbage whose finalizer lets other threads run: collected inside ast.parse, it switches threads."""
+
+    def __del__(self) -> None:
+        time.sleep(0.0001)
+
+
+def test_code_digest_is_safe_from_many_threads() -> None:
+    """Stages compute their keys at once in the flow's thread pool; CPython 3.11's ast.parse is not thread-safe.
+
+    Without the lock in tasks.code_version, concurrent parses failed with "SystemError: AST constructor
+    recursion depth mismatch" (seen in flow runs; here provoked by frequent collections of garbage whose
+    finalizers release the GIL in the middle of a parse).
+    """
+    expected = {name: code_digest(TASKS_DIR / name) for name in ("render.py", "train.py", "generate.py")}
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def churn() -> None:
+        try:
+            for _ in range(3):
+                for name, digest in expected.items():
+                    assert code_digest(TASKS_DIR / name) == digest
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    def litter() -> None:
+        while not done.is_set():
+            first, second = _Finalized(), _Finalized()
+            first.other, second.other = second, first  # type: ignore[attr-defined]
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=churn) for _ in range(3)]
+    litterer = threading.Thread(target=litter)
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50)
+    try:
+        litterer.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        done.set()
+        litterer.join()
+        gc.set_threshold(*thresholds)
+    assert not errors, errors
