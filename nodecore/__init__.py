@@ -15,10 +15,12 @@ from nodecore.dataset_io import (
     write_dataset,
 )
 from nodecore.datasets import DATASET_TYPES, ToyDataset, resolve_params
+from nodecore.deq import DEQ, ConvergenceError, DEQCell, DEQClassifier, DEQStats
 from nodecore.errors import NonFiniteError, SolverError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.fields import Augmenter, DepthCat, VectorField
 from nodecore.neuralode import SENSITIVITIES, NeuralODE
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
+from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
 from nodecore.plotting import (
     plot_decision_boundary,
     plot_state_space,
@@ -39,12 +41,18 @@ __all__ = [
     "build_model",
     "Checkpoint",
     "content_digest",
+    "ConvergenceError",
     "DATASET_TYPES",
     "DatasetFormatError",
     "DepthCat",
+    "DEQ",
+    "DEQCell",
+    "DEQClassifier",
+    "DEQStats",
     "EpochStats",
     "evaluate",
     "file_digest",
+    "get_root_finder",
     "get_solver",
     "History",
     "load_checkpoint",
@@ -61,6 +69,10 @@ __all__ = [
     "plot_vector_field",
     "read_dataset",
     "resolve_params",
+    "ROOT_FINDER_NAMES",
+    "ROOT_FINDERS",
+    "RootFinder",
+    "RootResult",
     "save_checkpoint",
     "save_figure",
     "SCHEMA_VERSION",
