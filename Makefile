@@ -27,3 +27,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf artifacts/* .pytest_cache
+
+.PHONY: up down deploy worker
+up: $(STAMP)
+	$(PY) deployments/stack.py up
+
+down: $(STAMP)
+	$(PY) deployments/stack.py down
+
+deploy: $(STAMP)
+	$(PY) deployments/stack.py deploy
+
+worker: $(STAMP)
+	$(PY) deployments/stack.py worker --pool cpu
