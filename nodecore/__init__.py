@@ -18,7 +18,7 @@ from nodecore.datasets import DATASET_TYPES, ToyDataset, resolve_params
 from nodecore.deq import DEQ, ConvergenceError, DEQCell, DEQClassifier, DEQStats
 from nodecore.errors import NonFiniteError, SolverError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.fields import Augmenter, DepthCat, VectorField
-from nodecore.neuralode import SENSITIVITIES, NeuralODE
+from nodecore.neuralode import ORDERS, SENSITIVITIES, NeuralODE
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
 from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
 from nodecore.plotting import (
@@ -30,6 +30,7 @@ from nodecore.plotting import (
     vector_field_limits,
 )
 from nodecore.stats import SolveStats
+from nodecore.systems import LOSSES, DampedPendulum, HybridField, LotkaVolterra, fit_trajectories
 from nodecore.training import EpochStats, History, Metrics, accuracy, evaluate, logits, train
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "Checkpoint",
     "content_digest",
     "ConvergenceError",
+    "DampedPendulum",
     "DATASET_TYPES",
     "DatasetFormatError",
     "DepthCat",
@@ -52,17 +54,22 @@ __all__ = [
     "EpochStats",
     "evaluate",
     "file_digest",
+    "fit_trajectories",
     "get_root_finder",
     "get_solver",
     "History",
+    "HybridField",
     "load_checkpoint",
     "load_model",
     "logits",
+    "LOSSES",
+    "LotkaVolterra",
     "Metrics",
     "MLPFieldSpec",
     "model_config",
     "NeuralODE",
     "NonFiniteError",
+    "ORDERS",
     "plot_decision_boundary",
     "plot_state_space",
     "plot_trajectories_depth",

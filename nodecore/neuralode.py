@@ -12,12 +12,13 @@ from torchdiffeq import odeint
 
 from nodecore.adjoint import odeint_adjoint_flat
 from nodecore.errors import NonFiniteError, TooManyStepsError, translate_solver_assertion
-from nodecore.fields import VectorField
+from nodecore.fields import Time, VectorField
 from nodecore.solvers import Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
 Sensitivity = Literal["autograd", "adjoint"]
 SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
+ORDERS: tuple[int, ...] = (1, 2)
 TSpan = Union[Tensor, Sequence[float]]
 
 # Defaults shared with the pipeline's config (one home for them).
@@ -89,6 +90,30 @@ class _SolveFunc(nn.Module):
         self.counter.backward.rejected += 1
 
 
+class _SecondOrderField(VectorField):
+    """The first-order form of a second-order field: state ``z = [x, v]`` (last dim ``2n``) -> ``[v, a]``.
+
+    The user's field maps ``z [..., 2n]`` (or ``(t, z)``) to the acceleration ``a [..., n]``. Being a
+    :class:`VectorField`, it counts evaluations and keeps the user's module as ``.vf`` (same weight names).
+    """
+
+    def forward(self, t: Time, z: Tensor) -> Tensor:
+        """``z = [x, v] [..., 2n] -> dz/dt = [v, f(t, z)] [..., 2n]``."""
+        if z.ndim < 1 or z.shape[-1] % 2:
+            raise ValueError(
+                f"order=2 needs a state [position, velocity] with an even last dimension, got shape {tuple(z.shape)}"
+            )
+        v = z[..., z.shape[-1] // 2 :]
+        a = super().forward(t, z)
+        if not isinstance(a, Tensor) or a.shape != v.shape:
+            got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+            raise ValueError(
+                f"with order=2 the vector field must return the acceleration shaped like the velocity "
+                f"{tuple(v.shape)} (half the state's last dimension), got {got}"
+            )
+        return torch.cat([v, a], dim=-1)
+
+
 def _positive(name: str, value: float) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -125,9 +150,13 @@ class NeuralODE(nn.Module):
             a step size take constant steps without error control.
         max_steps: cap on steps per solve (forward and backward each); exceeding it raises
             :class:`~nodecore.errors.TooManyStepsError` instead of looping for ever.
+        order: 1 (default) for ``dx/dt = f(t, x)``; 2 for ``d2x/dt2 = f(t, [x, v])``: the state is
+            ``[position, velocity]`` concatenated on the last dim (``2n``), the field returns the
+            acceleration (``n``), and the model integrates ``dx/dt = v, dv/dt = f(t, [x, v])``. Then
+            ``model.vf(t, z)`` returns the full first-order derivative ``[v, a]`` (``2n``, for plotting).
 
     Raises:
-        ValueError: unknown solver or sensitivity (the message lists the valid ones), bad tolerances.
+        ValueError: unknown solver, sensitivity or order (the message lists the valid ones), bad tolerances.
     """
 
     def __init__(
@@ -144,8 +173,11 @@ class NeuralODE(nn.Module):
         seminorm: bool = True,
         step_size: float | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
+        order: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(order, bool) or order not in ORDERS:
+            raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(map(str, ORDERS))}")
         if sensitivity not in SENSITIVITIES:
             raise ValueError(f"unknown sensitivity {sensitivity!r}; valid sensitivities: {', '.join(SENSITIVITIES)}")
         if isinstance(max_steps, bool) or not (isinstance(max_steps, numbers.Integral) and max_steps >= 1):
@@ -156,7 +188,8 @@ class NeuralODE(nn.Module):
                 f"nn.Module holding them (got {type(vector_field).__name__}); tensors a plain function captures "
                 "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
             )
-        self.vf = VectorField(vector_field)
+        self.order = int(order)
+        self.vf = VectorField(vector_field) if self.order == 1 else _SecondOrderField(vector_field)
         self.solver = get_solver(solver)
         self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
         self.sensitivity = sensitivity
@@ -184,6 +217,7 @@ class NeuralODE(nn.Module):
             "seminorm": self.seminorm,
             "step_size": self.step_size,
             "max_steps": self.max_steps,
+            "order": self.order,
         }
 
     @property
@@ -259,6 +293,11 @@ class NeuralODE(nn.Module):
             raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
+        if self.order == 2 and x.shape[-1] % 2:
+            raise ValueError(
+                f"order=2 needs x = [position, velocity] concatenated on the last dim (even size 2n), "
+                f"got shape {tuple(x.shape)}"
+            )
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf; the initial state must be finite")
         param = next(self.vf.parameters(), None)
