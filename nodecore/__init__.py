@@ -17,7 +17,9 @@ from nodecore.dataset_io import (
 from nodecore.datasets import DATASET_TYPES, ToyDataset, resolve_params
 from nodecore.deq import DEQ, ConvergenceError, DEQCell, DEQClassifier, DEQStats
 from nodecore.errors import NonFiniteError, SolverError, StepSizeUnderflowError, TooManyStepsError
-from nodecore.fields import Augmenter, DepthCat, VectorField
+from nodecore.classifiers import ODEClassifier
+from nodecore.fields import Augmenter, DepthAware, DepthCat, VectorField
+from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
 from nodecore.neuralode import ORDERS, SENSITIVITIES, NeuralODE
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
 from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
@@ -46,6 +48,7 @@ __all__ = [
     "DampedPendulum",
     "DATASET_TYPES",
     "DatasetFormatError",
+    "DepthAware",
     "DepthCat",
     "DEQ",
     "DEQCell",
@@ -55,6 +58,8 @@ __all__ = [
     "evaluate",
     "file_digest",
     "fit_trajectories",
+    "GALERKIN_BASES",
+    "GalerkinLinear",
     "get_root_finder",
     "get_solver",
     "History",
@@ -69,6 +74,7 @@ __all__ = [
     "model_config",
     "NeuralODE",
     "NonFiniteError",
+    "ODEClassifier",
     "ORDERS",
     "plot_decision_boundary",
     "plot_state_space",

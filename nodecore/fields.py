@@ -52,14 +52,30 @@ class DepthCat(nn.Module):
 
 
 class Augmenter(nn.Module):
-    """Appends ``augment_dims`` extra state dimensions (zeros, or a learned map of ``x``) before an ODE.
+    """Adds ``augment_dims`` state dimensions (zeros, or a learned map of ``x``) before an ODE.
+
+    Augmented Neural ODEs (Dupont et al. 2019): a flow in ``R^D`` is a homeomorphism and cannot pull
+    apart nested classes; solving in ``R^(D + augment_dims)`` from ``[x, 0]`` can. Compose it with
+    :class:`~nodecore.classifiers.ODEClassifier` (``augmenter=Augmenter(1, k)``, a field on ``D + k``
+    dimensions, a readout from ``D + k``), or call it on ``x`` before ``NeuralODE(f)(z, t_span)``.
+
+    Same arguments, defaults and layouts as torchdyn's ``Augmenter``: the default ``order='first'`` puts the
+    added dimensions before ``x``; ``order='last'`` puts them after, so that ``state[:, :D]`` (for
+    ``augment_idx=1``) keeps the input's coordinates.
 
     Args:
         augment_idx: dimension along which to augment (1 for ``[B, D]`` inputs).
         augment_dims: how many dimensions to add.
-        augment_func: optional module mapping ``x`` to the added dimensions; zeros when None.
-        order: ``'first'`` appends after ``x``; ``'second'`` is the torchdyn name for the same layout.
+        augment_func: optional module mapping ``x`` to the added dimensions (its output must have
+            ``augment_dims`` entries along ``augment_idx``); zeros when None.
+        order: ``'last'`` gives ``[x, extra]``, ``'first'`` gives ``[extra, x]``.
+
+    Raises:
+        ValueError: ``augment_dims < 1``, an unknown ``order`` (``'second'`` included: second-order dynamics
+            are a property of the vector field, not of the augmentation).
     """
+
+    ORDERS: tuple[str, ...] = ("first", "last")
 
     def __init__(
         self,
@@ -71,29 +87,75 @@ class Augmenter(nn.Module):
         super().__init__()
         if augment_dims < 1:
             raise ValueError(f"augment_dims must be >= 1, got {augment_dims}")
-        if order not in ("first", "second"):
-            raise ValueError(f"unknown order {order!r}; valid orders: 'first', 'second'")
+        if order not in self.ORDERS:
+            hint = ""
+            if order == "second":
+                hint = (
+                    ". 'second' is not a layout: torchdyn's orders are 'first' (extra dimensions before x) and "
+                    "'last' (after x); a second-order system x'' = g(x, x') is a first-order one in the state "
+                    "[x, v]: use NeuralODE(f, order=2)"
+                )
+            raise ValueError(f"unknown order {order!r}; valid orders: 'first', 'last'{hint}")
         self.augment_idx = augment_idx
         self.augment_dims = augment_dims
         self.augment_func = augment_func
         self.order = order
 
+    def extra_repr(self) -> str:
+        return f"augment_idx={self.augment_idx}, augment_dims={self.augment_dims}, order={self.order!r}"
+
     def forward(self, x: Tensor) -> Tensor:
-        """``x [B, D] -> [B, D + augment_dims]``."""
+        """``x [B, D] -> [B, D + augment_dims]`` (along ``augment_idx``)."""
+        shape = list(x.shape)
+        shape[self.augment_idx] = self.augment_dims
         if self.augment_func is not None:
             extra = self.augment_func(x)
+            if list(extra.shape) != shape:
+                raise ValueError(
+                    f"augment_func returned shape {tuple(extra.shape)}, expected {tuple(shape)} "
+                    f"(augment_dims={self.augment_dims} along dimension {self.augment_idx})"
+                )
         else:
-            shape = list(x.shape)
-            shape[self.augment_idx] = self.augment_dims
             extra = torch.zeros(shape, dtype=x.dtype, device=x.device)
-        return torch.cat([x, extra], dim=self.augment_idx)
+        parts = [x, extra] if self.order == "last" else [extra, x]
+        return torch.cat(parts, dim=self.augment_idx)
+
+
+class DepthAware(nn.Module):
+    """Base class for layers that read the depth ``t`` of the solve, such as
+    :class:`~nodecore.galerkin.GalerkinLinear`.
+
+    A :class:`VectorField` sets ``t`` on every ``DepthAware`` module inside the field before each
+    evaluation, as it does for :class:`DepthCat`; a subclass reads it in ``forward`` with :meth:`depth`.
+
+    Attributes:
+        t: the depth of the current evaluation; None until a VectorField (or the user) sets it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t: Time | None = None
+
+    def depth(self, like: Tensor) -> Tensor:
+        """The current depth as a tensor with ``like``'s dtype and device (0-dim for a number).
+
+        Raises:
+            RuntimeError: no depth was set, i.e. the layer was called outside a VectorField / NeuralODE.
+        """
+        if self.t is None:
+            raise RuntimeError(
+                f"{type(self).__name__} has no depth t: call the field through VectorField / NeuralODE, "
+                "or pass t explicitly"
+            )
+        return torch.as_tensor(self.t, dtype=like.dtype, device=like.device)
 
 
 class VectorField(nn.Module):
     """Calls a user's field as ``f(t, x)`` and counts evaluations.
 
     The wrapped module may take ``x`` (depth-invariant) or ``(t, x)`` (depth-variant); any
-    :class:`DepthCat` inside it receives ``t`` before each call. ``t`` may be a Python number.
+    :class:`DepthCat` or :class:`DepthAware` module inside it receives ``t`` before each call. ``t`` may be
+    a Python number.
 
     Attributes:
         vf: the wrapped module.
@@ -109,13 +171,13 @@ class VectorField(nn.Module):
         self.vf = vf
         self.takes_time = _takes_time(vf)
         modules = vf.modules() if isinstance(vf, nn.Module) else ()
-        self._depth_cats = [m for m in modules if isinstance(m, DepthCat)]
+        self._depth_layers = [m for m in modules if isinstance(m, (DepthCat, DepthAware))]
         self.nfe = 0
 
     def forward(self, t: Time, x: Tensor) -> Tensor:
         """Evaluate ``dx/dt = f(t, x)``; ``x [..., D] -> [..., D]``."""
         self.nfe += 1
-        for layer in self._depth_cats:
+        for layer in self._depth_layers:
             layer.t = t
         if self.takes_time:
             if not isinstance(t, Tensor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
@@ -57,15 +58,28 @@ class Metrics:
 
 
 def logits(model: nn.Module, x: Tensor, t_span: Tensor) -> Tensor:
-    """Class scores ``[B, C]``: the final state of ``model(x, t_span)`` (the torchdyn tutorial's readout)."""
+    """Class scores ``[B, C]``.
+
+    For a continuous-depth model, ``model(x, t_span) -> (t_eval, trajectory)``, the final state (the torchdyn
+    tutorial's readout); a model whose forward takes ``x`` alone (e.g. a :class:`~nodecore.deq.DEQClassifier`)
+    returns the scores itself and ``t_span`` is not used.
+    """
+    if not _takes_depth(model):
+        return model(x)
     output = model(x, t_span)
     trajectory = output[1] if isinstance(output, tuple) else output
     return trajectory[-1]
 
 
+def _takes_depth(model: nn.Module) -> bool:
+    params = inspect.signature(model.forward).parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
 def _nfe(model: nn.Module) -> tuple[int, int]:
     stats = getattr(model, "stats", None)
-    return (stats.nfe_forward, stats.nfe_backward) if stats is not None else (0, 0)
+    return (getattr(stats, "nfe_forward", 0), getattr(stats, "nfe_backward", 0))
 
 
 def train(
