@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nodecore.architectures import ACTIVATIONS
 from nodecore.datasets import DATASET_TYPES
+from nodecore.checkpoints import MODEL_KINDS
 from nodecore.neuralode import (
     DEFAULT_ATOL,
     DEFAULT_ATOL_ADJOINT,
@@ -21,12 +22,15 @@ from nodecore.neuralode import (
     DEFAULT_RTOL_ADJOINT,
     SENSITIVITIES,
 )
+from nodecore.root_finders import ROOT_FINDER_NAMES
 from nodecore.solvers import SOLVER_NAMES
 
 SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
 DatasetType = Literal[DATASET_TYPES]  # type: ignore[valid-type]
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 SensitivityName = Literal[SENSITIVITIES]  # type: ignore[valid-type]
+ModelKind = Literal[MODEL_KINDS]  # type: ignore[valid-type]
+RootFinderName = Literal[ROOT_FINDER_NAMES]  # type: ignore[valid-type]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -55,6 +59,11 @@ class ModelConfig(_Config):
     t_end: float = Field(1.0, gt=0, description="integrate over depth [0, t_end]")
     t_points: int = Field(5, ge=2, description="depths in t_span where the state is returned")
     init_seed: int = Field(0, ge=0, description="seed of the initial weights")
+    augment_dims: int = Field(2, ge=1, description="dimensions an 'anode' model adds to the state")
+    deq_hidden: int = Field(32, ge=1, description="hidden units of a 'deq' model")
+    root_finder: RootFinderName = Field("anderson", description="root finder of a 'deq' model")
+    deq_tol: float = Field(1e-4, gt=0, description="fixed-point tolerance of a 'deq' model")
+    deq_max_iter: int = Field(50, ge=1, description="fixed-point iteration cap of a 'deq' model")
 
 
 class SolverConfig(_Config):
@@ -117,8 +126,11 @@ class PipelineConfig(_Config):
     run: RunConfig = RunConfig()
     solvers: list[SolverName] = Field(["dopri5", "rk4", "tsit5"], min_length=1, description="grid axis: solvers")
     devices: list[str] = Field(["auto"], min_length=1, description="grid axis: 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    models: list[ModelKind] = Field(["node"], min_length=1, description=(
+        "grid axis: 'node' (the tutorial's Neural ODE), 'anode' (augmented, linear readout), 'deq' "
+        "(equilibrium model; one cell per device, the solver axis does not apply)"))
 
-    @field_validator("solvers", "devices")
+    @field_validator("solvers", "devices", "models")
     @classmethod
     def _unique(cls, values: list[str]) -> list[str]:
         if len(set(values)) != len(values):

@@ -9,16 +9,18 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Cell(BaseModel):
-    """One grid cell: a solver trained on a device."""
+    """One grid cell: a model kind with a solver (a root finder for ``deq``) trained on a device."""
 
     model_config = ConfigDict(frozen=True)
 
     solver: str
     device: str
+    model: str = "node"
 
     @property
     def name(self) -> str:
-        return f"{self.solver}@{self.device}"
+        prefix = "" if self.model == "node" else f"{self.model}-"
+        return f"{prefix}{self.solver}@{self.device}"
 
 
 def resolve_devices(requested: list[str], *, cuda_count: int, check: bool = True) -> list[str]:
@@ -51,9 +53,14 @@ def resolve_devices(requested: list[str], *, cuda_count: int, check: bool = True
     return resolved
 
 
-def grid_cells(solvers: list[str], devices: list[str]) -> list[Cell]:
-    """Every (solver, device) pair, solvers outer."""
-    return [Cell(solver=solver, device=device) for solver in solvers for device in devices]
+def grid_cells(solvers: list[str], devices: list[str], models: list[str] = ("node",), *,
+               root_finder: str = "anderson") -> list[Cell]:
+    """Every (model, solver, device) cell, models outer; a ``deq`` model takes one cell per device."""
+    cells = []
+    for model in models:
+        for solver in [root_finder] if model == "deq" else solvers:
+            cells += [Cell(solver=solver, device=device, model=model) for device in devices]
+    return cells
 
 
 def physical_device(device: str, *, visible: str | None = None) -> str:

@@ -41,19 +41,25 @@ class Stages:
         return task.with_options(**options)
 
     def submit_cell(self, cell: Cell, dataset: Any, field: Any) -> dict[str, PrefectFuture]:
-        """Submit train -> (evaluate, trajectories -> render) for ``cell``; upstreams may be futures."""
+        """Submit train -> (evaluate, trajectories -> render) for ``cell``; upstreams may be futures.
+
+        ``field`` is the output of the field stage for ``cell.model``.
+        """
         config, common = self.config, self.common
         trained = self(train_cell, retryable=True, name=f"train-{cell.name}").submit(
             dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
             training=config.training, device=cell.device, **common)
         metrics = self(evaluate_cell, retryable=True, name=f"evaluate-{cell.name}").submit(
             dataset=dataset, trained=trained, model=config.model, **common)
-        trajectories = self(integrate_trajectories, name=f"trajectories-{cell.name}").submit(
-            dataset=dataset, trained=trained, model=config.model, output=config.output, **common)
+        trajectories = None
+        if cell.model != "deq":  # an equilibrium model has no depth to integrate over
+            trajectories = self(integrate_trajectories, name=f"trajectories-{cell.name}").submit(
+                dataset=dataset, trained=trained, model=config.model, output=config.output, **common)
         plots = self(render_plots, name=f"render-{cell.name}").submit(
             dataset=dataset, trained=trained, trajectories=trajectories, model=config.model, output=config.output,
             **common)
-        return dict(zip(CELL_STAGES, (trained, metrics, trajectories, plots)))
+        futures = dict(zip(CELL_STAGES, (trained, metrics, trajectories, plots)))
+        return {name: future for name, future in futures.items() if future is not None}
 
 
 def resolve(futures: list[PrefectFuture]) -> list[Any]:

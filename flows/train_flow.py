@@ -33,10 +33,10 @@ from tasks.report import publish_report
 
 @flow(name="nodecore-cells")
 def cells_flow(config: PipelineConfig, cells: list[Cell], dataset: StageOutput,
-               field: StageOutput) -> list[dict[str, StageOutput]]:
+               fields: dict[str, StageOutput]) -> list[dict[str, StageOutput]]:
     """Every cell's stages on this flow's task runner (a Dask cluster for ``run.executor=dask``)."""
     stages = Stages(config)
-    return resolve_cells([stages.submit_cell(cell, dataset, field) for cell in cells])
+    return resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
 
 
 def _dask_runner(config: PipelineConfig) -> Any:
@@ -54,27 +54,29 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     # Dispatched cells run on other hosts' GPUs: only their workers can tell whether cuda:N exists.
     remote = config.run.executor == "deployments"
     devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count(), check=not remote)
-    cells = grid_cells(config.solvers, devices)
+    cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder)
     stages = Stages(config)
     stages.root.mkdir(parents=True, exist_ok=True)
 
     dataset = stages(generate_dataset, retryable=True).submit(dataset=config.dataset, **stages.common)
-    field = stages(build_vector_field).submit(dataset=dataset, model=config.model, **stages.common)
+    fields = {kind: stages(build_vector_field, name=f"build-{kind}").submit(
+        dataset=dataset, model=config.model, kind=kind, **stages.common) for kind in config.models}
     if config.run.executor == "threads":
-        results = resolve_cells([stages.submit_cell(cell, dataset, field) for cell in cells])
+        results = resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
     elif config.run.executor == "dask":
-        dataset_output, field_output = resolve([dataset, field])
-        results = cells_flow.with_options(task_runner=_dask_runner(config))(config, cells, dataset_output,
-                                                                            field_output)
+        dataset_output, *field_outputs = resolve([dataset, *fields.values()])
+        results = cells_flow.with_options(task_runner=_dask_runner(config))(
+            config, cells, dataset_output, dict(zip(fields, field_outputs)))
     else:
-        dataset_output, field_output = resolve([dataset, field])
+        dataset_output, *field_outputs = resolve([dataset, *fields.values()])
+        field_by_kind = dict(zip(fields, field_outputs))
         futures, cpu_cells = [], 0
         for cell in cells:
             pool, device, env = pool_and_device(cell, config, cpu_cells)
             cpu_cells += cell.device == "cpu"
             futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}").submit(
                 config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset_output,
-                field=field_output))
+                field=field_by_kind[cell.model]))
         results = resolve(futures)
     return publish_report.submit(str(stages.root), results).result()
 

@@ -16,6 +16,9 @@ from torch import nn
 
 from nodecore._version import __version__
 from nodecore.architectures import MLPFieldSpec, build_field
+from nodecore.classifiers import ODEClassifier
+from nodecore.deq import DEQClassifier
+from nodecore.fields import Augmenter
 from nodecore.files import atomic_write
 from nodecore.neuralode import NeuralODE
 
@@ -117,18 +120,54 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
+MODEL_KINDS: tuple[str, ...] = ("node", "anode", "deq")
+
+
 def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:
-    """The part of a checkpoint config that rebuilds the model: ``{"field": ..., "ode": ...}``."""
-    return {"field": spec.to_dict(), "ode": model.options()}
+    """The part of a checkpoint config that rebuilds a plain Neural ODE: ``{"kind", "field", "ode"}``."""
+    return {"kind": "node", "field": spec.to_dict(), "ode": model.options()}
 
 
-def build_model(config: dict[str, Any]) -> NeuralODE:
-    """Build an untrained ``NeuralODE`` from a config made by :func:`model_config`."""
-    return NeuralODE(build_field(MLPFieldSpec.from_dict(config["field"])), **config["ode"])
+def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpec | None = None,
+                      ode: dict[str, Any] | None = None, augment_dims: int = 0, hidden: int = 32,
+                      deq: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config that :func:`build_model` turns into a classifier of ``kind`` (one of :data:`MODEL_KINDS`).
+
+    * ``node``: the torchdyn tutorial's model, logits = final state (``field.dim == dim``);
+    * ``anode``: :class:`~nodecore.classifiers.ODEClassifier` with an ``Augmenter(1, augment_dims)``, a
+      field in ``dim + augment_dims`` dimensions and a linear readout to ``n_classes``;
+    * ``deq``: :class:`~nodecore.deq.DEQClassifier` with ``hidden`` units and ``deq`` options.
+
+    Raises:
+        ValueError: an unknown kind (the message lists the valid ones).
+    """
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    config: dict[str, Any] = {"kind": kind, "dim": dim, "n_classes": n_classes}
+    if kind == "deq":
+        return config | {"hidden": hidden, "deq": dict(deq or {})}
+    augment_dims = augment_dims if kind == "anode" else 0
+    return config | {"field": (field or MLPFieldSpec(dim=dim + augment_dims)).to_dict(), "ode": dict(ode or {}),
+                     "augment_dims": augment_dims}
 
 
-def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[NeuralODE, Checkpoint]:
-    """Rebuild the ``NeuralODE`` saved at ``path`` with its weights, on ``device``."""
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """Build an untrained model from a config made by :func:`model_config` or :func:`classifier_config`."""
+    kind = config.get("kind", "node")
+    if kind == "deq":
+        return DEQClassifier(config["dim"], config["hidden"], config["n_classes"], **config["deq"])
+    node = NeuralODE(build_field(MLPFieldSpec.from_dict(config["field"])), **config["ode"])
+    if kind == "node":
+        return node
+    if kind == "anode":
+        spec = config["field"]
+        return ODEClassifier(node, nn.Linear(spec["dim"], config["n_classes"]),
+                             augmenter=Augmenter(1, config["augment_dims"]))
+    raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+
+
+def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Rebuild the model saved at ``path`` (a ``NeuralODE`` or another kind) with its weights, on ``device``."""
     checkpoint = load_checkpoint(path)
     model = build_model(checkpoint.config)
     model.load_state_dict(checkpoint.state_dict)

@@ -79,7 +79,10 @@ def _takes_depth(model: nn.Module) -> bool:
 
 def _nfe(model: nn.Module) -> tuple[int, int]:
     stats = getattr(model, "stats", None)
-    return (getattr(stats, "nfe_forward", 0), getattr(stats, "nfe_backward", 0))
+    # An equilibrium model's iterations are its function evaluations.
+    forward = getattr(stats, "nfe_forward", getattr(stats, "forward_iterations", 0))
+    backward = getattr(stats, "nfe_backward", getattr(stats, "backward_iterations", 0))
+    return forward, backward
 
 
 def train(

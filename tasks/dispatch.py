@@ -43,7 +43,7 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     root = Path(config.run.artifacts_dir).resolve()
     result_path = root / "cells" / f"{uuid.uuid4().hex}.json"
     parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": device, "dataset": dataset,
-                                  "field": field, "result_path": str(result_path)}
+                                  "field": field, "result_path": str(result_path), "model": cell.model}
     flow_run = run_deployment(
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,

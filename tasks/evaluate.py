@@ -18,14 +18,14 @@ from flows.config import ModelConfig
 @stage_task("evaluate", **RETRYABLE)
 def evaluate_cell(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput, model: ModelConfig) -> Built:
     """Write ``metrics.json``: train/test accuracy and loss, NFE forward/backward, wall times, device, solver."""
-    maybe_fail("evaluate", trained.data["solver"] + "@" + trained.data["device"])
-    neural_ode, _ = load_model(trained.path(ctx.root, "checkpoint"))
+    maybe_fail("evaluate", trained.data["cell"])
+    classifier, checkpoint = load_model(trained.path(ctx.root, "checkpoint"))
     span = t_span(model)
-    metrics = {"solver": trained.data["solver"], "device": trained.data["device"],
-               "sensitivity": neural_ode.sensitivity}
+    metrics = {"cell": trained.data["cell"], "model": trained.data["kind"], "solver": trained.data["solver"],
+               "device": trained.data["device"], "sensitivity": checkpoint.config.get("ode", {}).get("sensitivity", "implicit")}
     for split in ("train", "test"):
         X, y, _ = read_dataset(dataset.path(ctx.root, split))
-        result = evaluate(neural_ode, X, y, t_span=span)
+        result = evaluate(classifier, X, y, t_span=span)
         metrics |= {f"{split}_accuracy": result.accuracy, f"{split}_loss": result.loss}
     metrics |= {
         "nfe_forward": trained.data["nfe_forward"],

@@ -1,4 +1,4 @@
-"""Stage 2: build the vector field: its spec and initial weights."""
+"""Stage 2: build the model's vector field (or equilibrium cell): its spec and initial weights."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import torch
 
-from nodecore.architectures import MLPFieldSpec, build_field
-from nodecore.checkpoints import save_checkpoint
+from nodecore.architectures import MLPFieldSpec
+from nodecore.checkpoints import build_model, classifier_config, save_checkpoint
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from flows.config import ModelConfig
 
@@ -15,18 +15,31 @@ _RNG_LOCK = threading.Lock()
 
 
 def field_spec(model: ModelConfig, dim: int) -> MLPFieldSpec:
-    """The nodecore field spec for the pipeline's model config and the data's dimension."""
+    """The nodecore field spec for the pipeline's model config and the state's dimension."""
     return MLPFieldSpec(dim=dim, hidden=model.hidden, layers=model.layers, activation=model.activation,
                         depth_variant=model.depth_variant)
 
 
+def initial_config(model: ModelConfig, kind: str, dim: int, n_classes: int) -> dict:
+    """The classifier config of ``kind`` for data of ``dim`` features and ``n_classes`` classes."""
+    augment = model.augment_dims if kind == "anode" else 0
+    return classifier_config(
+        kind, dim=dim, n_classes=n_classes, field=field_spec(model, dim + augment), augment_dims=augment,
+        hidden=model.deq_hidden,
+        deq={"solver": model.root_finder, "tol": model.deq_tol, "max_iter": model.deq_max_iter},
+    )
+
+
 @stage_task("build-vector-field")
-def build_vector_field(ctx: StageContext, *, dataset: StageOutput, model: ModelConfig) -> Built:
-    """Initialise the vector field from ``model.init_seed`` and save spec + weights as ``field.pt``."""
-    spec = field_spec(model, dataset.data["dim"])
+def build_vector_field(ctx: StageContext, *, dataset: StageOutput, model: ModelConfig, kind: str = "node") -> Built:
+    """Initialise a ``kind`` model from ``model.init_seed`` and save its config + weights as ``field.pt``.
+
+    Solver settings are the training cell's; the weights do not depend on them.
+    """
+    config = initial_config(model, kind, dataset.data["dim"], dataset.data["classes"])
     with _RNG_LOCK, torch.random.fork_rng(devices=[]):  # the global RNG, without racing other threads
         torch.manual_seed(model.init_seed)
-        field = build_field(spec)
-    path = save_checkpoint(ctx.folder / "field.pt", field, config={"field": spec.to_dict()})
-    return Built(files={"field": path}, data={"spec": spec.to_dict(),
-                                              "parameters": sum(p.numel() for p in field.parameters())})
+        initial = build_model(config)
+    path = save_checkpoint(ctx.folder / "field.pt", initial, config=config)
+    return Built(files={"field": path}, data={"kind": kind, "config": config,
+                                              "parameters": sum(p.numel() for p in initial.parameters())})

@@ -6,6 +6,7 @@ import torch
 
 from nodecore.checkpoints import load_model
 from nodecore.dataset_io import read_dataset
+from nodecore.neuralode import NeuralODE
 from nodecore.plotting import (
     plot_decision_boundary,
     plot_state_space,
@@ -24,25 +25,28 @@ PLOTS = ("depth", "state_space", "vector_field", "decision_boundary")
 
 
 @stage_task("render")
-def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput, trajectories: StageOutput,
-                 model: ModelConfig, output: OutputConfig) -> Built:
-    """Write one PNG per plot in :data:`PLOTS` (2-D states; higher dimensions plot their first two)."""
-    neural_ode, _ = load_model(trained.path(ctx.root, "checkpoint"))
-    t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))
+def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput,
+                 trajectories: StageOutput | None, model: ModelConfig, output: OutputConfig) -> Built:
+    """Write one PNG per plot in :data:`PLOTS` that applies to the cell.
+
+    Trajectory plots need a continuous-depth model (no ``trajectories`` for an equilibrium model); the
+    vector field needs a 2-D state; the decision boundary needs 2-D inputs.
+    """
+    classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
-    title = f"{trained.data['solver']} on {trained.data['device']}"
     span = t_span(model)
-    figures = {
-        "depth": plot_trajectories_depth(trajectory, t_eval, labels, max_points=output.plot_samples),
-        "state_space": plot_state_space(trajectory, labels, max_points=output.plot_samples),
-    }
-    if trajectory.shape[-1] == 2:
-        xlim, ylim = vector_field_limits(trajectory)
-        figures["vector_field"] = plot_vector_field(neural_ode.vf, xlim=xlim, ylim=ylim, trajectory=trajectory)
-        figures["decision_boundary"] = plot_decision_boundary(
-            lambda grid: logits(neural_ode, grid, span), X, y)
+    figures = {}
+    if trajectories is not None:
+        t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))
+        figures["depth"] = plot_trajectories_depth(trajectory, t_eval, labels, max_points=output.plot_samples)
+        figures["state_space"] = plot_state_space(trajectory, labels, max_points=output.plot_samples)
+        if trajectory.shape[-1] == 2 and isinstance(classifier, NeuralODE):
+            xlim, ylim = vector_field_limits(trajectory)
+            figures["vector_field"] = plot_vector_field(classifier.vf, xlim=xlim, ylim=ylim, trajectory=trajectory)
+    if X.shape[1] == 2:
+        figures["decision_boundary"] = plot_decision_boundary(lambda grid: logits(classifier, grid, span), X, y)
     files = {}
     for name, figure in figures.items():
-        figure.suptitle(f"{name.replace('_', ' ')}: {title}")
+        figure.suptitle(f"{name.replace('_', ' ')}: {trained.data['cell']}")
         files[name] = save_figure(figure, ctx.folder / f"{name}.png")
     return Built(files=files, data={"plots": list(files)})

@@ -15,7 +15,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from nodecore.files import atomic_write
 from tasks.cache import StageOutput
 
-COLUMNS = ("cell", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
+COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds")
 INLINE_BUDGET_BYTES = 900_000  # keep the markdown artifact under Prefect's ~1 MB comfort zone
 
@@ -25,7 +25,7 @@ def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]
     rows = []
     for cell in cells:
         metrics = cell["metrics"].data
-        rows.append({"cell": f"{metrics['solver']}@{metrics['device']}", **{c: metrics.get(c) for c in COLUMNS[1:]}})
+        rows.append({c: metrics.get(c) for c in COLUMNS})
     return rows
 
 

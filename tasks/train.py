@@ -11,23 +11,22 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch import nn
 from prefect import get_client, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from nodecore.architectures import MLPFieldSpec, build_field
-from nodecore.checkpoints import load_checkpoint, model_config, save_checkpoint
+from nodecore.checkpoints import build_model, load_checkpoint, save_checkpoint
 from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write
-from nodecore.neuralode import NeuralODE
 from nodecore.training import EpochStats, History, train
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
 from flows.config import ModelConfig, SolverConfig, TrainingConfig
-from flows.grid import device_slot, slot_limit
+from flows.grid import Cell, device_slot, slot_limit
 
 RESUME = "resume.pt"
 
@@ -63,14 +62,18 @@ def t_span(model: ModelConfig, device: str | torch.device = "cpu") -> torch.Tens
     return torch.linspace(0.0, model.t_end, model.t_points, device=device)
 
 
-def build_neural_ode(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> NeuralODE:
-    """The cell's untrained NeuralODE: the field stage's initial weights with the cell's solver settings."""
+def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
+    """The cell's untrained model and its config: the field stage's initial weights, the cell's solver."""
     initial = load_checkpoint(field.path(root, "field"))
-    vector_field = build_field(MLPFieldSpec.from_dict(initial.config["field"]))
-    vector_field.load_state_dict(initial.state_dict)
-    return NeuralODE(vector_field, solver=solver, sensitivity=config.sensitivity, atol=config.atol,
-                     rtol=config.rtol, atol_adjoint=config.atol_adjoint, rtol_adjoint=config.rtol_adjoint,
-                     step_size=config.step_size, max_steps=config.max_steps)
+    model_config = dict(initial.config)
+    if model_config["kind"] != "deq":
+        model_config["ode"] = {"solver": solver, "sensitivity": config.sensitivity, "atol": config.atol,
+                               "rtol": config.rtol, "atol_adjoint": config.atol_adjoint,
+                               "rtol_adjoint": config.rtol_adjoint, "step_size": config.step_size,
+                               "max_steps": config.max_steps}
+    model = build_model(model_config)
+    model.load_state_dict(initial.state_dict)
+    return model, model_config
 
 
 @stage_task("train", **RETRYABLE)
@@ -87,18 +90,17 @@ def train_cell(
 ) -> Built:
     """Train on ``device`` holding its concurrency slot; checkpoint every few epochs and resume from there."""
     logger = get_run_logger()
-    cell = f"{solver}@{device}"
+    cell = Cell(solver=solver, device=device, model=field.data["kind"]).name
     X, y, _ = read_dataset(dataset.path(ctx.root, "train"))
-    neural_ode = build_neural_ode(field, ctx.root, solver, solver_config)
-    optimizer = torch.optim.Adam(neural_ode.parameters(), lr=training.lr)
-    config = model_config(MLPFieldSpec.from_dict(field.data["spec"]), neural_ode) | {
-        "training": training.model_dump(mode="json"), "device": device}
+    classifier, config = build_cell_model(field, ctx.root, solver, solver_config)
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=training.lr)
+    config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
     resume_path = ctx.folder / RESUME
     if resume_path.is_file():
         resume = load_checkpoint(resume_path)
-        neural_ode.load_state_dict(resume.state_dict)
+        classifier.load_state_dict(resume.state_dict)
         optimizer.load_state_dict(resume.optimizer_state)
         history, start_epoch = History.from_dict(resume.history), resume.epoch
         logger.info("%s: resuming from the checkpoint at epoch %d", cell, start_epoch)
@@ -109,7 +111,7 @@ def train_cell(
     )
 
     with hold_device(device):
-        neural_ode.to(device)
+        classifier.to(device)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
         X, y, span = X.to(device), y.to(device), t_span(model, device)
@@ -122,17 +124,17 @@ def train_cell(
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
                 update_progress_artifact(progress_id, 100.0 * done / max(training.epochs, 1))
             if done % training.checkpoint_every == 0 and done < training.epochs:
-                save_checkpoint(resume_path, neural_ode, config=config, epoch=done, history=history.to_dict(),
+                save_checkpoint(resume_path, classifier, config=config, epoch=done, history=history.to_dict(),
                                 optimizer=optimizer)
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
-        train(neural_ode, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
+        train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
               batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
         seconds = time.perf_counter() - started
 
     update_progress_artifact(progress_id, 100.0)
-    checkpoint = save_checkpoint(ctx.folder / "checkpoint.pt", neural_ode, config=config, epoch=training.epochs,
+    checkpoint = save_checkpoint(ctx.folder / "checkpoint.pt", classifier, config=config, epoch=training.epochs,
                                  history=history.to_dict())
     history_path = ctx.folder / "history.json"
     with atomic_write(history_path) as handle:
@@ -141,7 +143,8 @@ def train_cell(
     last = history.epochs[-1] if history.epochs else None
     return Built(
         files={"checkpoint": checkpoint, "history": history_path},
-        data={"solver": solver, "device": device, "host": host_label(), "train_seconds": seconds,
+        data={"solver": solver, "device": device, "kind": config["kind"], "cell": cell, "host": host_label(),
+              "train_seconds": seconds,
               "resumed_from_epoch": start_epoch,
               "nfe_forward": last.nfe_forward if last else 0, "nfe_backward": last.nfe_backward if last else 0},
     )
