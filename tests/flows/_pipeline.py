@@ -28,7 +28,7 @@ from flows.config import PipelineConfig
 from flows.server import ServerInfo, prefect_settings_context
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STAGE_TASKS = ("generate-dataset", "build-vector-field")
+STAGE_TASKS = ("generate-dataset", "build-node")  # the field stage runs once per model kind
 CELL_TASKS = ("train", "evaluate", "trajectories", "render")
 FINISHED = {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
 

@@ -381,7 +381,7 @@ def test_permanent_failure_fails_the_run_without_retry_and_a_rerun_reuses_the_re
     names = state_names(rerun)
     assert {name for name, state in names.items() if state != "Cached"} == {
         *(f"evaluate-{cell}" for cell in cells()), "report"}
-    assert names["generate-dataset"] == names["build-vector-field"] == "Cached"
+    assert names["generate-dataset"] == names["build-node"] == "Cached"
     assert all(names[f"train-{cell}"] == "Cached" for cell in cells())
 
 
