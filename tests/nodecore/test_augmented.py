@@ -30,15 +30,6 @@ EPOCHS, LR, WIDTH = 200, 0.01, 16
 RING_RADIUS = 1.25  # the middle of the spheres dataset's outer shell [1.0, 1.5]; the inner ball is r <= 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to OpenMP spin-waits on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------
 # Augmenter: torchdyn's layouts
 # --------------------------------------------------------------------------------------------------

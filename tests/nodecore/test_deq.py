@@ -22,15 +22,6 @@ from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootResult, g
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to OpenMP spin-waits when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------
 # Maps
 # --------------------------------------------------------------------------------------------------

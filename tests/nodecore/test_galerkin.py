@@ -18,15 +18,6 @@ F64 = torch.float64
 TIGHT = 1e-10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to OpenMP spin-waits on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 M = TypeVar("M", bound=nn.Module)
 
 

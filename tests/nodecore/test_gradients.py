@@ -19,16 +19,6 @@ F64 = torch.float64
 TIGHT = 1e-10  # forward and adjoint solver tolerances for the agreement tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to OpenMP spin-waits when the cores are busy
-    (measured: this file ran 3x slower with 2 threads while another process loaded one of the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mlp(seed: int = 0, dim: int = 2, hidden: int = 16) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)).to(F64)

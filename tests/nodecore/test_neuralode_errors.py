@@ -17,15 +17,6 @@ from nodecore.solvers import SOLVER_NAMES, SOLVERS
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to OpenMP spin-waits when the cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Decay(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return -x

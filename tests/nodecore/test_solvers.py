@@ -29,16 +29,6 @@ FIXED = tuple(name for name, solver in SOLVERS.items() if not solver.adaptive)
 TORCHDIFFEQ_SOLVERS = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and immune to OpenMP spin-waits when the cores are busy
-    (measured: this file ran 3x slower with 2 threads while another process loaded one of the 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------
 # Test problems with closed-form solutions
 # --------------------------------------------------------------------------------------------------

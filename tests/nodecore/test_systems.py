@@ -23,15 +23,6 @@ LV_TRUE = (1.1, 0.4, 0.4, 0.1)  # alpha, beta, gamma, delta
 G_OVER_L, DAMPING = 4.0, 0.25  # theta'' = -(g/L) sin(theta) - c * omega
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to spin-waits when the shared cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exact(field: nn.Module, z0: Tensor, t: Tensor, *, order: int = 1) -> Tensor:
     """A reference solve: dopri5 at tolerance 1e-10, no gradients."""
     with torch.no_grad():
