@@ -115,7 +115,7 @@ class _AdjointSolve(torch.autograd.Function):
 
 
 def odeint_adjoint_flat(
-    func: nn.Module,
+    func: AdjointFunc,
     x0: Tensor,
     t_span: Tensor,
     *,

@@ -30,8 +30,12 @@ DEFAULT_RTOL_ADJOINT = 1e-4
 DEFAULT_MAX_STEPS = 10_000
 
 
-class _SolveFunc(nn.Module):
-    """What torchdiffeq integrates for one solve: the field plus counters and the step cap."""
+class _SolveFunc:
+    """What torchdiffeq integrates for one solve: the field plus counters and the step cap.
+
+    A plain callable rather than an ``nn.Module``: it is called at every function evaluation, and a module
+    call's hook machinery is measurable overhead on small fields.
+    """
 
     def __init__(
         self,
@@ -43,7 +47,6 @@ class _SolveFunc(nn.Module):
         adaptive_forward: bool,
         adaptive_backward: bool,
     ) -> None:
-        super().__init__()
         self.vf = vf
         self.counter = counter
         self.phase: _PhaseCounts = counter.forward
@@ -56,7 +59,7 @@ class _SolveFunc(nn.Module):
         if adaptive_backward:
             self.callback_reject_step_adjoint = self._reject_backward
 
-    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+    def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.phase.nfe += 1
         dx = self.vf(t, x)
         if not self._shape_checked:
@@ -200,6 +203,7 @@ class NeuralODE(nn.Module):
         self.step_size = None if step_size is None else _positive("step_size", step_size)
         self.max_steps = int(max_steps)
         self._counter = StepCounter()
+        self._checked_t_span: tuple = (None, None, None, None, None)
 
     def extra_repr(self) -> str:
         return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
@@ -256,7 +260,9 @@ class NeuralODE(nn.Module):
         except AssertionError as err:  # torchdiffeq signals solve failures with assertions
             raise translate_solver_assertion(err) from err
         func.phase = counter.backward  # any later evaluation belongs to the backward pass
-        if not torch.isfinite(trajectory[-1]).all():
+        # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
+        # fixed-step solve can end on NaN or Inf.
+        if not self.solver.adaptive and not torch.isfinite(trajectory[-1]).all():
             raise NonFiniteError(
                 "the solution contains NaN or Inf: the dynamics blew up; use a smaller step_size, an "
                 "adaptive solver, tighter tolerances, or check the vector field and inputs"
@@ -306,7 +312,15 @@ class NeuralODE(nn.Module):
                 f"x is {x.dtype} on {x.device} but the vector field's parameters are {param.dtype} on "
                 f"{param.device}; move one to the other, e.g. model.to(x.device, x.dtype)"
             )
-        t_span = _check_t_span(t_span, x)
+        # Training passes the same t_span every step: check its values once, while it is unmodified. The
+        # cache holds the tensor itself, so an identical object is never a different tensor.
+        seen, version, device, dtype, checked = self._checked_t_span
+        if not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
+                and (device, dtype) == (x.device, x.dtype)):
+            checked = _check_t_span(t_span, x)
+            if isinstance(t_span, Tensor):
+                self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)
+        t_span = checked
         if self.sensitivity == "adjoint" and t_span.requires_grad:
             raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
         return t_span

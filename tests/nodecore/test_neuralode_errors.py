@@ -358,3 +358,12 @@ def test_constant_steps_of_an_adaptive_solver_never_overshoot_the_end() -> None:
 
     NeuralODE(Recording(), solver="dopri5", step_size=0.3)(torch.ones(1, 1), torch.linspace(0, 1, 3))
     assert max(seen) <= 1.0 + 1e-12
+
+
+def test_a_t_span_changed_in_place_after_a_solve_is_checked_again() -> None:
+    model = NeuralODE(nn.Linear(2, 2))
+    t_span = torch.linspace(0, 1, 3)
+    model(torch.ones(1, 2), t_span)
+    t_span[1] = 0.0  # no longer strictly monotonic
+    with pytest.raises(ValueError, match="strictly increasing"):
+        model(torch.ones(1, 2), t_span)
