@@ -1,10 +1,10 @@
-"""Code versions for cache keys: a stage's own source plus every nodecore module it reaches.
+"""Code versions for cache keys: a stage's own source plus every nodecore (or shared tasks) module it reaches.
 
 Prefect's ``TASK_SOURCE`` hashes only the task function's own source, so a change inside nodecore would
 not invalidate a cached stage. Here a stage's version digests its module's source and, transitively, the
-sources of the nodecore modules that module imports (found by reading ``import`` statements), plus the
-nodecore version string. A change to ``nodecore/plotting.py`` therefore invalidates the render stage
-but not training.
+sources of the nodecore and ``tasks`` modules it imports (found by reading ``import`` statements; the
+caching and retry machinery excepted), plus the nodecore version string. A change to
+``nodecore/plotting.py`` therefore invalidates the render stage but not training.
 """
 
 from __future__ import annotations
@@ -17,35 +17,47 @@ from pathlib import Path
 import nodecore
 
 NODECORE_DIR = Path(nodecore.__file__).parent
+TASKS_DIR = Path(__file__).resolve().parent
+# What a stage's output depends on: the library, and helpers the stages share (e.g. tasks.train.t_span).
+# The caching and retry machinery itself is left out: changing it does not change what a stage computes.
+TRACKED_PACKAGES = {"nodecore": NODECORE_DIR, "tasks": TASKS_DIR}
+UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry"})
 # CPython 3.11 (3.11.7 here) keeps ast.parse's recursion-depth counter per interpreter, not per thread: stages
 # computing their keys at once in the flow's thread pool intermittently failed with "SystemError: AST
 # constructor recursion depth mismatch". Parse one file at a time.
 _PARSE_LOCK = threading.Lock()
 
 
+def _tracked(name: str) -> bool:
+    return name.split(".")[0] in TRACKED_PACKAGES and name not in UNTRACKED_MODULES
+
+
 def _imported_nodecore_modules(source_file: Path) -> set[str]:
-    """Names like ``nodecore.training`` that ``source_file`` imports."""
+    """Names like ``nodecore.training`` or ``tasks.train`` that ``source_file`` imports (tracked ones only)."""
     source = source_file.read_text()
     with _PARSE_LOCK:
         tree = ast.parse(source, filename=str(source_file))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "nodecore")
+            found.update(alias.name for alias in node.names if _tracked(alias.name))
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] == "nodecore":
-                found.add(node.module)
+            if node.module.split(".")[0] in TRACKED_PACKAGES:
+                if _tracked(node.module):
+                    found.add(node.module)
                 # `from nodecore import training` imports a submodule, not just a name.
                 found.update(f"{node.module}.{alias.name}" for alias in node.names
-                             if _module_file(f"{node.module}.{alias.name}") is not None)
+                             if _tracked(f"{node.module}.{alias.name}")
+                             and _module_file(f"{node.module}.{alias.name}") is not None)
     return found
 
 
 def _module_file(name: str) -> Path | None:
-    parts = name.split(".")[1:]
+    package, *parts = name.split(".")
+    root = TRACKED_PACKAGES[package]
     if not parts:
-        return NODECORE_DIR / "__init__.py"
-    candidate = NODECORE_DIR.joinpath(*parts)
+        return root / "__init__.py"
+    candidate = root.joinpath(*parts)
     for path in (candidate.with_suffix(".py"), candidate / "__init__.py"):
         if path.is_file():
             return path
@@ -53,7 +65,7 @@ def _module_file(name: str) -> Path | None:
 
 
 def nodecore_dependencies(source_file: Path) -> list[Path]:
-    """Every nodecore source file reached from ``source_file``'s imports, transitively, sorted."""
+    """Every nodecore (and shared tasks) source file reached from ``source_file``'s imports, transitively, sorted."""
     seen: set[Path] = set()
     pending = [f for f in map(_module_file, _imported_nodecore_modules(source_file)) if f is not None]
     while pending:

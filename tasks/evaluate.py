@@ -11,7 +11,6 @@ from nodecore.training import evaluate
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
-from tasks.train import t_span
 from flows.config import ModelConfig
 
 
@@ -20,7 +19,7 @@ def evaluate_cell(ctx: StageContext, *, dataset: StageOutput, trained: StageOutp
     """Write ``metrics.json``: train/test accuracy and loss, NFE forward/backward, wall times, device, solver."""
     maybe_fail("evaluate", trained.data["cell"])
     classifier, checkpoint = load_model(trained.path(ctx.root, "checkpoint"))
-    span = t_span(model)
+    span = model.t_span()
     metrics = {"cell": trained.data["cell"], "model": trained.data["kind"], "solver": trained.data["solver"],
                "device": trained.data["device"], "sensitivity": checkpoint.config.get("ode", {}).get("sensitivity", "implicit")}
     for split in ("train", "test"):

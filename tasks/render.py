@@ -18,7 +18,6 @@ from nodecore.plotting import (
 from nodecore.trajectory_io import read_trajectory
 from nodecore.training import logits
 from tasks.cache import Built, StageContext, StageOutput, stage_task
-from tasks.train import t_span
 from flows.config import ModelConfig, OutputConfig
 
 PLOTS = ("depth", "state_space", "vector_field", "decision_boundary")
@@ -34,7 +33,7 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     """
     classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
-    span = t_span(model)
+    span = model.t_span()
     figures = {}
     if trajectories is not None:
         t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))

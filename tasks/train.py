@@ -57,11 +57,6 @@ def hold_device(device: str) -> Iterator[None]:
         yield
 
 
-def t_span(model: ModelConfig, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The depths ``[t_points]`` over ``[0, t_end]`` where the state is returned."""
-    return torch.linspace(0.0, model.t_end, model.t_points, device=device)
-
-
 def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
     """The cell's untrained model and its config: the field stage's initial weights, the cell's solver."""
     initial = load_checkpoint(field.path(root, "field"))
@@ -114,7 +109,7 @@ def train_cell(
         classifier.to(device)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
-        X, y, span = X.to(device), y.to(device), t_span(model, device)
+        X, y, span = X.to(device), y.to(device), model.t_span(device)
 
         def on_epoch(stats: EpochStats) -> None:
             history.epochs.append(stats)

@@ -111,3 +111,16 @@ def test_code_digest_is_safe_from_many_threads() -> None:
         litterer.join()
         gc.set_threshold(*thresholds)
     assert not errors, errors
+
+
+def test_shared_tasks_modules_are_followed_but_the_cache_machinery_is_not(tmp_path) -> None:
+    from pathlib import Path
+
+    from tasks.code_version import nodecore_dependencies
+
+    stage = tmp_path / "stage.py"
+    stage.write_text("from tasks.train import train_cell\nfrom tasks.cache import stage_task\nimport tasks.faults\n")
+    names = {f"{p.parent.name}/{p.name}" for p in nodecore_dependencies(stage)}
+    assert "tasks/train.py" in names and "nodecore/training.py" in names
+    assert not names & {"tasks/cache.py", "tasks/faults.py", "tasks/code_version.py", "tasks/retry.py"}
+    assert Path(stage) not in nodecore_dependencies(stage)
