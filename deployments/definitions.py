@@ -2,7 +2,7 @@
 
 * ``nodecore-train/nightly-grid``: the solver grid every night at 02:00 UTC on the ``cpu`` pool.
 * ``nodecore-train/on-demand``: the default run, started from the UI or ``prefect deployment run``.
-* ``nodecore-train/gpu-grid``: the grid on every GPU, its cells dispatched to the ``gpu`` pool (no schedule).
+* ``nodecore-train/gpu-grid``: the grid on ``cuda:0``, its cells dispatched to the ``gpu`` pool (no schedule).
 * ``nodecore-cell/cell-<pool>``: one grid cell, for ``run.executor=deployments`` to dispatch to each pool.
 """
 

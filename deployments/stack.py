@@ -24,7 +24,17 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deployments.definitions import CPU_POOL, DEPLOYMENTS, GPU_POOL, DeploymentSpec
-from flows.server import REPO_ROOT, ensure_server, resolve_home, stop_server
+from flows.server import (
+    REPO_ROOT,
+    _is_alive,
+    _read_pid,
+    _signal_group,
+    ensure_server,
+    is_healthy,
+    resolve_home,
+    resolve_port,
+    stop_server,
+)
 
 POOLS = (CPU_POOL, GPU_POOL)
 
@@ -71,6 +81,18 @@ def _pid_file(pool: str) -> Path:
     return resolve_home() / f"worker-{pool}.pid"
 
 
+def running_worker(pool: str) -> int | None:
+    """The pid of this project's background worker for ``pool``, if one is really running."""
+    pid = _read_pid(_pid_file(pool))
+    if pid is None or not _is_alive(pid):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return pid  # no /proc: trust the pid file
+    return pid if b"prefect\0worker" in command and pool.encode() in command else None
+
+
 def start_background_worker(pool: str) -> int:
     """Start a worker for ``pool`` that outlives this process; its log goes beside the server's."""
     log = (resolve_home() / f"worker-{pool}.log").open("ab")
@@ -81,19 +103,17 @@ def start_background_worker(pool: str) -> int:
 
 
 def stop_background_worker(pool: str) -> bool:
-    pid_file = _pid_file(pool)
-    if not pid_file.is_file():
+    """Stop the background worker for ``pool``; False when none was running (a stale pid file is removed)."""
+    pid = running_worker(pool)
+    _pid_file(pool).unlink(missing_ok=True)
+    if pid is None:
         return False
-    pid = int(pid_file.read_text())
-    try:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(50):
-            os.kill(pid, 0)
-            time.sleep(0.1)
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink(missing_ok=True)
+    _signal_group(pid, signal.SIGTERM)
+    for _ in range(50):
+        if not _is_alive(pid):
+            return True
+        time.sleep(0.1)
+    _signal_group(pid, signal.SIGKILL)
     return True
 
 
@@ -114,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped workers: {', '.join(stopped) or 'none'}")
         print("stopped the local Prefect server" if stop_server() else "no local Prefect server was running")
         return 0
+    if args.command == "status":
+        api_url = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{resolve_port()}/api"
+        print(f"server {api_url}: {'up' if is_healthy(api_url) else 'down'}")
+        for pool in POOLS:
+            print(f"background {pool} worker: {running_worker(pool) or 'none'}")
+        return 0
     info = ensure_server()
     if args.command == "worker":
         return subprocess.call(worker_command(args.pool, run_once=args.run_once), cwd=REPO_ROOT)
@@ -121,16 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, deployment_id in deploy_all().items():
             print(f"deployment {name}: {deployment_id}")
     if args.command == "up":
-        if _pid_file(CPU_POOL).is_file():
-            print(f"a {CPU_POOL} worker is already running (pid {_pid_file(CPU_POOL).read_text()})")
+        if (pid := running_worker(CPU_POOL)) is not None:
+            print(f"a {CPU_POOL} worker is already running (pid {pid})")
         else:
             print(f"started a {CPU_POOL} worker (pid {start_background_worker(CPU_POOL)})")
         print(f"UI: {info.ui_url}; run one: prefect deployment run nodecore-train/on-demand")
-    if args.command == "status":
-        print(f"server: {info.api_url}")
-        for pool in POOLS:
-            pid = _pid_file(pool).read_text() if _pid_file(pool).is_file() else "none"
-            print(f"background {pool} worker: {pid}")
     return 0
 
 

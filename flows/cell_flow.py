@@ -29,12 +29,13 @@ CELL_FLOW_NAME = "nodecore-cell"
 
 @flow(name=CELL_FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOutput, field: StageOutput,
-              result_path: str | None = None, model: str = "node") -> dict[str, StageOutput]:
+              result_path: str | None = None, model: str = "node",
+              run_device: str | None = None) -> dict[str, StageOutput]:
     """Train, evaluate, integrate and render one (model, solver, device) cell from the grid's dataset and
     the field stage's output for that model."""
     stages = Stages(config)
     cell = Cell(solver=solver, device=device, model=model)
-    outputs = resolve_cells([stages.submit_cell(cell, dataset, field)])[0]
+    outputs = resolve_cells([stages.submit_cell(cell, dataset, field, run_device=run_device)])[0]
     if result_path:
         with atomic_write(result_path) as handle:
             handle.write(json.dumps({k: v.model_dump(mode="json") for k, v in outputs.items()}).encode())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nodecore.architectures import ACTIVATIONS
@@ -65,10 +64,6 @@ class ModelConfig(_Config):
     root_finder: RootFinderName = Field("anderson", description="root finder of a 'deq' model")
     deq_tol: float = Field(1e-4, gt=0, description="fixed-point tolerance of a 'deq' model")
     deq_max_iter: int = Field(50, ge=1, description="fixed-point iteration cap of a 'deq' model")
-
-    def t_span(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """The depths ``[t_points]`` over ``[0, t_end]`` where the state is returned."""
-        return torch.linspace(0.0, self.t_end, self.t_points, device=device)
 
 
 class SolverConfig(_Config):

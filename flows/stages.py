@@ -40,15 +40,17 @@ class Stages:
             options["task_run_name"] = name
         return task.with_options(**options)
 
-    def submit_cell(self, cell: Cell, dataset: Any, field: Any) -> dict[str, PrefectFuture]:
+    def submit_cell(self, cell: Cell, dataset: Any, field: Any, *, run_device: str | None = None
+                    ) -> dict[str, PrefectFuture]:
         """Submit train -> (evaluate, trajectories -> render) for ``cell``; upstreams may be futures.
 
-        ``field`` is the output of the field stage for ``cell.model``.
+        ``field`` is the output of the field stage for ``cell.model``; ``run_device`` is ``cell.device`` as
+        this process names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
         """
         config, common = self.config, self.common
         trained = self(train_cell, retryable=True, name=f"train-{cell.name}").submit(
             dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
-            training=config.training, device=cell.device, **common)
+            training=config.training, device=cell.device, run_device=run_device, **common)
         metrics = self(evaluate_cell, retryable=True, name=f"evaluate-{cell.name}").submit(
             dataset=dataset, trained=trained, model=config.model, **common)
         trajectories = None

@@ -1,4 +1,4 @@
-"""The main job: train Neural ODEs over a solver x device grid as a cached, retryable Prefect flow.
+"""The main job: train Neural ODEs over a model x solver x device grid as a cached, retryable Prefect flow.
 
     python flows/train_flow.py                      # the torchdyn moons tutorial: dopri5, rk4, tsit5 on CPU
     python flows/train_flow.py --training.epochs 50 --solvers dopri5 euler --devices cpu cuda:0

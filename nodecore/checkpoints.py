@@ -143,6 +143,11 @@ def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpe
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    if kind == "node" and n_classes > dim:
+        raise ValueError(
+            f"a 'node' model reads its class scores from the final state, so it needs at least as many state "
+            f"dimensions as classes: dim={dim}, classes={n_classes}; use kind 'anode' (linear readout) or 'deq'"
+        )
     config: dict[str, Any] = {"kind": kind, "dim": dim, "n_classes": n_classes}
     if kind == "deq":
         return config | {"hidden": hidden, "deq": dict(deq or {})}

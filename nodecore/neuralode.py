@@ -43,7 +43,6 @@ class _SolveFunc:
         counter: StepCounter,
         *,
         max_steps: int,
-        state_shape: torch.Size,
         adaptive_forward: bool,
         adaptive_backward: bool,
     ) -> None:
@@ -51,7 +50,6 @@ class _SolveFunc:
         self.counter = counter
         self.phase: _PhaseCounts = counter.forward
         self.max_steps = int(max_steps)
-        self.state_shape = state_shape
         self._shape_checked = False
         # torchdiffeq warns about callbacks a solver cannot call, so only offer the ones it can.
         if adaptive_forward:
@@ -251,7 +249,6 @@ class NeuralODE(nn.Module):
             self.vf,
             counter,
             max_steps=self.max_steps,
-            state_shape=x.shape,
             adaptive_forward=self.solver.adaptive,
             adaptive_backward=self.solver_adjoint.adaptive,
         )
@@ -261,8 +258,9 @@ class NeuralODE(nn.Module):
             raise translate_solver_assertion(err) from err
         func.phase = counter.backward  # any later evaluation belongs to the backward pass
         # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
-        # fixed-step solve can end on NaN or Inf.
-        if not self.solver.adaptive and not torch.isfinite(trajectory[-1]).all():
+        # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf.
+        constant_steps = not self.solver.adaptive or self.step_size is not None
+        if constant_steps and not torch.isfinite(trajectory[-1]).all():
             raise NonFiniteError(
                 "the solution contains NaN or Inf: the dynamics blew up; use a smaller step_size, an "
                 "adaptive solver, tighter tolerances, or check the vector field and inputs"

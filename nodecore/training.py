@@ -57,6 +57,11 @@ class Metrics:
         return asdict(self)
 
 
+def depth_grid(t_end: float, points: int, *, device: str | torch.device = "cpu") -> Tensor:
+    """``points`` evenly spaced depths over ``[0, t_end]``: a ``t_span`` ``[points]``."""
+    return torch.linspace(0.0, t_end, points, device=device)
+
+
 def logits(model: nn.Module, x: Tensor, t_span: Tensor) -> Tensor:
     """Class scores ``[B, C]``.
 
@@ -129,11 +134,12 @@ def train(
         raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator()
     history = History()
     model.train()
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
+        generator.manual_seed(seed + epoch)  # per epoch, so a resumed run shuffles as an uninterrupted one
         order = torch.randperm(len(X), generator=generator).to(X.device) if batch_size else None
         batches = [slice(None)] if order is None else order.split(batch_size)
         total_loss, correct = 0.0, 0

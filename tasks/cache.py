@@ -34,7 +34,8 @@ from tasks.code_version import code_digest
 
 MANIFEST = "manifest.json"
 RESULTS_DIR = ".prefect-results"
-CONTROL_INPUTS = ("root", "refresh")
+# Inputs that say where or how a stage runs, not what it computes: never part of the key.
+CONTROL_INPUTS = ("root", "refresh", "run_device")
 
 
 class StageOutput(BaseModel):

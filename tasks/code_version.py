@@ -18,7 +18,7 @@ import nodecore
 
 NODECORE_DIR = Path(nodecore.__file__).parent
 TASKS_DIR = Path(__file__).resolve().parent
-# What a stage's output depends on: the library, and helpers the stages share (e.g. tasks.train.t_span).
+# What a stage's output depends on: the library, and any tasks module a stage imports from another.
 # The caching and retry machinery itself is left out: changing it does not change what a stage computes.
 TRACKED_PACKAGES = {"nodecore": NODECORE_DIR, "tasks": TASKS_DIR}
 UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry"})

@@ -6,8 +6,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_client, task
 from prefect.deployments import run_deployment
+from prefect.states import Cancelling
 
 from flows.cell_flow import CELL_FLOW_NAME, read_cell_result
 from flows.config import PipelineConfig
@@ -42,8 +43,9 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     """
     root = Path(config.run.artifacts_dir).resolve()
     result_path = root / "cells" / f"{uuid.uuid4().hex}.json"
-    parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": device, "dataset": dataset,
-                                  "field": field, "result_path": str(result_path), "model": cell.model}
+    parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": cell.device,
+                                  "run_device": device, "dataset": dataset, "field": field,
+                                  "result_path": str(result_path), "model": cell.model}
     flow_run = run_deployment(
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,
@@ -53,6 +55,9 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         flow_run_name=f"cell-{cell.name}",
     )
     state = flow_run.state
+    if state is not None and not state.is_final():  # timed out: do not leave it holding a device
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelling(message=f"dispatch of {cell.name} timed out"))
     if state is None or not state.is_completed():
         kind = state.type.value if state else "UNKNOWN"
         raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {kind} (flow run {flow_run.id}): "

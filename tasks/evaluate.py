@@ -7,7 +7,7 @@ import json
 from nodecore.checkpoints import load_model
 from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write
-from nodecore.training import evaluate
+from nodecore.training import depth_grid, evaluate
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
@@ -19,7 +19,7 @@ def evaluate_cell(ctx: StageContext, *, dataset: StageOutput, trained: StageOutp
     """Write ``metrics.json``: train/test accuracy and loss, NFE forward/backward, wall times, device, solver."""
     maybe_fail("evaluate", trained.data["cell"])
     classifier, checkpoint = load_model(trained.path(ctx.root, "checkpoint"))
-    span = model.t_span()
+    span = depth_grid(model.t_end, model.t_points)
     metrics = {"cell": trained.data["cell"], "model": trained.data["kind"], "solver": trained.data["solver"],
                "device": trained.data["device"], "sensitivity": checkpoint.config.get("ode", {}).get("sensitivity", "implicit")}
     for split in ("train", "test"):

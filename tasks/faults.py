@@ -30,7 +30,7 @@ class InjectedPermanentFault(ValueError):
 
 
 # Failures that a retry cannot cure: bad input, deterministic numerical failure.
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, SolverError)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, KeyError, IndexError, SolverError)
 
 
 def maybe_fail(stage: str, scope: str = "") -> None:

@@ -16,7 +16,7 @@ from nodecore.plotting import (
     vector_field_limits,
 )
 from nodecore.trajectory_io import read_trajectory
-from nodecore.training import logits
+from nodecore.training import depth_grid, logits
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from flows.config import ModelConfig, OutputConfig
 
@@ -33,7 +33,7 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     """
     classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
-    span = model.t_span()
+    span = depth_grid(model.t_end, model.t_points)
     figures = {}
     if trajectories is not None:
         t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))

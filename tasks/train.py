@@ -21,7 +21,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from nodecore.checkpoints import build_model, load_checkpoint, save_checkpoint
 from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write
-from nodecore.training import EpochStats, History, train
+from nodecore.training import EpochStats, History, depth_grid, train
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
@@ -82,8 +82,13 @@ def train_cell(
     solver_config: SolverConfig,
     training: TrainingConfig,
     device: str,
+    run_device: str | None = None,
 ) -> Built:
-    """Train on ``device`` holding its concurrency slot; checkpoint every few epochs and resume from there."""
+    """Train on ``device`` holding its concurrency slot; checkpoint every few epochs and resume from there.
+
+    ``run_device`` is the same device as this process names it, when that differs (a dispatched cell for
+    ``cuda:3`` runs with ``CUDA_VISIBLE_DEVICES=3`` and trains on ``cuda:0``); it is not part of the key.
+    """
     logger = get_run_logger()
     cell = Cell(solver=solver, device=device, model=field.data["kind"]).name
     X, y, _ = read_dataset(dataset.path(ctx.root, "train"))
@@ -105,11 +110,12 @@ def train_cell(
         description=f"training {cell}: epochs completed, percent",
     )
 
-    with hold_device(device):
-        classifier.to(device)
+    local = run_device or device
+    with hold_device(local):
+        classifier.to(local)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
-        X, y, span = X.to(device), y.to(device), model.t_span(device)
+        X, y, span = X.to(local), y.to(local), depth_grid(model.t_end, model.t_points, device=local)
 
         def on_epoch(stats: EpochStats) -> None:
             history.epochs.append(stats)

@@ -8,6 +8,7 @@ from nodecore.checkpoints import load_model
 from nodecore.classifiers import ODEClassifier
 from nodecore.dataset_io import read_dataset
 from nodecore.trajectory_io import write_trajectory
+from nodecore.training import depth_grid
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from flows.config import ModelConfig, OutputConfig
 
@@ -19,7 +20,7 @@ def integrate_trajectories(ctx: StageContext, *, dataset: StageOutput, trained: 
     classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
     X, y = X[: output.trajectory_samples], y[: output.trajectory_samples]
-    depths = torch.linspace(0.0, model.t_end, output.trajectory_points)
+    depths = depth_grid(model.t_end, output.trajectory_points)
     # An augmented classifier's hidden states, not its logits, are the trajectory.
     solve = classifier.states if isinstance(classifier, ODEClassifier) else classifier
     with torch.no_grad():

@@ -367,3 +367,12 @@ def test_a_t_span_changed_in_place_after_a_solve_is_checked_again() -> None:
     t_span[1] = 0.0  # no longer strictly monotonic
     with pytest.raises(ValueError, match="strictly increasing"):
         model(torch.ones(1, 2), t_span)
+
+
+def test_nan_in_the_last_constant_step_of_an_adaptive_solver_raises() -> None:
+    class LateNaN(nn.Module):
+        def forward(self, t: Tensor, x: Tensor) -> Tensor:
+            return torch.where(t > 0.75, torch.full_like(x, math.nan), -x)
+
+    with pytest.raises(NonFiniteError):
+        NeuralODE(LateNaN(), solver="dopri5", step_size=0.5)(torch.ones(1, 2), torch.tensor([0.0, 1.0]))

@@ -116,3 +116,15 @@ def test_evaluate_reports_loss_accuracy_and_nfe(moons):
     assert metrics.accuracy == pytest.approx((final.argmax(1) == y).float().mean().item())
     assert metrics.loss == pytest.approx(torch.nn.functional.cross_entropy(final, y).item())
     assert metrics.nfe_forward == 8  # rk4 on the t_span grid: 2 steps x 4 evaluations
+
+
+def test_resuming_mini_batch_training_matches_an_uninterrupted_run(moons):
+    X, y = moons
+    straight = _model()
+    train(straight, X, y, t_span=T_SPAN, epochs=4, batch_size=32, seed=5)
+    resumed = _model()
+    optimizer = torch.optim.Adam(resumed.parameters(), lr=0.01)
+    train(resumed, X, y, t_span=T_SPAN, epochs=2, batch_size=32, seed=5, optimizer=optimizer)
+    train(resumed, X, y, t_span=T_SPAN, epochs=4, start_epoch=2, batch_size=32, seed=5, optimizer=optimizer)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)

@@ -192,3 +192,11 @@ def test_cache_policy_drops_a_record_whose_files_no_longer_verify(root: Path) ->
     assert policy.compute_key(None, inputs, {}) == output.key and record.exists()  # files intact: kept
     (root / output.files["b"]).unlink()
     assert policy.compute_key(None, inputs, {}) == output.key and not record.exists()  # stale: dropped
+
+
+def test_the_device_a_process_runs_on_is_not_part_of_the_key() -> None:
+    from tasks.cache import stage_key
+
+    inputs = {"device": "cuda:3", "solver": "dopri5"}
+    assert stage_key("train", "code", inputs) == stage_key("train", "code", {**inputs, "run_device": "cuda:0"})
+    assert stage_key("train", "code", inputs) != stage_key("train", "code", {**inputs, "device": "cuda:2"})
