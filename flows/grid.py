@@ -82,8 +82,3 @@ def device_slot(device: str, *, host: str | None = None) -> str:
 def slot_limit(device: str, *, cpu_slots: int | None = None) -> int:
     """Trainings a device takes at once: one per GPU; on the CPU, one per core."""
     return (cpu_slots or os.cpu_count() or 1) if device == "cpu" else 1
-
-
-def device_slot_limits(devices: list[str], *, cpu_slots: int | None = None) -> dict[str, int]:
-    """Concurrency limits of this host's ``devices``: ``{slot name: limit}``."""
-    return {device_slot(d): slot_limit(d, cpu_slots=cpu_slots) for d in devices}

@@ -17,7 +17,6 @@ from prefect.concurrency.sync import concurrency
 from flows.grid import (
     Cell,
     device_slot,
-    device_slot_limits,
     grid_cells,
     physical_device,
     resolve_devices,
@@ -86,8 +85,6 @@ def test_device_slots_give_one_training_per_gpu() -> None:
     assert device_slot("cpu") == f"nodecore-device-{socket.gethostname()}-cpu"
     assert slot_limit("cuda:0") == slot_limit("cuda:3", cpu_slots=8) == 1
     assert slot_limit("cpu", cpu_slots=3) == 3 and slot_limit("cpu") == (os.cpu_count() or 1)
-    assert device_slot_limits(["cpu", "cuda:0", "cuda:1"], cpu_slots=3) == {
-        device_slot("cpu"): 3, device_slot("cuda:0"): 1, device_slot("cuda:1"): 1}
 
 
 @pytest.mark.parametrize(

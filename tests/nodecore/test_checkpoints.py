@@ -62,7 +62,7 @@ def test_a_node_classifier_needs_a_state_dimension_per_class():
 
     with pytest.raises(ValueError, match="dim=2, classes=6; use kind 'anode'"):
         classifier_config("node", dim=2, n_classes=6)
-    for kind in ("anode", "deq"):
-        model = build_model(classifier_config(kind, dim=2, n_classes=6, augment_dims=2))
-        assert model(torch.zeros(3, 2), torch.linspace(0, 1, 2))[1][-1].shape == (3, 6) if kind == "anode" \
-            else model(torch.zeros(3, 2)).shape == (3, 6)
+    augmented = build_model(classifier_config("anode", dim=2, n_classes=6, augment_dims=2))
+    assert augmented(torch.zeros(3, 2), torch.linspace(0, 1, 2))[1][-1].shape == (3, 6)
+    equilibrium = build_model(classifier_config("deq", dim=2, n_classes=6))
+    assert equilibrium(torch.zeros(3, 2)).shape == (3, 6)
