@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.dispatch import cell_deployment_name
+from flows.dispatch import cell_deployment_name
 
 TRAIN_ENTRYPOINT = "flows/train_flow.py:train_flow"
 CELL_ENTRYPOINT = "flows/cell_flow.py:cell_flow"

@@ -18,8 +18,8 @@ if __package__ in (None, ""):  # loaded by a worker from its entrypoint: make th
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.config import PipelineConfig
-from flows.grid import Cell
+from tasks.config import PipelineConfig
+from tasks.grid import Cell
 from flows.stages import Stages, resolve_cells
 from nodecore.files import atomic_write
 from tasks.cache import StageOutput

@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect.futures import PrefectFuture, wait
 
-from flows.config import PipelineConfig
-from flows.grid import Cell
+from tasks.config import PipelineConfig
+from tasks.grid import Cell
 from tasks.cache import RESULTS_DIR, StageOutput
 from tasks.evaluate import evaluate_cell
 from tasks.render import render_plots

@@ -21,11 +21,11 @@ import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.config import PipelineConfig
-from flows.grid import Cell, grid_cells, resolve_devices
+from tasks.config import PipelineConfig
+from tasks.grid import Cell, grid_cells, resolve_devices
 from flows.stages import Stages, resolve, resolve_cells
 from tasks.cache import StageOutput
-from tasks.dispatch import dispatch_cell, pool_and_device
+from flows.dispatch import dispatch_cell, pool_and_device
 from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
 from tasks.report import publish_report

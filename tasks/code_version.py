@@ -19,9 +19,12 @@ import nodecore
 NODECORE_DIR = Path(nodecore.__file__).parent
 TASKS_DIR = Path(__file__).resolve().parent
 # What a stage's output depends on: the library, and any tasks module a stage imports from another.
-# The caching and retry machinery itself is left out: changing it does not change what a stage computes.
+# The caching and retry machinery itself is left out: changing it does not change what a stage computes. So is
+# the pipeline's config layer: config values enter every key as inputs, so editing a description or a
+# default there changes the key only where it changes a value.
 TRACKED_PACKAGES = {"nodecore": NODECORE_DIR, "tasks": TASKS_DIR}
-UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry"})
+UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry",
+                               "tasks.config", "tasks.grid"})
 # CPython 3.11 (3.11.7 here) keeps ast.parse's recursion-depth counter per interpreter, not per thread: stages
 # computing their keys at once in the flow's thread pool intermittently failed with "SystemError: AST
 # constructor recursion depth mismatch". Parse one file at a time.

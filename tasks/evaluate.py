@@ -11,7 +11,7 @@ from nodecore.training import depth_grid, evaluate
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
-from flows.config import ModelConfig
+from tasks.config import ModelConfig
 
 
 @stage_task("evaluate", **RETRYABLE)

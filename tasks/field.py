@@ -9,7 +9,7 @@ import torch
 from nodecore.architectures import MLPFieldSpec
 from nodecore.checkpoints import build_model, classifier_config, save_checkpoint
 from tasks.cache import Built, StageContext, StageOutput, stage_task
-from flows.config import ModelConfig
+from tasks.config import ModelConfig
 
 _RNG_LOCK = threading.Lock()
 

@@ -7,7 +7,7 @@ from nodecore.datasets import ToyDataset, resolve_params
 from tasks.cache import Built, StageContext, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
-from flows.config import DatasetConfig
+from tasks.config import DatasetConfig
 
 
 @stage_task("generate-dataset", **RETRYABLE)

@@ -18,7 +18,7 @@ from nodecore.plotting import (
 from nodecore.trajectory_io import read_trajectory
 from nodecore.training import depth_grid, logits
 from tasks.cache import Built, StageContext, StageOutput, stage_task
-from flows.config import ModelConfig, OutputConfig
+from tasks.config import ModelConfig, OutputConfig
 
 PLOTS = ("depth", "state_space", "vector_field", "decision_boundary")
 

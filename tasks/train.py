@@ -25,8 +25,8 @@ from nodecore.training import EpochStats, History, depth_grid, train
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
-from flows.config import ModelConfig, SolverConfig, TrainingConfig
-from flows.grid import Cell, device_slot, slot_limit
+from tasks.config import ModelConfig, SolverConfig, TrainingConfig
+from tasks.grid import Cell, device_slot, slot_limit
 
 RESUME = "resume.pt"
 

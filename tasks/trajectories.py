@@ -10,7 +10,7 @@ from nodecore.dataset_io import read_dataset
 from nodecore.trajectory_io import write_trajectory
 from nodecore.training import depth_grid
 from tasks.cache import Built, StageContext, StageOutput, stage_task
-from flows.config import ModelConfig, OutputConfig
+from tasks.config import ModelConfig, OutputConfig
 
 
 @stage_task("integrate-trajectories")

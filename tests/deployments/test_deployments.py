@@ -19,7 +19,7 @@ from deployments.definitions import DEPLOYMENTS, cell_deployment
 from deployments.stack import deploy, deploy_all, ensure_work_pools, worker_command
 from flows.server import REPO_ROOT, prefect_settings_context
 from flows.train_flow import train_flow
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from tasks.cache import StageOutput
 
 pytestmark = pytest.mark.slow

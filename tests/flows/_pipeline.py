@@ -24,7 +24,7 @@ from prefect.settings import (
 from prefect.states import State
 
 from flows.cli import parse_config
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from flows.server import ServerInfo, prefect_settings_context
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

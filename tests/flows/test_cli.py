@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.cli import build_parser, collect_overrides, leaf_paths, option_name, parse_config
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from nodecore.datasets import DATASET_TYPES
 from nodecore.solvers import SOLVER_NAMES
 

@@ -28,7 +28,7 @@ import nodecore
 import tasks.cache
 import tasks.faults
 from flows.cli import parse_config
-from flows.config import PipelineConfig
+from tasks.config import PipelineConfig
 from flows.server import ServerInfo, prefect_settings_context
 from nodecore.checkpoints import load_checkpoint
 from nodecore.dataset_io import read_dataset

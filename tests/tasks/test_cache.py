@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import DatasetConfig, ModelConfig
+from tasks.config import DatasetConfig, ModelConfig
 from tasks.cache import (
     MANIFEST,
     RESULTS_DIR,

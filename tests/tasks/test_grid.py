@@ -1,4 +1,4 @@
-"""Tests for flows.grid: device resolution with faked device counts, the grid, and device slots on a real server."""
+"""Tests for tasks.grid: device resolution with faked device counts, the grid, and device slots on a real server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 
-from flows.grid import (
+from tasks.grid import (
     Cell,
     device_slot,
     grid_cells,

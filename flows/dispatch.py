@@ -11,8 +11,8 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
 from flows.cell_flow import CELL_FLOW_NAME, read_cell_result
-from flows.config import PipelineConfig
-from flows.grid import Cell
+from tasks.config import PipelineConfig
+from tasks.grid import Cell
 from tasks.cache import StageOutput
 
 
