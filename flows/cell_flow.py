@@ -22,7 +22,7 @@ from tasks.config import PipelineConfig
 from tasks.grid import Cell
 from flows.stages import Stages, resolve_cells
 from nodecore.files import atomic_write
-from tasks.cache import StageOutput
+from tasks.cache import StageOutput, read_manifest
 
 CELL_FLOW_NAME = "nodecore-cell"
 
@@ -42,6 +42,25 @@ def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOu
     return outputs
 
 
-def read_cell_result(path: str | Path) -> dict[str, StageOutput]:
-    """The stage outputs a dispatched :func:`cell_flow` wrote to ``path``."""
-    return {k: StageOutput.model_validate(v) for k, v in json.loads(Path(path).read_text()).items()}
+def read_cell_result(path: str | Path, root: str | Path) -> dict[str, StageOutput]:
+    """The stage outputs a dispatched :func:`cell_flow` wrote to ``path``, each re-read from its verified manifest.
+
+    The file only says which stage folders under ``root`` hold the cell's outputs; what is returned comes from
+    their signed, verified manifests, so an edited result file can point at nothing but real outputs.
+
+    Raises:
+        ValueError: the file is not a cell result, or names an output without a verified manifest.
+    """
+    root = Path(root)
+    try:
+        claimed = {k: StageOutput.model_validate(v) for k, v in json.loads(Path(path).read_text()).items()}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cell result {str(path)!r} is unreadable: {err}") from err
+    outputs = {}
+    for name, output in claimed.items():
+        verified = read_manifest(root / output.stage / output.key, root) if output.key.isalnum() else None
+        if verified is None:
+            raise ValueError(f"cell result {str(path)!r} names {output.stage}/{output.key}, which has no "
+                             "verified manifest")
+        outputs[name] = verified
+    return outputs

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_client, task
+from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
@@ -33,7 +34,7 @@ def pool_and_device(cell: Cell, config: PipelineConfig, index: int) -> tuple[str
     return pools[index % len(pools)], cell.device, {}
 
 
-@task(name="dispatch-cell")
+@task(name="dispatch-cell", cache_policy=NO_CACHE, persist_result=False)
 def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str, env: dict[str, str],
                   dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput]:
     """Run ``cell`` as a deployment run on ``pool`` and return its stage outputs.
@@ -63,6 +64,6 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {kind} (flow run {flow_run.id}): "
                            f"{state.message if state else ''}; is a worker polling pool {pool!r}?")
     try:
-        return read_cell_result(result_path)
+        return read_cell_result(result_path, root)
     finally:
         result_path.unlink(missing_ok=True)

@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import Any
 
 from prefect.futures import PrefectFuture, wait
+from prefect.tasks import exponential_backoff
 
+from tasks.cache import StageOutput
 from tasks.config import PipelineConfig
-from tasks.grid import Cell
-from tasks.cache import RESULTS_DIR, StageOutput
 from tasks.evaluate import evaluate_cell
+from tasks.grid import Cell
+from tasks.records import ManifestRecords, saved_records, stage_result_options
 from tasks.render import render_plots
 from tasks.train import train_cell
 from tasks.trajectories import integrate_trajectories
@@ -25,13 +27,22 @@ class Stages:
         self.config = config
         self.root = Path(config.run.artifacts_dir).resolve()
         self.common = {"root": str(self.root), "refresh": config.run.refresh}
+        self._records: ManifestRecords | None = None
+
+    @property
+    def records(self) -> ManifestRecords:
+        """The stages' Prefect cache records (their manifests), saved on the server on first use."""
+        if self._records is None:
+            self._records = saved_records(self.root)
+        return self._records
 
     def options(self, *, retryable: bool) -> dict[str, Any]:
+        """Stage task options: the manifests as Prefect's cache records, refresh, and retries."""
         run = self.config.run
-        options: dict[str, Any] = {"result_storage": self.root / RESULTS_DIR, "refresh_cache": run.refresh}
+        options: dict[str, Any] = {**stage_result_options(self.records), "refresh_cache": run.refresh}
         if retryable:
-            delays = [run.retry_delay_seconds * 2**i for i in range(run.retries)]
-            options |= {"retries": run.retries, "retry_delay_seconds": delays or 0}
+            delays = exponential_backoff(backoff_factor=run.retry_delay_seconds)(run.retries) if run.retries else 0
+            options |= {"retries": run.retries, "retry_delay_seconds": delays}
         return options
 
     def __call__(self, task: Any, *, retryable: bool = False, name: str | None = None) -> Any:

@@ -4,16 +4,16 @@ Each stage writes into ``<root>/<stage>/<key>/``; the key digests everything tha
 the stage's inputs (configs and the digests of upstream outputs) and its code version (see
 :mod:`tasks.code_version`). A ``manifest.json`` written last, atomically, lists the files with their
 SHA-256; a folder without a valid manifest is never taken as a result, so a killed run leaves nothing that
-a later run trusts.
+a later run trusts. A manifest may name only files inside the artifacts root.
 
 Two layers use the same key:
 
 * Prefect's cache (:class:`ArtifactCachePolicy`): the task run is reported ``Cached`` and its body is
-  skipped. Its records live beside the artifacts (``<root>/.prefect-results``), so they survive a fresh
-  Prefect database. A record whose manifest no longer verifies (files deleted or changed) is dropped
-  before Prefect looks it up, so the stage is recomputed rather than trusted.
+  skipped. Its "records" are the manifests themselves (:mod:`tasks.records`): nothing else is stored, and
+  what a cached stage returns is rebuilt from its verified manifest, so it survives a fresh Prefect database
+  and nothing in the store is ever unpickled.
 * The manifest check inside the task body: a stage whose files are all present is not recomputed even
-  when Prefect's record is gone.
+  when Prefect's cache is bypassed.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from prefect.cache_policies import CachePolicy
 from pydantic import BaseModel, ConfigDict
 
 from nodecore.files import atomic_write, file_digest
+from tasks import signing
 from tasks.code_version import code_digest
 
 MANIFEST = "manifest.json"
-RESULTS_DIR = ".prefect-results"
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
 CONTROL_INPUTS = ("root", "refresh", "run_device")
 
@@ -55,11 +55,17 @@ class StageOutput(BaseModel):
         return _sha256({"stage": self.stage, "key": self.key, "digests": self.digests})
 
     def path(self, root: str | Path, name: str) -> Path:
-        """Absolute path of the file ``name`` under the artifacts ``root``."""
+        """Absolute path of the file ``name`` under the artifacts ``root``.
+
+        Raises:
+            KeyError: the stage has no such file.
+            ValueError: the recorded path leads outside ``root``.
+        """
         try:
-            return Path(root) / self.files[name]
+            relative = self.files[name]
         except KeyError:
             raise KeyError(f"stage {self.stage!r} has no file {name!r}; it has {sorted(self.files)}") from None
+        return confined(Path(root), relative)
 
 
 @dataclass(frozen=True)
@@ -102,15 +108,53 @@ def stage_key(stage: str, code: str, inputs: Mapping[str, Any]) -> str:
     return _sha256({"stage": stage, "code": code, "inputs": _canonical(determining)})[:24]
 
 
+def confined(root: Path, relative: str) -> Path:
+    """``root / relative``, refusing a path that is absolute or leads outside ``root`` (through ``..`` or links).
+
+    Raises:
+        ValueError: naming the path and the root.
+    """
+    path = Path(relative)
+    resolved_root = root.resolve()
+    if path.is_absolute() or not (root / path).resolve().is_relative_to(resolved_root):
+        raise ValueError(f"artifact path {relative!r} is outside the artifacts root {str(resolved_root)!r}")
+    return root / path
+
+
+class _SignedManifest(BaseModel):
+    """What ``manifest.json`` holds: the stage output and its signature (:mod:`tasks.signing`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    output: StageOutput
+    signature: str
+
+
+def _signed_payload(output: StageOutput) -> bytes:
+    return json.dumps(output.model_dump(mode="json"), sort_keys=True).encode()
+
+
 def read_manifest(folder: Path, root: Path) -> StageOutput | None:
-    """The stage output recorded in ``folder``, or None unless every listed file is intact."""
+    """The stage output recorded in ``folder``, or None unless it is signed, the folder's own, and intact.
+
+    "Signed" means under this host's key (an edited manifest is not trusted); "its own" that it names this
+    folder's stage and key; "intact" that every listed file lies inside ``root`` with the recorded SHA-256.
+    """
     try:
-        output = StageOutput.model_validate_json((folder / MANIFEST).read_text())
+        manifest = _SignedManifest.model_validate_json((folder / MANIFEST).read_bytes())
     except (OSError, ValueError):
         return None
+    output = manifest.output
+    if not signing.verify(_signed_payload(output), manifest.signature):
+        return None
+    if (output.stage, output.key) != (folder.parent.name, folder.name) or set(output.files) != set(output.digests):
+        return None
     for name, relative in output.files.items():
-        path = root / relative
-        if not path.is_file() or file_digest(path) != output.digests.get(name):
+        try:
+            path = confined(root, relative)
+        except ValueError:
+            return None
+        if not path.is_file() or file_digest(path) != output.digests[name]:
             return None
     return output
 
@@ -119,25 +163,22 @@ def _write_manifest(folder: Path, root: Path, stage: str, key: str, built: Built
     files = {name: Path(path).resolve().relative_to(root.resolve()).as_posix() for name, path in built.files.items()}
     digests = {name: file_digest(root / relative) for name, relative in files.items()}
     output = StageOutput(stage=stage, key=key, files=files, digests=digests, data=dict(built.data))
+    manifest = _SignedManifest(output=output, signature=signing.sign(_signed_payload(output)))
     with atomic_write(folder / MANIFEST) as handle:
-        handle.write(output.model_dump_json(indent=2).encode())
+        handle.write(manifest.model_dump_json(indent=2).encode())
     return output
 
 
 @dataclass
 class ArtifactCachePolicy(CachePolicy):
-    """Prefect cache policy keyed like the artifacts, trusting a record only while its files verify."""
+    """Prefect cache policy keyed like the artifacts (the records behind the keys: :mod:`tasks.records`)."""
 
     stage: str = ""
     code_file: str = ""
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        root = Path(inputs["root"])
-        key = stage_key(self.stage, code_digest(Path(self.code_file)), inputs)
-        if read_manifest(root / self.stage / key, root) is None:
-            (root / RESULTS_DIR / key).unlink(missing_ok=True)  # stale: its files are gone or changed
-        return key
+        return stage_key(self.stage, code_digest(Path(self.code_file)), inputs)
 
 
 def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built]], Any]:
@@ -176,7 +217,11 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
         run.__qualname__ = build.__qualname__
         run.__doc__ = build.__doc__
         run.__module__ = build.__module__
-        options = {"name": stage, "persist_result": True, **task_options}
+        from tasks.records import StageOutputSerializer  # imports this module: only once it is loaded
+
+        # Never Prefect's default pickle, even where no ManifestRecords storage is set (see tasks.records).
+        options = {"name": stage, "persist_result": True, "result_serializer": StageOutputSerializer(),
+                   **task_options}
         return task(cache_policy=ArtifactCachePolicy(stage=stage, code_file=code_file), **options)(run)
 
     return decorate

@@ -1,15 +1,22 @@
-"""The join: a comparison of every grid cell, written to the artifacts folder and published to Prefect."""
+"""The join: a comparison of every grid cell, written to the artifacts folder and published to Prefect.
+
+Every run writes its own ``reports/<UTC time>-<flow run id>/report.md`` and ``summary.json``, which no
+other run touches; ``report.md`` and ``summary.json`` at the artifacts root are copies of the latest
+finished run's (each written atomically), and ``reports/LATEST`` names its folder.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from prefect import task
+from prefect import runtime, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from nodecore.files import atomic_write
@@ -50,8 +57,9 @@ def _thumbnail(path: Path, *, size: int = 560, quality: int = 80) -> bytes:
 
 
 def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]], root: Path, *,
-                  inline: bool) -> str:
-    """The report as markdown; plots inline as data URIs (``inline``) or as links relative to ``root``."""
+                  inline: bool, link_prefix: str = "") -> str:
+    """The report as markdown; plots inline as data URIs (``inline``) or as links to ``link_prefix`` + their
+    path under ``root`` (``"../../"`` for a report two folders below the root)."""
     parts = ["# nodecore training grid", "", markdown_table(rows), ""]
     budget = INLINE_BUDGET_BYTES
     for row, cell in zip(rows, cells):
@@ -66,22 +74,42 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
                 budget -= len(encoded)
                 parts.append(f"![{name}](data:image/jpeg;base64,{encoded})")
             else:
-                parts.append(f"![{name}]({cell['plots'].files[name]})")
+                parts.append(f"![{name}]({link_prefix}{cell['plots'].files[name]})")
         parts.append("")
     return "\n".join(parts)
 
 
-@task(name="report")
+def run_folder_name(flow_run_id: str | None, *, now: float | None = None) -> str:
+    """``20261201T083000Z-<first 8 of the flow run id>``: sorts by time, unique per run."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    return f"{stamp}-{(flow_run_id or 'local')[:8]}"
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_write(path) as handle:
+        handle.write(text.encode())
+
+
+@task(name="report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, Any]:
-    """Write ``report.md`` and ``summary.json`` under ``root`` and create the Prefect table, report and links."""
+    """Write this run's report and summary (and the latest copies at ``root``); create the Prefect artifacts.
+
+    Returns:
+        The rows, this run's ``report`` and ``summary`` paths, and the ``latest_report`` copy at the root.
+    """
     root_path = Path(root)
     rows = comparison_rows(cells)
-    report_path, summary_path = root_path / "report.md", root_path / "summary.json"
-    with atomic_write(report_path) as handle:
-        handle.write(render_report(rows, cells, root_path, inline=False).encode())
-    with atomic_write(summary_path) as handle:
-        handle.write(json.dumps({"rows": rows, "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]},
-                                indent=2).encode())
+    run_folder = root_path / "reports" / run_folder_name(runtime.flow_run.id)
+    summary = json.dumps({"rows": rows, "flow_run_id": runtime.flow_run.id,
+                          "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]}, indent=2)
+    report_path, summary_path = run_folder / "report.md", run_folder / "summary.json"
+    _write(report_path, render_report(rows, cells, root_path, inline=False, link_prefix="../../"))
+    _write(summary_path, summary)
+    latest_report = root_path / "report.md"
+    _write(latest_report, render_report(rows, cells, root_path, inline=False))
+    _write(root_path / "summary.json", summary)
+    _write(root_path / "reports" / "LATEST", run_folder.name + "\n")
+
     create_table_artifact(key="nodecore-grid", table=rows, description="one row per (solver, device) cell")
     create_markdown_artifact(key="nodecore-report", markdown=render_report(rows, cells, root_path, inline=True),
                              description="comparison report with plots")
@@ -90,4 +118,5 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
         checkpoint = cell["trained"].path(root_path, "checkpoint").resolve()
         create_link_artifact(link=checkpoint.as_uri(), link_text=f"checkpoint {row['cell']}",
                              description=f"trained weights of {row['cell']}")
-    return {"rows": rows, "report": str(report_path), "summary": str(summary_path)}
+    return {"rows": rows, "report": str(report_path), "summary": str(summary_path),
+            "latest_report": str(latest_report)}

@@ -1,7 +1,7 @@
 """End-to-end tests of the training flow against the session's real Prefect server.
 
 One tiny two-cell run (``baseline``) is made per module; tests that need a warm cache copy its artifacts
-folder (stage files, manifests and Prefect's cache records travel together) so each test owns its folder.
+folder (stage files and their manifests, which are also Prefect's cache records) so each test owns its folder.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from nodecore.dataset_io import read_dataset
 from nodecore.datasets import DATASET_TYPES
 from nodecore.solvers import SOLVER_NAMES
 from nodecore.trajectory_io import read_trajectory
-from tasks.cache import MANIFEST, RESULTS_DIR, StageOutput, read_manifest
+from tasks.cache import MANIFEST, StageOutput, read_manifest
 from tasks.code_version import NODECORE_DIR, nodecore_dependencies
 from tests.flows._pipeline import (
     CELL_TASKS,
@@ -119,8 +119,11 @@ def _expected_counts(solvers: list[str]) -> int:
 def test_run_completes_and_returns_one_row_per_cell(baseline: Run) -> None:
     summary = baseline.state.result()
     assert [row["cell"] for row in summary["rows"]] == cells()
-    assert Path(summary["report"]) == baseline.root.resolve() / "report.md"
-    assert Path(summary["summary"]) == baseline.root.resolve() / "summary.json"
+    run_folder = baseline.root.resolve() / "reports" / (baseline.root / "reports" / "LATEST").read_text().strip()
+    assert run_folder.name.endswith(str(baseline.flow_run_id)[:8])
+    assert Path(summary["report"]) == run_folder / "report.md"
+    assert Path(summary["summary"]) == run_folder / "summary.json"
+    assert Path(summary["latest_report"]) == baseline.root.resolve() / "report.md"
 
 
 def test_every_stage_folder_has_a_verified_manifest(baseline: Run) -> None:
@@ -133,7 +136,8 @@ def test_every_stage_folder_has_a_verified_manifest(baseline: Run) -> None:
             output = read_manifest(baseline.root / stage / key, baseline.root)
             assert output is not None and output.stage == stage and output.key == key
             assert output.files and set(output.files) == set(output.digests)
-    assert (baseline.root / RESULTS_DIR).is_dir() and any((baseline.root / RESULTS_DIR).iterdir())
+    # Prefect's cache records are these manifests: nothing else (no pickled record) is kept in the store.
+    assert not (baseline.root / ".prefect-results").exists()
 
 
 def test_dataset_parquet_reads_back_with_its_schema(baseline: Run) -> None:
@@ -194,15 +198,18 @@ def test_shared_field_checkpoint_reads_back(baseline: Run) -> None:
 
 
 def test_report_and_summary_are_written(baseline: Run) -> None:
-    report = (baseline.root / "report.md").read_text()
-    assert report.startswith("# nodecore training grid")
-    for cell in cells():
-        assert f"| {cell} |" in report and f"## {cell}" in report
-    linked = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
-    assert len(linked) == 4 * len(SOLVERS)
-    assert all((baseline.root / relative).is_file() for relative in linked)
-    summary = json.loads((baseline.root / "summary.json").read_text())
-    assert summary["rows"] == baseline.state.result()["rows"]
+    result = baseline.state.result()
+    for report_path in (baseline.root / "report.md", Path(result["report"])):  # the latest copy, the run's own
+        report = report_path.read_text()
+        assert report.startswith("# nodecore training grid")
+        for cell in cells():
+            assert f"| {cell} |" in report and f"## {cell}" in report
+        linked = [line.split("](", 1)[1].rstrip(")") for line in report.splitlines() if line.startswith("![")]
+        assert len(linked) == 4 * len(SOLVERS)
+        assert all((report_path.parent / relative).is_file() for relative in linked)  # links work from there
+    for summary_path in (baseline.root / "summary.json", Path(result["summary"])):
+        summary = json.loads(summary_path.read_text())
+        assert summary["rows"] == result["rows"] and summary["flow_run_id"] == str(baseline.flow_run_id)
 
 
 def test_every_task_run_is_recorded_completed(prefect_server: ServerInfo, baseline: Run) -> None:
@@ -225,7 +232,8 @@ def test_flow_run_artifacts_are_published(prefect_server: ServerInfo, baseline: 
     assert by_key["nodecore-report"].type == "markdown"
     assert by_key["nodecore-report"].data.count("](data:image/") == 4 * len(SOLVERS)  # plots inline
     # Prefect stores link artifacts as markdown ``[text](link)``.
-    assert f"]({(baseline.root / 'report.md').resolve().as_uri()})" in by_key["nodecore-report-file"].data
+    report = Path(baseline.state.result()["report"])
+    assert f"]({report.as_uri()})" in by_key["nodecore-report-file"].data
     links = [a for a in artifacts if a.key is None and a.type == "markdown"]
     assert len(links) == len(SOLVERS) and all("checkpoint.pt)" in a.data for a in links)
     progress = [a for a in artifacts if a.type == "progress"]
@@ -251,6 +259,23 @@ def test_identical_run_in_a_new_process_is_all_cached(prefect_server: ServerInfo
     for cell in cells():
         assert cell in process.stdout  # the summary table
     assert time.monotonic() - began < 60
+
+
+def test_concurrent_runs_on_one_folder_each_keep_their_report(prefect_server: ServerInfo, warm: Path) -> None:
+    """Two runs at once on one artifacts folder: neither report is lost, the root copies are one whole run's."""
+    with ThreadPoolExecutor(2) as pool:
+        processes = list(pool.map(lambda _: run_cli(tiny_argv(warm)), range(2)))
+    assert all(p.returncode == 0 for p in processes), [p.stderr[-2000:] for p in processes]
+    run_ids = {str(flow_run_id_from_output(p.stdout)) for p in processes}
+    assert len(run_ids) == 2
+    reports = sorted((warm / "reports").glob("*/summary.json"))
+    mine = {json.loads(path.read_text())["flow_run_id"]: path.parent for path in reports}
+    assert run_ids <= set(mine)  # each run's own folder, untouched by the other
+    for run_id in run_ids:
+        assert (mine[run_id] / "report.md").read_text().startswith("# nodecore training grid")
+    latest = (warm / "reports" / "LATEST").read_text().strip()
+    assert json.loads((warm / "summary.json").read_text())["flow_run_id"] in run_ids
+    assert (warm / "reports" / latest / "summary.json").is_file()
 
 
 def test_adding_a_solver_recomputes_only_the_new_cell(prefect_server: ServerInfo, warm: Path) -> None:

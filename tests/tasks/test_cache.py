@@ -10,7 +10,6 @@ import pytest
 from tasks.config import DatasetConfig, ModelConfig
 from tasks.cache import (
     MANIFEST,
-    RESULTS_DIR,
     ArtifactCachePolicy,
     Built,
     StageContext,
@@ -110,10 +109,15 @@ def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "artifacts"
 
 
-def _edit_digest(folder: Path) -> None:
+def _edit_manifest(folder: Path, edit) -> None:
+    """Apply ``edit`` to the stage output recorded in ``folder``'s manifest, keeping the old signature."""
     manifest = json.loads((folder / MANIFEST).read_text())
-    manifest["digests"]["a"] = "0" * 64
+    edit(manifest["output"])
     (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _edit_digest(folder: Path) -> None:
+    _edit_manifest(folder, lambda output: output["digests"].update(a="0" * 64))
 
 
 def _run(root: Path, **kwargs: object) -> StageOutput:
@@ -126,7 +130,7 @@ def test_a_stage_writes_its_files_and_a_manifest_that_reads_back(root: Path) -> 
     assert output.files == {"a": f"toy/{output.key}/a.txt", "b": f"toy/{output.key}/sub/b.bin"}
     assert output.path(root, "a").read_text() == "n_train=512" and output.data == {"n": 512}
     assert read_manifest(folder, root) == output
-    assert json.loads((folder / MANIFEST).read_text())["digests"] == output.digests
+    assert json.loads((folder / MANIFEST).read_text())["output"]["digests"] == output.digests
     with pytest.raises(KeyError, match="has no file 'c'"):
         output.path(root, "c")
 
@@ -180,18 +184,83 @@ def test_a_rebuild_removes_the_old_manifest_first(root: Path) -> None:
     assert not (root / "toy" / output.key / MANIFEST).exists()
 
 
-def test_cache_policy_drops_a_record_whose_files_no_longer_verify(root: Path) -> None:
+def test_cache_policy_keys_like_the_stage_body(root: Path) -> None:
     policy = toy_stage.cache_policy
     assert isinstance(policy, ArtifactCachePolicy)
     inputs = {"root": str(root), "dataset": DatasetConfig(), "refresh": False}
+    assert policy.compute_key(None, inputs, {}) == _run(root).key
+
+
+# --- manifests that were edited, forged or point elsewhere ----------------------------------------------
+
+
+def _resign(folder: Path, key: str) -> None:
+    """Sign ``folder``'s manifest again, as an attacker who knows ``key`` (or a host with another key) would."""
+    import hashlib
+    import hmac
+
+    manifest = json.loads((folder / MANIFEST).read_text())
+    payload = json.dumps(manifest["output"], sort_keys=True).encode()
+    manifest["signature"] = hmac.new(key.encode(), payload, hashlib.sha256).hexdigest()
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def host_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = "k3y-of-this-host-0123456789"
+    monkeypatch.setenv("NODECORE_ARTIFACTS_KEY", key)
+    return key
+
+
+def test_forged_data_in_a_manifest_is_not_served(root: Path, host_key: str) -> None:
     output = _run(root)
-    assert policy.compute_key(None, inputs, {}) == output.key
-    record = root / RESULTS_DIR / output.key
-    record.parent.mkdir(parents=True)
-    record.write_text("{}")
-    assert policy.compute_key(None, inputs, {}) == output.key and record.exists()  # files intact: kept
-    (root / output.files["b"]).unlink()
-    assert policy.compute_key(None, inputs, {}) == output.key and not record.exists()  # stale: dropped
+    folder = root / "toy" / output.key
+    _edit_manifest(folder, lambda recorded: recorded["data"].update(n=123))  # files untouched, digests valid
+    assert read_manifest(folder, root) is None
+    assert _run(root) == output and output.data == {"n": 512} and BUILDS == [512, 512]  # rebuilt, not served
+
+
+def test_a_manifest_signed_under_another_key_is_not_trusted(root: Path, host_key: str) -> None:
+    output = _run(root)
+    folder = root / "toy" / output.key
+    _resign(folder, host_key)
+    assert read_manifest(folder, root) == output  # the same key: trusted (the control)
+    _resign(folder, "some-other-hosts-key-42")
+    assert read_manifest(folder, root) is None
+
+
+def test_a_manifest_without_signature_is_not_trusted(root: Path) -> None:
+    output = _run(root)
+    folder = root / "toy" / output.key
+    (folder / MANIFEST).write_text(output.model_dump_json())  # the previous, unsigned format
+    assert read_manifest(folder, root) is None
+
+
+@pytest.mark.parametrize("where", ["absolute", "dotdot"])
+def test_a_manifest_naming_files_outside_the_root_is_refused(root: Path, host_key: str, tmp_path: Path,
+                                                              where: str) -> None:
+    output = _run(root)
+    folder = root / "toy" / output.key
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not an artifact")
+    from nodecore.files import file_digest
+
+    relative = str(secret) if where == "absolute" else "../outside.txt"
+    _edit_manifest(folder, lambda recorded: (recorded["files"].update(a=relative),
+                                             recorded["digests"].update(a=file_digest(secret))))
+    _resign(folder, host_key)  # even a correctly signed manifest may not leave the root
+    assert read_manifest(folder, root) is None
+    forged = output.model_copy(update={"files": {**output.files, "a": relative}})
+    with pytest.raises(ValueError, match="outside the artifacts root"):
+        forged.path(root, "a")
+
+
+def test_a_manifest_copied_into_another_folder_is_not_that_folders(root: Path) -> None:
+    output = _run(root)
+    other = root / "toy" / ("f" * 24)
+    other.mkdir()
+    (other / MANIFEST).write_bytes((root / "toy" / output.key / MANIFEST).read_bytes())
+    assert read_manifest(other, root) is None
 
 
 def test_the_device_a_process_runs_on_is_not_part_of_the_key() -> None:
