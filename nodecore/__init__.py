@@ -5,7 +5,15 @@ One public surface over small modules. Importing nodecore never imports Prefect.
 
 from nodecore._version import __version__
 from nodecore.architectures import ACTIVATIONS, MLPFieldSpec, build_field
-from nodecore.checkpoints import Checkpoint, build_model, load_checkpoint, load_model, model_config, save_checkpoint
+from nodecore.checkpoints import (
+    Checkpoint,
+    build_model,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    model_config,
+    save_checkpoint,
+)
 from nodecore.dataset_io import (
     SCHEMA_VERSION,
     DatasetFormatError,
@@ -16,7 +24,15 @@ from nodecore.dataset_io import (
 )
 from nodecore.datasets import DATASET_TYPES, ToyDataset, resolve_params
 from nodecore.deq import DEQ, ConvergenceError, DEQCell, DEQClassifier, DEQStats
-from nodecore.errors import NonFiniteError, SolverError, StepSizeUnderflowError, TooManyStepsError
+from nodecore.errors import (
+    CorruptFileError,
+    InputShapeError,
+    NonFiniteError,
+    SolverError,
+    StabilityWarning,
+    StepSizeUnderflowError,
+    TooManyStepsError,
+)
 from nodecore.classifiers import ODEClassifier
 from nodecore.fields import Augmenter, DepthAware, DepthCat, VectorField
 from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
@@ -45,6 +61,7 @@ __all__ = [
     "Checkpoint",
     "content_digest",
     "ConvergenceError",
+    "CorruptFileError",
     "DampedPendulum",
     "DATASET_TYPES",
     "DatasetFormatError",
@@ -64,8 +81,10 @@ __all__ = [
     "get_solver",
     "History",
     "HybridField",
+    "InputShapeError",
     "load_checkpoint",
     "load_model",
+    "load_weights",
     "logits",
     "LOSSES",
     "LotkaVolterra",
@@ -95,6 +114,7 @@ __all__ = [
     "SolverError",
     "SOLVERS",
     "SolveStats",
+    "StabilityWarning",
     "StepSizeUnderflowError",
     "TooManyStepsError",
     "ToyDataset",

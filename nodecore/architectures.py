@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from nodecore._checks import choice, integer
 from nodecore.fields import DepthCat
 
 ACTIVATIONS: Mapping[str, type[nn.Module]] = MappingProxyType(
@@ -37,11 +38,8 @@ class MLPFieldSpec:
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "layers"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; valid activations: {', '.join(ACTIVATIONS)}")
+            integer(name, getattr(self, name), minimum=1)
+        choice("activation", self.activation, ACTIVATIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

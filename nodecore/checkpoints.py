@@ -171,9 +171,47 @@ def build_model(config: dict[str, Any]) -> nn.Module:
     raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
 
 
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: str | os.PathLike[str]) -> nn.Module:
+    """``model.load_state_dict(weights)``, after checking that every tensor fits; returns ``model``.
+
+    Args:
+        model: built from the checkpoint's config (:func:`build_model`).
+        weights: the checkpoint's ``state_dict``.
+        source: where the weights come from (the checkpoint file), for the message.
+
+    Raises:
+        ValueError: names ``source`` and each tensor the file has with another shape than the model's, lacks, or
+            has and the model does not (instead of torch's bare size-mismatch ``RuntimeError``).
+    """
+    expected = model.state_dict()
+    problems = [
+        f"{name} is {list(weights[name].shape)} in the file but {list(tensor.shape)} in the model"
+        for name, tensor in expected.items()
+        if name in weights and isinstance(weights[name], torch.Tensor) and weights[name].shape != tensor.shape
+    ]
+    missing = [name for name in expected if name not in weights]
+    unexpected = [name for name in weights if name not in expected]
+    if missing:
+        problems.append(f"missing from the file: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"in the file but not in the model: {', '.join(unexpected)}")
+    if problems:
+        raise ValueError(
+            f"{source}: the checkpoint's weights do not fit the {type(model).__name__} its config describes: "
+            f"{'; '.join(problems)}. The config and the weights come from different models (or the config was "
+            "edited); save the checkpoint again from the trained model"
+        )
+    model.load_state_dict(weights)
+    return model
+
+
 def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
-    """Rebuild the model saved at ``path`` (a ``NeuralODE`` or another kind) with its weights, on ``device``."""
+    """Rebuild the model saved at ``path`` (a ``NeuralODE`` or another kind) with its weights, on ``device``.
+
+    Raises:
+        ValueError: not a readable nodecore checkpoint (see :func:`load_checkpoint`), or weights that do not fit
+            the model the config describes: the message names the file and each mismatching parameter.
+    """
     checkpoint = load_checkpoint(path)
     model = build_model(checkpoint.config)
-    model.load_state_dict(checkpoint.state_dict)
-    return model.to(device), checkpoint
+    return load_weights(model, checkpoint.state_dict, source=path).to(device), checkpoint

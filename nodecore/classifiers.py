@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from nodecore._shapes import explained_shapes
+from nodecore.errors import InputShapeError
 from nodecore.fields import Augmenter
 from nodecore.neuralode import NeuralODE, TSpan
 from nodecore.stats import SolveStats
@@ -45,11 +47,26 @@ class ODEClassifier(nn.Module):
         return self.node.stats
 
     def states(self, x: Tensor, t_span: TSpan | None = None) -> tuple[Tensor, Tensor]:
-        """The hidden trajectory before the readout: ``(t_eval [T], states [T, B, D + k])``."""
-        z = self.augmenter(x) if self.augmenter is not None else x
-        return self.node(z, t_span)
+        """The hidden trajectory before the readout: ``(t_eval [T], states [T, B, D + k])``.
+
+        Raises:
+            InputShapeError: the (augmented) state does not fit the vector field; the message names both shapes.
+        """
+        if self.augmenter is None:
+            return self.node(x, t_span)
+        z = self.augmenter(x)
+        try:
+            return self.node(z, t_span)
+        except InputShapeError as err:
+            raise InputShapeError(f"{err}; the state is the input x of shape {tuple(x.shape)} after the augmenter, "
+                                  f"{self.augmenter}") from err.__cause__
 
     def forward(self, x: Tensor, t_span: TSpan | None = None) -> tuple[Tensor, Tensor]:
-        """Classify ``x [B, D]``: ``(t_eval [T], logits [T, B, C])``; ``logits[-1]`` are the predictions."""
+        """Classify ``x [B, D]``: ``(t_eval [T], logits [T, B, C])``; ``logits[-1]`` are the predictions.
+
+        Raises:
+            InputShapeError: the state does not fit the vector field, or the readout does not take the state.
+        """
         t_eval, states = self.states(x, t_span)
-        return t_eval, torch.stack([self.readout(state) for state in states])
+        with explained_shapes("the readout", {"the ODE state": states[0]}, self.readout):
+            return t_eval, torch.stack([self.readout(state) for state in states])

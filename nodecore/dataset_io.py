@@ -23,6 +23,7 @@ from nodecore.parquet_io import (
     METADATA_KEY,
     ParquetFormatError,
     check_columns,
+    check_finite,
     check_no_nulls,
     decode_metadata,
     encode_metadata,
@@ -132,7 +133,10 @@ def read_dataset(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        DatasetFormatError: not Parquet, wrong columns/dtypes, nulls, or bad metadata.
+        OSError: the file's bytes cannot be read (a disk or network problem).
+        CorruptFileError: the file is damaged (truncated, failed page checksum, undecodable).
+        DatasetFormatError: not Parquet, wrong columns/dtypes, nulls, NaN/Inf features (the message gives their
+            count and the first one's row and column), or bad metadata.
     """
     path = Path(path)
     table = read_table(path, DatasetFormatError, what="dataset")
@@ -146,6 +150,7 @@ def read_dataset(
             f"from metadata, found {table.num_rows} rows and {dim} feature columns"
         )
     check_no_nulls(table, path, DatasetFormatError)
+    check_finite(table, [f"x{j}" for j in range(dim)], path, DatasetFormatError)
     X = np.stack([table.column(f"x{j}").to_numpy() for j in range(dim)], axis=1)
     y = table.column(LABEL_COLUMN).to_numpy()
     return torch.from_numpy(np.ascontiguousarray(X)), torch.from_numpy(np.array(y)), meta

@@ -16,23 +16,18 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.datasets import make_circles, make_moons
 
+from nodecore._checks import integer, number, positive
+
 __all__ = ["DATASET_TYPES", "ToyDataset", "resolve_params"]
 
 Arrays = tuple[np.ndarray, np.ndarray]
 _MAX_SEED = 2**32 - 1  # sklearn's random_state limit
-
-
-def _require(condition: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``condition`` holds."""
-    if not condition:
-        raise ValueError(message)
 
 
 def _class_counts(n_samples: int, n_classes: int) -> list[int]:
@@ -65,13 +60,13 @@ def _moons(n_samples: int, noise: float, seed: int) -> Arrays:
 
 def _circles(n_samples: int, noise: float, seed: int, *, factor: float = 0.5) -> Arrays:
     """Two concentric circles (outer class 0), exactly ``sklearn.datasets.make_circles``."""
-    _require(0.0 <= factor < 1.0, f"circles: factor must be in [0, 1), got {factor}")
+    number("circles: factor", factor, minimum=0, maximum=1, open_max=True)
     return make_circles(n_samples=n_samples, noise=noise, factor=factor, random_state=seed)
 
 
 def _spirals(n_samples: int, noise: float, seed: int, *, n_turns: float = 1.5) -> Arrays:
     """Two interleaved Archimedean spirals of radius <= 1, the second rotated by pi."""
-    _require(n_turns > 0, f"spirals: n_turns must be > 0, got {n_turns}")
+    positive("spirals: n_turns", n_turns)
     rng = np.random.default_rng(seed)
     counts = _class_counts(n_samples, 2)
     y = np.repeat(np.arange(2), counts)
@@ -91,9 +86,9 @@ def _gaussians(
     std_gaussians: float = 0.1,
 ) -> Arrays:
     """Mixture of isotropic Gaussians centred evenly on a circle; label = component index."""
-    _require(n_gaussians >= 1, f"gaussians: n_gaussians must be >= 1, got {n_gaussians}")
-    _require(radius > 0, f"gaussians: radius must be > 0, got {radius}")
-    _require(std_gaussians >= 0, f"gaussians: std_gaussians must be >= 0, got {std_gaussians}")
+    integer("gaussians: n_gaussians", n_gaussians, minimum=1)
+    positive("gaussians: radius", radius)
+    number("gaussians: std_gaussians", std_gaussians, minimum=0)
     rng = np.random.default_rng(seed)
     y = np.repeat(np.arange(n_gaussians), _class_counts(n_samples, n_gaussians))
     angles = 2.0 * math.pi * y / n_gaussians
@@ -113,12 +108,12 @@ def _spheres(
     outer_radius_high: float = 1.5,
 ) -> Arrays:
     """Ball of ``inner_radius`` (class 0) inside a shell ``[low, high]`` (class 1) in R^dim."""
-    _require(dim >= 1, f"spheres: dim must be >= 1, got {dim}")
-    _require(
-        0 < inner_radius < outer_radius_low <= outer_radius_high,
-        "spheres: need 0 < inner_radius < outer_radius_low <= outer_radius_high, got "
-        f"{inner_radius}, {outer_radius_low}, {outer_radius_high}",
-    )
+    integer("spheres: dim", dim, minimum=1)
+    if not 0 < inner_radius < outer_radius_low <= outer_radius_high:
+        raise ValueError(
+            "spheres: need 0 < inner_radius < outer_radius_low <= outer_radius_high, got "
+            f"{inner_radius}, {outer_radius_low}, {outer_radius_high}"
+        )
     rng = np.random.default_rng(seed)
     n_inner, n_outer = _class_counts(n_samples, 2)
     inner = _shell(rng, n_inner, dim, 0.0, inner_radius)
@@ -150,17 +145,7 @@ def _generator(dataset_type: str) -> Callable[..., Arrays]:
 def _coerce(dataset_type: str, name: str, value: Any, default: int | float) -> int | float:
     """Check ``value`` has the type of ``default`` (int or finite float) and convert it."""
     where = f"{dataset_type}: parameter {name!r}"
-    if isinstance(default, int):
-        _require(
-            isinstance(value, Integral) and not isinstance(value, bool),
-            f"{where} must be an integer, got {value!r}",
-        )
-        return int(value)
-    _require(
-        isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value),
-        f"{where} must be a finite number, got {value!r}",
-    )
-    return float(value)
+    return integer(where, value) if isinstance(default, int) else number(where, value)
 
 
 def resolve_params(dataset_type: str, **params: Any) -> dict[str, int | float]:
@@ -183,47 +168,22 @@ def resolve_params(dataset_type: str, **params: Any) -> dict[str, int | float]:
         p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY
     }
     unknown = sorted(set(params) - set(defaults))
-    _require(
-        not unknown,
-        f"unknown parameter(s) {unknown} for dataset_type {dataset_type!r}; "
-        f"valid parameters: {sorted(defaults) if defaults else 'none'}",
-    )
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) {unknown} for dataset_type {dataset_type!r}; "
+            f"valid parameters: {sorted(defaults) if defaults else 'none'}"
+        )
     return {
         name: _coerce(dataset_type, name, params.get(name, default), default)
         for name, default in defaults.items()
     }
 
 
-def _check_n_samples(n_samples: Any) -> int:
-    """Return ``n_samples`` as int, or raise ``ValueError`` unless it is an integer >= 1."""
-    _require(
-        isinstance(n_samples, Integral) and not isinstance(n_samples, bool) and n_samples >= 1,
-        f"n_samples must be an integer >= 1, got {n_samples!r}",
-    )
-    return int(n_samples)
-
-
-def _check_noise(noise: Any) -> float:
-    """Return ``noise`` as float, or raise ``ValueError`` unless finite and >= 0."""
-    _require(
-        isinstance(noise, Real)
-        and not isinstance(noise, bool)
-        and math.isfinite(noise)
-        and noise >= 0,
-        f"noise must be a finite number >= 0, got {noise!r}",
-    )
-    return float(noise)
-
-
 def _check_seed(seed: Any) -> int:
     """Return ``seed`` as int; ``None`` draws a fresh seed from OS entropy (no global RNG)."""
     if seed is None:
         return int(np.random.default_rng().integers(0, _MAX_SEED, endpoint=True))
-    _require(
-        isinstance(seed, Integral) and not isinstance(seed, bool) and 0 <= seed <= _MAX_SEED,
-        f"seed must be None or an integer in [0, {_MAX_SEED}], got {seed!r}",
-    )
-    return int(seed)
+    return integer("seed (or None)", seed, minimum=0, maximum=_MAX_SEED)
 
 
 class ToyDataset:
@@ -253,8 +213,8 @@ class ToyDataset:
         Raises:
             ValueError: bad ``n_samples``, ``noise``, ``seed``, ``dataset_type`` or params.
         """
-        n_samples = _check_n_samples(n_samples)
-        noise = _check_noise(noise)
+        n_samples = integer("n_samples", n_samples, minimum=1)
+        noise = number("noise", noise, minimum=0)
         resolved = resolve_params(dataset_type, **params)
         X, y = _generator(dataset_type)(n_samples, noise, _check_seed(seed), **resolved)
         X_t = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))

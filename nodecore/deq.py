@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from nodecore._checks import integer, number, positive
+from nodecore._shapes import explained_shapes
 from nodecore.errors import SolverError
 from nodecore.root_finders import (
     DEFAULT_DAMPING,
@@ -92,18 +93,6 @@ class _ImplicitGradient(torch.autograd.Function):
         return ctx.solve(z_out, z_in, grad_output), None, None
 
 
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def _count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= 1):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def _advice(finder: RootFinder, iterations_option: str) -> str:
     others = ", ".join(repr(name) for name in ROOT_FINDER_NAMES if name != finder.name)
     return (
@@ -172,21 +161,15 @@ class DEQ(nn.Module):
         self.f = f
         self.solver = get_root_finder(solver)
         self.backward_solver = get_root_finder(backward_solver) if backward_solver is not None else self.solver
-        self.tol = _positive("tol", tol)
-        self.max_iter = _count("max_iter", max_iter)
-        self.backward_tol = self.tol if backward_tol is None else _positive("backward_tol", backward_tol)
-        self.backward_max_iter = self.max_iter if backward_max_iter is None else _count(
-            "backward_max_iter", backward_max_iter
+        self.tol = positive("tol", tol)
+        self.max_iter = integer("max_iter", max_iter, minimum=1)
+        self.backward_tol = self.tol if backward_tol is None else positive("backward_tol", backward_tol)
+        self.backward_max_iter = self.max_iter if backward_max_iter is None else integer(
+            "backward_max_iter", backward_max_iter, minimum=1
         )
-        self.damping = _positive("damping", damping)
-        if self.damping > 1:
-            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
-        self.memory = _count("memory", memory)
-        if isinstance(regularization, bool) or not (
-            isinstance(regularization, numbers.Real) and math.isfinite(regularization) and regularization >= 0
-        ):
-            raise ValueError(f"regularization must be a finite number >= 0, got {regularization!r}")
-        self.regularization = float(regularization)
+        self.damping = number("damping", damping, minimum=0, maximum=1, open_min=True)
+        self.memory = integer("memory", memory, minimum=1)
+        self.regularization = number("regularization", regularization, minimum=0)
         self.state_shape = state_shape
         self._stats = _StatsRecord(DEQStats())
 
@@ -244,7 +227,7 @@ class DEQ(nn.Module):
                 )
             return fz
 
-        with torch.no_grad():
+        with torch.no_grad(), explained_shapes("f(z, x)", {"the state z": z_init, "the input x": x}, self.f):
             result = self.solver.solve(
                 step, z_init, tol=self.tol, max_iter=self.max_iter, damping=self.damping, memory=self.memory,
                 regularization=self.regularization,
@@ -320,14 +303,11 @@ class DEQCell(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, *, contraction: float = DEFAULT_CONTRACTION) -> None:
         super().__init__()
-        _count("in_dim", in_dim)
-        _count("hidden", hidden)
-        if isinstance(contraction, bool) or not (isinstance(contraction, numbers.Real) and 0 < contraction < 1):
-            raise ValueError(f"contraction must be a number in (0, 1), got {contraction!r}")
-        self.hidden = int(hidden)
-        self.contraction = float(contraction)
-        self.inject = nn.Linear(in_dim, hidden)
-        self.weight = nn.Parameter(torch.empty(hidden, hidden))
+        in_dim = integer("in_dim", in_dim, minimum=1)
+        self.hidden = integer("hidden", hidden, minimum=1)
+        self.contraction = number("contraction", contraction, minimum=0, maximum=1, open_min=True, open_max=True)
+        self.inject = nn.Linear(in_dim, self.hidden)
+        self.weight = nn.Parameter(torch.empty(self.hidden, self.hidden))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default; rescaled on use
 
     def extra_repr(self) -> str:
@@ -372,7 +352,7 @@ class DEQClassifier(nn.Sequential):
         backward_tol: float | None = None,
         backward_max_iter: int | None = None,
     ) -> None:
-        _count("n_classes", n_classes)
+        n_classes = integer("n_classes", n_classes, minimum=1)
         deq = DEQ(
             DEQCell(in_dim, hidden, contraction=contraction), solver=solver, tol=tol, max_iter=max_iter,
             backward_tol=backward_tol, backward_max_iter=backward_max_iter,

@@ -1,4 +1,29 @@
-"""Errors raised by solves, each saying what went wrong and what to try."""
+"""Errors and warnings nodecore raises, each saying what went wrong and what to try."""
+
+import os
+
+
+class InputShapeError(ValueError):
+    """A model's input does not have the shape its layers take (e.g. a state ``[B, 3]`` for a field built for 2).
+
+    The message names the input's shape and, where the first layer declares it, the ``in_features`` it takes;
+    torch's own error is chained as ``__cause__``.
+    """
+
+
+class CorruptFileError(ValueError):
+    """A file is damaged: truncated, or with bytes that fail its checksums or cannot be decoded.
+
+    A ``ValueError``, not an ``OSError``: reading the same bytes again fails again, so retrying cannot help;
+    regenerate the file. The message names the file; the reader's own error is chained as ``__cause__``.
+
+    Attributes:
+        path: the damaged file (None when not given).
+    """
+
+    def __init__(self, message: str, path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(message)  # args stay (message,), so the error pickles (Prefect stores failures)
+        self.path = path
 
 
 class SolverError(RuntimeError):
@@ -15,6 +40,14 @@ class StepSizeUnderflowError(SolverError):
 
 class TooManyStepsError(SolverError):
     """A solve took more steps than ``max_steps`` allows."""
+
+
+class StabilityWarning(RuntimeWarning):
+    """A constant-step solve probably blew up: the final state is huge compared with the initial one.
+
+    Raised as a warning, not an error, since such growth can be genuine. The rule (checked once, at the end of
+    each solve with constant steps) is in :class:`~nodecore.neuralode.NeuralODE`'s docstring.
+    """
 
 
 def translate_solver_assertion(err: AssertionError) -> Exception:

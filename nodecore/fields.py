@@ -8,6 +8,8 @@ from typing import Callable, Union
 import torch
 from torch import Tensor, nn
 
+from nodecore._checks import integer
+
 Time = Union[Tensor, float, int]
 
 
@@ -85,8 +87,7 @@ class Augmenter(nn.Module):
         order: str = "first",
     ) -> None:
         super().__init__()
-        if augment_dims < 1:
-            raise ValueError(f"augment_dims must be >= 1, got {augment_dims}")
+        augment_dims = integer("augment_dims", augment_dims, minimum=1)
         if order not in self.ORDERS:
             hint = ""
             if order == "second":

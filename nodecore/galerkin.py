@@ -15,6 +15,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from nodecore._checks import choice, integer
 from nodecore.fields import DepthAware, Time
 
 
@@ -49,18 +50,6 @@ BasisFunction = Callable[[Tensor, int], Tensor]
 GALERKIN_BASES: Mapping[str, BasisFunction] = MappingProxyType(
     {"fourier": _fourier, "polynomial": _polynomial, "chebyshev": _chebyshev}
 )
-
-
-def _basis(name: str) -> BasisFunction:
-    if not isinstance(name, str) or name not in GALERKIN_BASES:
-        raise ValueError(f"unknown basis {name!r}; valid bases: {', '.join(GALERKIN_BASES)}")
-    return GALERKIN_BASES[name]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
 
 
 class GalerkinLinear(DepthAware):
@@ -102,14 +91,14 @@ class GalerkinLinear(DepthAware):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.basis_function = _basis(basis)
-        self.basis = basis
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
-        self.n_basis = _positive_int("n_basis", n_basis)
+        self.basis = choice("basis", basis, GALERKIN_BASES, plural="bases")
+        self.basis_function = GALERKIN_BASES[self.basis]
+        self.in_features = integer("in_features", in_features, minimum=1)
+        self.out_features = integer("out_features", out_features, minimum=1)
+        self.n_basis = integer("n_basis", n_basis, minimum=1)
         factory = {"device": device, "dtype": dtype}
-        self.coeffs = nn.Parameter(torch.empty(n_basis, out_features, in_features, **factory))
-        self.bias_coeffs = nn.Parameter(torch.empty(n_basis, out_features, **factory)) if bias else None
+        self.coeffs = nn.Parameter(torch.empty(self.n_basis, self.out_features, self.in_features, **factory))
+        self.bias_coeffs = nn.Parameter(torch.empty(self.n_basis, self.out_features, **factory)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

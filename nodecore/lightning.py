@@ -24,6 +24,7 @@ except ImportError as err:  # the optional extra is not installed
         "nodecore.lightning needs PyTorch Lightning, an optional extra: pip install 'nodecore[lightning]'"
     ) from err
 
+from nodecore._checks import integer, positive
 from nodecore.errors import NonFiniteError
 from nodecore.neuralode import TSpan
 from nodecore.training import _nfe, logits
@@ -68,11 +69,9 @@ class Learner(LightningModule):
             raise ValueError(f"t_span must be 1-D with at least 2 depths, got shape {tuple(t_span.shape)}")
         if not t_span.is_floating_point():
             t_span = t_span.to(torch.get_default_dtype())
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be a number > 0, got {lr!r}")
+        self.lr = positive("lr", lr)
         self.model = model
         self.register_buffer("t_span", t_span.clone())
-        self.lr = float(lr)
         self.optimizer_factory = optimizer
 
     def forward(self, x: Tensor) -> Tensor:
@@ -151,6 +150,6 @@ def dataloader(X: Tensor, y: Tensor, *, batch_size: int | None = None, shuffle: 
     """
     if X.ndim < 2 or y.ndim != 1 or len(X) != len(y) or len(X) == 0:
         raise ValueError(f"expected non-empty X [N, D] and y [N], got X {tuple(X.shape)} and y {tuple(y.shape)}")
-    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1 or None (full batch), got {batch_size!r}")
+    if batch_size is not None:
+        batch_size = integer("batch_size (or None for full batch)", batch_size, minimum=1)
     return DataLoader(TensorDataset(X, y), batch_size=batch_size or len(X), shuffle=shuffle)

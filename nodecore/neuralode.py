@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-import numbers
+import warnings
 from typing import Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint
 
+from nodecore._checks import choice, integer, positive
+from nodecore._shapes import explained_shapes
 from nodecore.adjoint import odeint_adjoint_flat
-from nodecore.errors import NonFiniteError, TooManyStepsError, translate_solver_assertion
+from nodecore.errors import NonFiniteError, StabilityWarning, TooManyStepsError, translate_solver_assertion
 from nodecore.fields import Time, VectorField
 from nodecore.solvers import Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
@@ -28,6 +30,8 @@ DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL_ADJOINT = 1e-4
 DEFAULT_RTOL_ADJOINT = 1e-4
 DEFAULT_MAX_STEPS = 10_000
+# A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
+BLOWUP_GROWTH = 1e8
 
 
 class _SolveFunc:
@@ -59,15 +63,21 @@ class _SolveFunc:
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.phase.nfe += 1
-        dx = self.vf(t, x)
-        if not self._shape_checked:
-            if not isinstance(dx, Tensor) or dx.shape != x.shape:
-                got = tuple(dx.shape) if isinstance(dx, Tensor) else type(dx).__name__
-                raise ValueError(
-                    f"the vector field must return a tensor shaped like the state {tuple(x.shape)}, got {got}; "
-                    "for an augmented state, put an Augmenter before the NeuralODE"
-                )
-            self._shape_checked = True
+        if self._shape_checked:
+            return self.vf(t, x)
+        return self._first_evaluation(t, x)
+
+    def _first_evaluation(self, t: Tensor, x: Tensor) -> Tensor:
+        """Evaluate the field, explaining a state it cannot take and a result not shaped like the state."""
+        with explained_shapes("the vector field", {"the state x": x}, self.vf.vf):
+            dx = self.vf(t, x)
+        if not isinstance(dx, Tensor) or dx.shape != x.shape:
+            got = tuple(dx.shape) if isinstance(dx, Tensor) else type(dx).__name__
+            raise ValueError(
+                f"the vector field must return a tensor shaped like the state {tuple(x.shape)}, got {got}; "
+                "for an augmented state, put an Augmenter before the NeuralODE"
+            )
+        self._shape_checked = True
         return dx
 
     def _attempt(self, phase: _PhaseCounts, name: str) -> None:
@@ -113,12 +123,6 @@ class _SecondOrderField(VectorField):
                 f"{tuple(v.shape)} (half the state's last dimension), got {got}"
             )
         return torch.cat([v, a], dim=-1)
-
-
-def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _solver_options(solver: Solver, step_size: float | None, t_span: Tensor) -> dict:
@@ -177,12 +181,9 @@ class NeuralODE(nn.Module):
         order: int = 1,
     ) -> None:
         super().__init__()
-        if isinstance(order, bool) or order not in ORDERS:
-            raise ValueError(f"unknown order {order!r}; valid orders: {', '.join(map(str, ORDERS))}")
-        if sensitivity not in SENSITIVITIES:
-            raise ValueError(f"unknown sensitivity {sensitivity!r}; valid sensitivities: {', '.join(SENSITIVITIES)}")
-        if isinstance(max_steps, bool) or not (isinstance(max_steps, numbers.Integral) and max_steps >= 1):
-            raise ValueError(f"max_steps must be an integer >= 1, got {max_steps!r}")
+        order = choice("order", order, ORDERS)
+        sensitivity = choice("sensitivity", sensitivity, SENSITIVITIES, plural="sensitivities")
+        max_steps = integer("max_steps", max_steps, minimum=1)
         if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module):
             raise TypeError(
                 "sensitivity='adjoint' returns gradients for the field's parameters only, so the field must be an "
@@ -194,11 +195,11 @@ class NeuralODE(nn.Module):
         self.solver = get_solver(solver)
         self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
         self.sensitivity = sensitivity
-        self.atol, self.rtol = _positive("atol", atol), _positive("rtol", rtol)
-        self.atol_adjoint = _positive("atol_adjoint", atol_adjoint)
-        self.rtol_adjoint = _positive("rtol_adjoint", rtol_adjoint)
+        self.atol, self.rtol = positive("atol", atol), positive("rtol", rtol)
+        self.atol_adjoint = positive("atol_adjoint", atol_adjoint)
+        self.rtol_adjoint = positive("rtol_adjoint", rtol_adjoint)
         self.seminorm = bool(seminorm)
-        self.step_size = None if step_size is None else _positive("step_size", step_size)
+        self.step_size = None if step_size is None else positive("step_size", step_size)
         self.max_steps = int(max_steps)
         self._counter = StepCounter()
         self._checked_t_span: tuple = (None, None, None, None, None)
@@ -240,7 +241,14 @@ class NeuralODE(nn.Module):
 
         Raises:
             ValueError: bad ``x`` or ``t_span``; TypeError: ``x`` is not a tensor;
+            InputShapeError (a ValueError): the field cannot take a state of ``x``'s shape (the message names
+            it and the ``in_features`` of the field's first layer, when it has one);
             NonFiniteError, StepSizeUnderflowError, TooManyStepsError: the solve failed.
+
+        Warns:
+            StabilityWarning: a constant-step solve (a fixed-step solver, or ``step_size`` given) ended with
+            ``max |x(T)| > BLOWUP_GROWTH * max(max |x0|, 1)`` (``BLOWUP_GROWTH = 1e8``): most likely the step is
+            too large for stiff dynamics. Checked once per solve, in the same host sync as the NaN/Inf check.
         """
         t_span = self._check_inputs(x, t_span)
         counter = StepCounter()
@@ -258,14 +266,31 @@ class NeuralODE(nn.Module):
             raise translate_solver_assertion(err) from err
         func.phase = counter.backward  # any later evaluation belongs to the backward pass
         # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
-        # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf.
-        constant_steps = not self.solver.adaptive or self.step_size is not None
-        if constant_steps and not torch.isfinite(trajectory[-1]).all():
+        # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf, or on a
+        # finite but exploded state.
+        if not self.solver.adaptive or self.step_size is not None:
+            self._check_constant_step_result(x, trajectory[-1], t_span)
+        return t_span, trajectory
+
+    def _check_constant_step_result(self, x: Tensor, final: Tensor, t_span: Tensor) -> None:
+        """Raise on NaN/Inf in ``final``; warn when it grew past the blow-up rule (one host sync in all)."""
+        with torch.no_grad():
+            start, end = torch.stack([x.detach().abs().amax(), final.detach().abs().amax()]).tolist()
+        if not math.isfinite(end):  # amax propagates NaN, and |-inf| is inf
             raise NonFiniteError(
                 "the solution contains NaN or Inf: the dynamics blew up; use a smaller step_size, an "
                 "adaptive solver, tighter tolerances, or check the vector field and inputs"
             )
-        return t_span, trajectory
+        if end > BLOWUP_GROWTH * max(start, 1.0):
+            step = self.step_size if self.step_size is not None else float(t_span.diff().abs().max())
+            warnings.warn(
+                f"the constant-step {self.solver.name!r} solve (step size {step:g}) grew the state from max |x0| = "
+                f"{start:.3g} to max |x(T)| = {end:.3g}, more than {BLOWUP_GROWTH:.0e} times max(|x0|, 1): the "
+                "dynamics are probably too stiff for this step and the result is likely a numerical blow-up; use an "
+                "adaptive solver (e.g. 'dopri5') or a smaller step_size",
+                StabilityWarning,
+                stacklevel=2,
+            )
 
     def trajectory(self, x: Tensor, t_span: TSpan | None = None) -> Tensor:
         """The states only: ``trajectory [T, *x.shape]``."""

@@ -15,16 +15,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nodecore._version import __version__
+from nodecore.errors import CorruptFileError
 from nodecore.files import atomic_write
 
 __all__ = [
     "METADATA_KEY",
     "ParquetFormatError",
     "check_columns",
+    "check_finite",
     "check_no_nulls",
     "decode_metadata",
     "encode_metadata",
@@ -33,6 +36,7 @@ __all__ = [
 ]
 
 METADATA_KEY = "nodecore"
+_MAGIC = b"PAR1"  # Parquet files begin and end with it
 
 
 class ParquetFormatError(ValueError):
@@ -140,27 +144,60 @@ def check_no_nulls(table: pa.Table, path: Path, error: type[ParquetFormatError])
 
 
 def read_table(path: Path, error: type[ParquetFormatError], *, what: str) -> pa.Table:
-    """Read the Parquet file at ``path``.
+    """Read the Parquet file at ``path``, verifying the page checksums :func:`write_table` stores.
+
+    The bytes are read first and parsed from memory, so an ``OSError`` is only ever the disk's (worth a retry)
+    and a failure to parse them is the file's: :class:`~nodecore.errors.CorruptFileError`, permanent.
 
     Args:
         path: the file.
-        error: raised when the file is not readable as Parquet.
-        what: the kind of file, for the not-found message (``"no {what} file at {path}"``).
+        error: raised when the file is not Parquet at all.
+        what: the kind of file, for the messages (``"no {what} file at {path}"``).
 
     Raises:
         FileNotFoundError: ``path`` is not a file.
-        error: the file cannot be read as Parquet.
+        OSError: the file's bytes cannot be read.
+        error: the file is not Parquet (no ``PAR1`` magic at either end).
+        CorruptFileError: a Parquet file that is truncated, fails a page checksum or cannot be decoded.
     """
     if not path.is_file():
         raise FileNotFoundError(f"no {what} file at {path}")
+    data = path.read_bytes()
     try:
-        return pq.read_table(path)
-    except pa.ArrowException as err:
-        raise error(f"{path}: expected a Parquet file, could not read it: {err}") from err
+        table = pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        table.schema.names  # noqa: B018  (decodes the column names: a damaged footer can hold invalid UTF-8)
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as err:
+        if data and not (data.startswith(_MAGIC) or data.endswith(_MAGIC)):
+            raise error(f"{path}: expected a Parquet file, could not read it: {err}") from err
+        raise CorruptFileError(
+            f"{path}: the {what} file is damaged ({len(data)} bytes, truncated or corrupted) and cannot be read: "
+            f"{err}; regenerate it",
+            path,
+        ) from err
+    return table
 
 
 def write_table(path: str | os.PathLike[str], table: pa.Table) -> Path:
-    """Write ``table`` to ``path`` with :func:`nodecore.files.atomic_write`; return ``path`` as a ``Path``."""
+    """Write ``table`` to ``path`` with :func:`nodecore.files.atomic_write`, with a CRC checksum on every page
+    (which :func:`read_table` verifies); return ``path`` as a ``Path``."""
     with atomic_write(path) as handle:
-        pq.write_table(table, handle)
+        pq.write_table(table, handle, write_page_checksum=True)
     return Path(path)
+
+
+def check_finite(table: pa.Table, columns: Sequence[str], path: Path, error: type[ParquetFormatError]) -> None:
+    """Raise ``error`` naming how many NaN/Inf values the float ``columns`` of ``table`` hold and the first one's
+    row and column (rows as stored in the file)."""
+    count, first = 0, None
+    for name in columns:
+        bad = ~np.isfinite(table.column(name).to_numpy())
+        if bad.any():
+            count += int(bad.sum())
+            row = int(np.argmax(bad))
+            if first is None or row < first[0]:
+                first = (row, name)
+    if first is not None:
+        raise error(
+            f"{path}: expected finite values (the writer refuses NaN/Inf), found {count} NaN/Inf value(s), the first "
+            f"at row {first[0]}, column {first[1]!r}"
+        )

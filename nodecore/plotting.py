@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
+from nodecore._checks import integer
 from nodecore.files import atomic_write
 
 __all__ = [
@@ -71,8 +72,7 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
 
 
 def _subsample(n: int, max_points: int) -> np.ndarray:
-    if max_points < 1:
-        raise ValueError(f"max_points must be >= 1; got {max_points}")
+    max_points = integer("max_points", max_points, minimum=1)
     if n <= max_points:
         return np.arange(n)
     return np.linspace(0, n - 1, max_points).round().astype(np.int64)
@@ -99,8 +99,7 @@ def _grid(xlim: Limits, ylim: Limits, n: int, device, dtype) -> tuple[torch.Tens
     With ``indexing="xy"`` row ``i`` of the reshaped grid is ``ys[i]`` and column ``j`` is
     ``xs[j]``, the ``[len(y), len(x)]`` layout streamplot/contourf expect.
     """
-    if n < 2:
-        raise ValueError(f"n_points must be >= 2; got {n}")
+    n = integer("n_points", n, minimum=2)
     for name, (lo, hi) in (("xlim", xlim), ("ylim", ylim)):
         if not float(lo) < float(hi):
             raise ValueError(f"{name} must be (low, high) with low < high; got {(lo, hi)}")

@@ -21,6 +21,8 @@ from typing import Callable, Mapping, Protocol
 import torch
 from torch import Tensor
 
+from nodecore._checks import choice
+
 EPS = 1e-12
 """Added to ``||f(z)||`` in the relative residual, so a state whose fixed point is 0 can converge."""
 
@@ -309,7 +311,4 @@ def get_root_finder(name: str) -> RootFinder:
     Raises:
         ValueError: the name is not registered; the message lists the valid names.
     """
-    try:
-        return ROOT_FINDERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown root finder {name!r}; valid root finders: {', '.join(ROOT_FINDER_NAMES)}") from None
+    return ROOT_FINDERS[choice("root finder", name, ROOT_FINDER_NAMES)]

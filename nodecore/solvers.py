@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
+from nodecore._checks import choice
 from nodecore.tsit5 import Tsit5Solver
 
 _TSIT5_KEY = "nodecore_tsit5"
@@ -60,7 +61,4 @@ def get_solver(name: str) -> Solver:
     Raises:
         ValueError: the name is not registered; the message lists the valid names.
     """
-    try:
-        return SOLVERS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVER_NAMES)}") from None
+    return SOLVERS[choice("solver", name, SOLVER_NAMES)]

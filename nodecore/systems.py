@@ -18,27 +18,18 @@ Example::
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, Literal, Union
 
 import torch
 from torch import Tensor, nn
 
+from nodecore._checks import choice, integer, number, positive
 from nodecore.fields import Time, _takes_time
 from nodecore.neuralode import NeuralODE
 
 Loss = Literal["mse", "l1"]
 LOSSES: tuple[str, ...] = ("mse", "l1")
 _FieldLike = Union[nn.Module, Callable[..., Tensor]]
-
-
-def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
 
 
 def _call(field: _FieldLike, takes_time: bool, t: Time, x: Tensor) -> Tensor:
@@ -78,7 +69,7 @@ class LotkaVolterra(nn.Module):
         learnable: bool = True,
     ) -> None:
         super().__init__()
-        rates = [_check_positive(name, v) for name, v in zip(self.NAMES, (alpha, beta, gamma, delta))]
+        rates = [positive(name, v) for name, v in zip(self.NAMES, (alpha, beta, gamma, delta))]
         log_rates = torch.tensor(rates, dtype=torch.float64).log().to(torch.get_default_dtype())
         if learnable:
             self.log_rates = nn.Parameter(log_rates)
@@ -126,8 +117,8 @@ class DampedPendulum(nn.Module):
     def __init__(self, g_over_l: float = 1.0, damping: float = 0.0, *, learnable: bool = False) -> None:
         super().__init__()
         values = {
-            "g_over_l": torch.tensor(_check_positive("g_over_l", g_over_l)),
-            "damping": torch.tensor(_check_positive("damping", damping, allow_zero=True)),
+            "g_over_l": torch.tensor(positive("g_over_l", g_over_l)),
+            "damping": torch.tensor(number("damping", damping, minimum=0)),
         }
         for name, value in values.items():
             if learnable:
@@ -189,11 +180,9 @@ class HybridField(nn.Module):
 
 
 def _loss_function(loss: Loss) -> Callable[[Tensor, Tensor], Tensor]:
-    if loss == "mse":
+    if choice("loss", loss, LOSSES, plural="losses") == "mse":
         return nn.functional.mse_loss
-    if loss == "l1":
-        return nn.functional.l1_loss
-    raise ValueError(f"unknown loss {loss!r}; valid losses: {', '.join(LOSSES)}")
+    return nn.functional.l1_loss
 
 
 def fit_trajectories(
@@ -231,8 +220,7 @@ def fit_trajectories(
             solver errors from the model propagate.
     """
     loss_fn = _loss_function(loss)
-    if isinstance(epochs, bool) or not (isinstance(epochs, numbers.Integral) and epochs >= 1):
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    epochs = integer("epochs", epochs, minimum=1)
     if not isinstance(t_obs, Tensor) or not isinstance(x_obs, Tensor):
         raise TypeError("t_obs and x_obs must be torch.Tensors")
     if t_obs.ndim != 1 or t_obs.numel() < 2:
@@ -245,7 +233,7 @@ def fit_trajectories(
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters to fit")
-        optimizer = torch.optim.Adam(params, lr=_check_positive("lr", lr))
+        optimizer = torch.optim.Adam(params, lr=positive("lr", lr))
 
     x0 = x_obs[0]
 

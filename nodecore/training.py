@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from nodecore._checks import integer, positive
 from nodecore.errors import NonFiniteError
 
 
@@ -90,6 +91,43 @@ def _nfe(model: nn.Module) -> tuple[int, int]:
     return forward, backward
 
 
+def _class_labels(X: Tensor, y: Tensor) -> tuple[Tensor, int]:
+    """``y [N]`` as int64 class indices and its largest label, checked against ``X [N, D]`` before any work.
+
+    Raises:
+        ValueError: mismatched or empty ``X`` / ``y``, a non-integer dtype, or a negative label.
+    """
+    if X.ndim < 2 or y.ndim != 1 or len(X) != len(y) or len(y) == 0:
+        raise ValueError(f"expected X [N, D] and y [N] with N >= 1, got X {tuple(X.shape)} and y {tuple(y.shape)}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(
+            f"y must hold integer class labels 0 .. C-1, got dtype {y.dtype}; convert whole-number labels with "
+            "y.long()"
+        )
+    y = y.long()
+    low, high = (int(value) for value in torch.aminmax(y))
+    if low < 0:
+        _bad_labels(y, y < 0, "class labels must be >= 0")
+    return y, high
+
+
+def _check_label_range(y: Tensor, top_label: int, scores: Tensor) -> None:
+    """Raise ``ValueError`` if a label in ``y`` is not one of the ``C`` classes the model scores (``scores [B, C]``)."""
+    n_classes = scores.shape[-1]
+    if top_label >= n_classes:
+        _bad_labels(y, y >= n_classes, f"the model has {n_classes} outputs, so labels must be in 0 .. {n_classes - 1}")
+
+
+def _bad_labels(y: Tensor, bad: Tensor, rule: str) -> None:
+    """Raise the ``ValueError`` for the labels ``y[bad]``: how many, which values, where the first is."""
+    values = torch.unique(y[bad]).tolist()
+    shown = ", ".join(map(str, values[:5])) + (", ..." if len(values) > 5 else "")
+    first = int(bad.nonzero()[0, 0])
+    raise ValueError(
+        f"{rule}, but y holds {int(bad.sum())} label(s) outside that range: {shown} (first at index {first})"
+    )
+
+
 def train(
     model: nn.Module,
     X: Tensor,
@@ -122,20 +160,20 @@ def train(
         The :class:`History` of the epochs run.
 
     Raises:
-        ValueError: bad sizes or shapes; NonFiniteError: the loss became NaN or Inf.
+        ValueError: bad sizes, shapes or arguments; labels that are not integers, are negative, or are not
+            below the model's number of outputs (checked on the first batch's scores, before any step).
+        NonFiniteError: the loss became NaN or Inf.
     """
-    if not (isinstance(epochs, int) and epochs >= 0):
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    if not (isinstance(start_epoch, int) and 0 <= start_epoch <= epochs):
-        raise ValueError(f"start_epoch must be an integer in [0, epochs={epochs}], got {start_epoch!r}")
-    if X.ndim < 2 or y.ndim != 1 or len(X) != len(y):
-        raise ValueError(f"expected X [N, D] and y [N], got X {tuple(X.shape)} and y {tuple(y.shape)}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None (full batch), got {batch_size}")
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    epochs = integer("epochs", epochs, minimum=0)
+    start_epoch = integer("start_epoch", start_epoch, minimum=0, maximum=epochs)
+    if batch_size is not None:
+        batch_size = integer("batch_size (or None for full batch)", batch_size, minimum=1)
+    y, top_label = _class_labels(X, y)
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=positive("lr", lr))
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator()
     history = History()
+    labels_checked = False
     model.train()
     for epoch in range(start_epoch, epochs):
         started = time.perf_counter()
@@ -146,6 +184,9 @@ def train(
         for batch in batches:
             xb, yb = X[batch], y[batch]
             scores = logits(model, xb, t_span)
+            if not labels_checked:  # the first scores tell the model's class count: check before any step
+                _check_label_range(y, top_label, scores)
+                labels_checked = True
             loss = loss_fn(scores, yb)
             if not torch.isfinite(loss):
                 raise NonFiniteError(
@@ -168,10 +209,17 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, X: Tensor, y: Tensor, *, t_span: Tensor) -> Metrics:
-    """Cross-entropy loss, accuracy and forward NFE of ``model`` on ``(X [N, D], y [N])``."""
+    """Cross-entropy loss, accuracy and forward NFE of ``model`` on ``(X [N, D], y [N])``.
+
+    Raises:
+        ValueError: mismatched shapes, or labels that are not integers in ``0 .. C-1`` for a model scoring
+            ``C`` classes (the message names the bad dtype or values).
+    """
+    y, top_label = _class_labels(X, y)
     model.eval()
     started = time.perf_counter()
     scores = logits(model, X, t_span)
+    _check_label_range(y, top_label, scores)
     loss = nn.functional.cross_entropy(scores, y).item()
     acc = (scores.argmax(dim=-1) == y).float().mean().item()
     return Metrics(loss, acc, _nfe(model)[0], time.perf_counter() - started)

@@ -21,6 +21,7 @@ from nodecore.parquet_io import (
     METADATA_KEY,
     ParquetFormatError,
     check_columns,
+    check_finite,
     check_no_nulls,
     decode_metadata,
     encode_metadata,
@@ -175,8 +176,11 @@ def read_trajectory(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        OSError: the file's bytes cannot be read (a disk or network problem).
+        CorruptFileError: the file is damaged (truncated, failed page checksum, undecodable).
         TrajectoryFormatError: not Parquet, not a trajectory (e.g. a dataset file), wrong columns/dtypes, nulls,
-            rows that do not form the T x B grid, or ``t`` / ``label`` inconsistent across rows.
+            NaN/Inf depths or states, rows that do not form the T x B grid, or ``t`` / ``label`` inconsistent
+            across rows.
     """
     path = Path(path)
     table = read_table(path, TrajectoryFormatError, what="trajectory")
@@ -192,6 +196,7 @@ def read_trajectory(
     n_times, n_samples, dim = shape
     check_columns(table.schema, _schema(dim), path, TrajectoryFormatError)
     order = _check_rows(table, shape, path)
+    check_finite(table, ["t", *(f"z{j}" for j in range(dim))], path, TrajectoryFormatError)
 
     def column(name: str) -> np.ndarray:
         return table.column(name).to_numpy()[order]

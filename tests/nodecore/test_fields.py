@@ -224,7 +224,7 @@ def test_augmented_state_flows_into_a_neural_ode() -> None:
     assert trajectory.shape == (2, 2, 5)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"augment_dims": 0}, "augment_dims must be >= 1, got 0"),
+@pytest.mark.parametrize(("kwargs", "match"), [({"augment_dims": 0}, "augment_dims must be an integer >= 1, got 0"),
                                                ({"order": "third"}, "unknown order 'third'")])
 def test_augmenter_rejects_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
