@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, wait
 from prefect.tasks import exponential_backoff
 
@@ -76,13 +77,26 @@ class Stages:
 
 
 def resolve(futures: list[PrefectFuture]) -> list[Any]:
-    """Wait for every future, then return their results or raise the first stage's own error.
+    """Wait for every future, then return their results or raise the failing stage's own error.
 
-    Waiting for all first means a failed cell does not cancel the others' running stages, and the error
-    raised is the failing stage's, not a downstream "upstream task did not complete".
+    Waiting for all first means a failed cell does not cancel the others' running stages. A stage whose
+    upstream failed never runs: Prefect leaves it Pending ("NotReady") and its ``result()`` would raise
+    ``UnfinishedRun``. That upstream may be a future the caller did not pass (the dataset, a field), so its
+    error is taken from the flow run's in-process record of finished task runs (``run_results``, which
+    links each final state to its result, a failed run's being its exception).
     """
     wait(futures)
-    return [future.result() for future in futures]
+    states = [future.state for future in futures]
+    for future, state in zip(futures, states):
+        if state.is_final() and not state.is_completed():
+            future.result()  # raises this stage's own error
+    context = FlowRunContext.get()
+    if context is not None and not all(state.is_final() for state in states):
+        for linked, _, ref in list(context.run_results.values()):
+            error = ref() if ref is not None else None
+            if (linked.is_failed() or linked.is_crashed()) and isinstance(error, BaseException):
+                raise error
+    return [future.result() for future in futures]  # a stage still unfinished raises UnfinishedRun
 
 
 def resolve_cells(cells: list[dict[str, PrefectFuture]]) -> list[dict[str, StageOutput]]:

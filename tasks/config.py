@@ -1,18 +1,21 @@
 """The pipeline's one typed configuration: every default lives here (or in nodecore, which it reads).
 
 Prefect validates these models as flow parameters and renders them as the run form in the UI; the CLI
-(``python flows/train_flow.py --help``) exposes every field as an option.
+(``python flows/train_flow.py --help``) exposes every field as an option. Both ways in refuse the same bad
+values here, before any stage runs: every float is finite, every seed fits numpy's, the artifacts folder is
+named, and the dataset's classes fit every model kind of the grid.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from functools import lru_cache
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nodecore.architectures import ACTIVATIONS
-from nodecore.datasets import DATASET_TYPES
+from nodecore.datasets import DATASET_TYPES, ToyDataset
 from nodecore.checkpoints import MODEL_KINDS
 from nodecore.neuralode import (
     DEFAULT_ATOL,
@@ -32,10 +35,26 @@ SensitivityName = Literal[SENSITIVITIES]  # type: ignore[valid-type]
 ModelKind = Literal[MODEL_KINDS]  # type: ignore[valid-type]
 RootFinderName = Literal[ROOT_FINDER_NAMES]  # type: ignore[valid-type]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_SEED = 2**32 - 1  # numpy's (and so scikit-learn's) seed limit
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+_PROBE_POINTS = 256  # points drawn to count a dataset's classes: every generator spreads its classes evenly
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: ``gt=0`` alone admits inf, which fails deep inside a stage.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+@lru_cache(maxsize=64)
+def _dim_and_classes(dataset_type: str, n_samples: int) -> tuple[int, int]:
+    """Features and classes of ``n_samples`` points of ``dataset_type``, read from a small draw of nodecore's."""
+    X, y = ToyDataset().generate(min(n_samples, _PROBE_POINTS), 0.0, dataset_type, seed=0)
+    return int(X.shape[1]), int(y.max()) + 1
+
+
+def _fits_node(dim: int, classes: int) -> bool:
+    """Whether a 'node' model, whose class scores are its final state, can classify ``classes`` in ``dim``-D."""
+    return classes <= dim
 
 
 class DatasetConfig(_Config):
@@ -45,8 +64,12 @@ class DatasetConfig(_Config):
     n_train: int = Field(512, ge=2, description="training points")
     n_test: int = Field(2048, ge=1, description="held-out test points")
     noise: float = Field(0.1, ge=0, description="std of the Gaussian noise added to the points")
-    seed: int = Field(0, ge=0, description="seed of the training set")
-    test_seed: int = Field(1, ge=0, description="seed of the test set")
+    seed: Seed = Field(0, description="seed of the training set")
+    test_seed: Seed = Field(1, description="seed of the test set")
+
+    def dim_and_classes(self) -> tuple[int, int]:
+        """``(features, classes)`` of the generated data (the larger split decides how many classes appear)."""
+        return _dim_and_classes(self.dataset_type, max(self.n_train, self.n_test))
 
 
 class ModelConfig(_Config):
@@ -58,7 +81,7 @@ class ModelConfig(_Config):
     depth_variant: bool = Field(False, description="feed the depth t to the field (DepthCat)")
     t_end: float = Field(1.0, gt=0, description="integrate over depth [0, t_end]")
     t_points: int = Field(5, ge=2, description="depths in t_span where the state is returned")
-    init_seed: int = Field(0, ge=0, description="seed of the initial weights")
+    init_seed: Seed = Field(0, description="seed of the initial weights")
     augment_dims: int = Field(2, ge=1, description="dimensions an 'anode' model adds to the state")
     deq_hidden: int = Field(32, ge=1, description="hidden units of a 'deq' model")
     root_finder: RootFinderName = Field("anderson", description="root finder of a 'deq' model")
@@ -99,7 +122,7 @@ class OutputConfig(_Config):
 class RunConfig(_Config):
     """Where artifacts go and how stages are retried."""
 
-    artifacts_dir: str = Field("artifacts", description="root folder of cached artifacts")
+    artifacts_dir: str = Field("artifacts", description="root folder of cached artifacts (not empty)")
     refresh: bool = Field(False, description="recompute every stage, ignoring cached artifacts")
     retries: int = Field(2, ge=0, description="retries of a transiently failing stage")
     retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay (doubles each retry)")
@@ -114,6 +137,14 @@ class RunConfig(_Config):
     cell_timeout_seconds: Optional[float] = Field(
         None, gt=0, description="give up on a dispatched cell after this long (executor=deployments)")
 
+    @field_validator("artifacts_dir")
+    @classmethod
+    def _names_a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{value!r} names no folder (the run would write into the current folder); "
+                             "give a folder such as 'artifacts' or '/shared/nodecore'")
+        return value
+
 
 class PipelineConfig(_Config):
     """Everything one run of the training flow needs."""
@@ -126,7 +157,7 @@ class PipelineConfig(_Config):
     run: RunConfig = RunConfig()
     solvers: list[SolverName] = Field(["dopri5", "rk4", "tsit5"], min_length=1, description="grid axis: solvers")
     devices: list[str] = Field(["auto"], min_length=1, description="grid axis: 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    models: list[ModelKind] = Field(["node"], min_length=1, description=(
+    models: list[ModelKind] = Field(["node"], min_length=1, validate_default=True, description=(
         "grid axis: 'node' (the tutorial's Neural ODE), 'anode' (augmented, linear readout), 'deq' "
         "(equilibrium model; one cell per device, the solver axis does not apply)"))
 
@@ -143,4 +174,21 @@ class PipelineConfig(_Config):
         for value in values:
             if not DEVICE_PATTERN.match(value):
                 raise ValueError(f"unknown device {value!r}; valid devices: 'auto', 'cpu', 'cuda', 'cuda:N'")
+        return values
+
+    @field_validator("models")
+    @classmethod
+    def _classes_fit_node(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        """A 'node' model reads its class scores from the final state: no more classes than state dimensions."""
+        dataset = info.data.get("dataset")  # absent when the dataset itself was invalid
+        if "node" not in values or dataset is None:
+            return values
+        dim, classes = dataset.dim_and_classes()
+        if not _fits_node(dim, classes):
+            n_samples = max(dataset.n_train, dataset.n_test)
+            fitting = [name for name in DATASET_TYPES if _fits_node(*_dim_and_classes(name, n_samples))]
+            raise ValueError(
+                f"dataset.dataset_type {dataset.dataset_type!r} has {classes} classes, but a 'node' model reads "
+                f"one class score per dimension of its {dim}-D state; with it use models 'anode' or 'deq' (linear "
+                f"readouts), or for 'node' a dataset_type with no more classes than dimensions: {', '.join(fitting)}")
         return values

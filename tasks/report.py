@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,14 @@ from tasks.cache import StageOutput
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds")
+# How each numeric column is shown (the table artifact, the markdown table, the console): digits after the point.
+DECIMALS = {"test_accuracy": 4, "train_accuracy": 4, "test_loss": 4, "train_seconds": 1, "queue_seconds": 1}
+CHANCE_MARGIN = 0.05  # a test accuracy within this of 1/classes (or below) is reported as chance level
 INLINE_BUDGET_BYTES = 900_000  # keep the markdown artifact under Prefect's ~1 MB comfort zone
 
 
 def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]:
-    """One row per cell with the columns of :data:`COLUMNS`."""
+    """One row per cell with the columns of :data:`COLUMNS` (full precision: ``summary.json`` keeps these)."""
     rows = []
     for cell in cells:
         metrics = cell["metrics"].data
@@ -36,14 +40,51 @@ def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]
     return rows
 
 
+def rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its floats rounded for display (:data:`DECIMALS`, else 4 significant digits)."""
+    def show(column: str, value: Any) -> Any:
+        if not isinstance(value, float):
+            return value
+        return round(value, DECIMALS[column]) if column in DECIMALS else float(f"{value:.4g}")
+
+    return {column: show(column, value) for column, value in row.items()}
+
+
+def chance_warnings(cells: list[dict[str, StageOutput]]) -> list[str]:
+    """One sentence per cell whose test accuracy is at or below chance (1 / number of classes)."""
+    warnings = []
+    for cell in cells:
+        metrics = cell["metrics"].data
+        classes, accuracy = metrics.get("classes"), metrics.get("test_accuracy")
+        if classes and accuracy is not None and accuracy <= 1 / classes + CHANCE_MARGIN:
+            warnings.append(f"{metrics['cell']}: test accuracy {accuracy:.4f} is at or below chance "
+                            f"({1 / classes:.2f} for {classes} classes): it did not learn; try more epochs "
+                            "or a higher learning rate")
+    return warnings
+
+
+def stage_index(cells: list[dict[str, StageOutput]]) -> list[dict[str, str]]:
+    """Which folder holds each cell's output of each stage: the hash-named folders, by cell name."""
+    return [{"cell": cell["metrics"].data["cell"], "stage": output.stage, "folder": f"{output.stage}/{output.key}"}
+            for cell in cells for output in cell.values()]
+
+
 def _format(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{value}" if isinstance(value, float) else str(value)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_format(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(_format(rounded(row)[c]) for c in COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _index_markdown(cells: list[dict[str, StageOutput]], link_prefix: str) -> list[str]:
+    by_cell: dict[str, list[str]] = {}
+    for entry in stage_index(cells):
+        by_cell.setdefault(entry["cell"], []).append(f"[{entry['stage']}]({link_prefix}{entry['folder']}/)")
+    return ["## Where each cell's files are", "", "| cell | stage folders |", "|---|---|",
+            *(f"| {cell} | {' · '.join(links)} |" for cell, links in by_cell.items()), ""]
 
 
 def _thumbnail(path: Path, *, size: int = 560, quality: int = 80) -> bytes:
@@ -61,6 +102,8 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
     """The report as markdown; plots inline as data URIs (``inline``) or as links to ``link_prefix`` + their
     path under ``root`` (``"../../"`` for a report two folders below the root)."""
     parts = ["# nodecore training grid", "", markdown_table(rows), ""]
+    parts += [f"> **Warning** {warning}" for warning in chance_warnings(cells)]
+    parts += ["", *_index_markdown(cells, link_prefix)]
     budget = INLINE_BUDGET_BYTES
     for row, cell in zip(rows, cells):
         parts += [f"## {row['cell']}", ""]
@@ -100,7 +143,9 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
     root_path = Path(root)
     rows = comparison_rows(cells)
     run_folder = root_path / "reports" / run_folder_name(runtime.flow_run.id)
-    summary = json.dumps({"rows": rows, "flow_run_id": runtime.flow_run.id,
+    warnings = chance_warnings(cells)
+    summary = json.dumps({"rows": rows, "flow_run_id": runtime.flow_run.id, "warnings": warnings,
+                          "index": stage_index(cells),
                           "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]}, indent=2)
     report_path, summary_path = run_folder / "report.md", run_folder / "summary.json"
     _write(report_path, render_report(rows, cells, root_path, inline=False, link_prefix="../../"))
@@ -110,13 +155,19 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
     _write(root_path / "summary.json", summary)
     _write(root_path / "reports" / "LATEST", run_folder.name + "\n")
 
-    create_table_artifact(key="nodecore-grid", table=rows, description="one row per (solver, device) cell")
+    create_table_artifact(key="nodecore-grid", table=[rounded(row) for row in rows],
+                          description="one row per (model, solver, device) cell")
     create_markdown_artifact(key="nodecore-report", markdown=render_report(rows, cells, root_path, inline=True),
                              description="comparison report with plots")
     create_link_artifact(key="nodecore-report-file", link=report_path.resolve().as_uri(), link_text=str(report_path))
     for row, cell in zip(rows, cells):
         checkpoint = cell["trained"].path(root_path, "checkpoint").resolve()
-        create_link_artifact(link=checkpoint.as_uri(), link_text=f"checkpoint {row['cell']}",
-                             description=f"trained weights of {row['cell']}")
+        create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]), link=checkpoint.as_uri(),
+                             link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
     return {"rows": rows, "report": str(report_path), "summary": str(summary_path),
-            "latest_report": str(latest_report)}
+            "latest_report": str(latest_report), "warnings": warnings}
+
+
+def artifact_key(prefix: str, cell: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for ``cell``: ``dopri5@cpu`` -> ``...-dopri5-cpu``."""
+    return f"{prefix}-{re.sub(r'[^a-z0-9]+', '-', cell.lower()).strip('-')}"

@@ -48,8 +48,7 @@ def tiny_argv(artifacts_dir: Path, *extra: str, solvers: list[str] = SOLVERS) ->
 
 def tiny_config(artifacts_dir: Path, *extra: str, solvers: list[str] = SOLVERS) -> PipelineConfig:
     """The tiny config, parsed from the same options the CLI tests pass (so the two cannot drift apart)."""
-    config, _ = parse_config(PipelineConfig, tiny_argv(artifacts_dir, *extra, solvers=solvers))
-    return config
+    return parse_config(PipelineConfig, tiny_argv(artifacts_dir, *extra, solvers=solvers))
 
 
 def cells(solvers: list[str] = SOLVERS) -> list[str]:
