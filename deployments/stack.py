@@ -13,11 +13,8 @@ has no worker and its runs wait. Workers and the server use the same PREFECT_API
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -26,14 +23,15 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from deployments.definitions import CPU_POOL, DEPLOYMENTS, GPU_POOL, DeploymentSpec
 from flows.server import (
     REPO_ROOT,
-    _is_alive,
-    _read_pid,
-    _signal_group,
     ensure_server,
     is_healthy,
+    is_process,
+    read_pid,
     resolve_home,
-    resolve_port,
+    server_status,
     stop_server,
+    terminate,
+    user_api_url,
 )
 
 POOLS = (CPU_POOL, GPU_POOL)
@@ -83,18 +81,13 @@ def _pid_file(pool: str) -> Path:
 
 def running_worker(pool: str) -> int | None:
     """The pid of this project's background worker for ``pool``, if one is really running."""
-    pid = _read_pid(_pid_file(pool))
-    if pid is None or not _is_alive(pid):
-        return None
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return pid  # no /proc: trust the pid file
-    return pid if b"prefect\0worker" in command and pool.encode() in command else None
+    pid = read_pid(_pid_file(pool))
+    command = f"prefect\0worker\0start\0--pool\0{pool}\0".encode()  # as worker_command(pool) spells it
+    return pid if pid is not None and is_process(pid, command) else None
 
 
 def start_background_worker(pool: str) -> int:
-    """Start a worker for ``pool`` that outlives this process; its log goes beside the server's."""
+    """Start a worker for ``pool`` that outlives this process; it logs to ``<PREFECT_HOME>/worker-<pool>.log``."""
     log = (resolve_home() / f"worker-{pool}.log").open("ab")
     process = subprocess.Popen(worker_command(pool, name=f"{pool}-worker"), stdout=log, stderr=log,
                                start_new_session=True, cwd=REPO_ROOT)
@@ -108,12 +101,7 @@ def stop_background_worker(pool: str) -> bool:
     _pid_file(pool).unlink(missing_ok=True)
     if pid is None:
         return False
-    _signal_group(pid, signal.SIGTERM)
-    for _ in range(50):
-        if not _is_alive(pid):
-            return True
-        time.sleep(0.1)
-    _signal_group(pid, signal.SIGKILL)
+    terminate(pid, timeout=5.0)
     return True
 
 
@@ -135,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print("stopped the local Prefect server" if stop_server() else "no local Prefect server was running")
         return 0
     if args.command == "status":
-        api_url = os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{resolve_port()}/api"
-        print(f"server {api_url}: {'up' if is_healthy(api_url) else 'down'}")
+        if (api_url := user_api_url()) is not None:
+            print(f"server {api_url} (configured by the user): {'up' if is_healthy(api_url) else 'down'}")
+        else:
+            print(f"server {server_status()[1]}")
         for pool in POOLS:
             print(f"background {pool} worker: {running_worker(pool) or 'none'}")
         return 0

@@ -1,12 +1,37 @@
-"""A persistent local Prefect server, so flow runs stay complete and viewable after a script ends.
+"""A persistent local Prefect server per checkout, so flow runs stay complete and viewable after a script ends.
 
 Without ``PREFECT_API_URL`` Prefect 3.9 runs each script against a temporary server that stops with
-the script, before every task-run update is stored, and without the UI. ``ensure_server`` instead
-starts ``prefect server start`` once, detached (it outlives the Python process that started it, keeps
-its SQLite DB under a project-local ``PREFECT_HOME``, default ``<repo>/.prefect``) and reuses it on
-later calls. A URL the user configured is used untouched: ``PREFECT_API_URL`` in the environment, or
-one Prefect itself resolves from the active profile, ``prefect.toml``/``pyproject.toml`` or ``.env``
-(e.g. after ``prefect cloud login``).
+the script, before every task-run update is stored, and without the UI. ``ensure_server`` instead runs
+``prefect server start --background`` once for this checkout (its SQLite DB under a project-local
+``PREFECT_HOME``, default ``<repo>/.prefect``) and reuses that server on later calls. A URL the user
+configured is used untouched: ``PREFECT_API_URL`` in the environment, or one Prefect itself resolves
+from the active profile, ``prefect.toml``/``pyproject.toml`` or ``.env`` (e.g. after ``prefect cloud login``).
+
+Prefect's own commands start and stop the server. Measured with prefect 3.9.1 on 2 busy cores:
+``PREFECT_HOME=<home> prefect server start --background --host 127.0.0.1 --port P`` returns after 2.5 s
+and writes the pid of the uvicorn process it spawns to ``<home>/server.pid``; the server answered
+``/api/health`` 8-16 s after the call (fresh DB). ``PREFECT_HOME=<home> prefect server stop`` (2.3 s)
+finds it through that file, sends SIGTERM, removes the file and returns; the server was gone 1.3 s
+later; under another home it says "No server running in the background". What this module adds, each
+for a limit measured there:
+
+- ``--background`` returns before the server is up: ``start_server`` waits until it answers.
+- The server stays in the caller's process group, and a SIGINT to that group (Ctrl-C in the terminal
+  of the run that started it) stopped it: it is started in a new session.
+- A ``server.pid`` left by a killed server makes ``start --background`` exit 1 ("A server is already
+  running in the background"), and ``stop`` signals whatever process has that pid now: a pid file
+  whose process is not a Prefect server is removed first.
+- A second ``start --background`` under the same home while the first starts exits 1 ("already
+  running"): a lock file serializes the callers, and the later ones reuse the first one's server.
+- The server's output goes to pipes that close when the CLI exits, so there is no server log: a failed
+  start names the foreground command that shows the error.
+- Nothing tells whose server answers on a port (another checkout's ``make run`` wrote into a foreign
+  server's DB). A server counts as this checkout's only when ``GET /api/admin/settings`` reports this
+  ``PREFECT_HOME`` as its ``home`` (it does, measured). When another server holds the port, a free port
+  is chosen and recorded in ``<home>/server.port``, where later runs look first.
+- After a first successful request Prefect's client retries a refused connection 5 times with 2**n s
+  backoff (``prefect/client/base.py``), about a minute per request, and a run makes several on its way
+  out: a run whose server was killed ended after about 6 minutes. ``exit_if_api_lost`` notices at once.
 
 How Prefect 3.9.1 reads settings (measured): ``import prefect`` imports ``prefect.context``, which
 builds the process-global settings context from the environment and the active profile at import
@@ -30,17 +55,23 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import http.client
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 4200
@@ -49,11 +80,13 @@ HOST = "127.0.0.1"
 PORT_ENV = "NODECORE_PREFECT_PORT"
 HOME_ENV = "NODECORE_PREFECT_HOME"
 # Set beside PREFECT_API_URL by ensure_server: a URL equal to it is ours (e.g. inherited by a child
-# process), not the user's, so the child checks health and restarts the server if needed.
-_MANAGED_ENV = "NODECORE_PREFECT_MANAGED_URL"
-_PID_FILE = "server.pid"
-_LOG_FILE = "server.log"
-_LOCK_FILE = "server.lock"
+# process), not the user's, so the child looks for this checkout's server again.
+MANAGED_ENV = "NODECORE_PREFECT_MANAGED_URL"
+PID_FILE = "server.pid"  # written by `prefect server start --background`, read by `prefect server stop`
+PORT_FILE = "server.port"  # the port this checkout's server was last started on
+LOCK_FILE = "server.lock"
+# Command lines of a Prefect server: `start --background` runs uvicorn; `start` alone serves in-process.
+_SERVER_COMMANDS = (b"prefect.server.api.server:create_app", b"prefect\0server\0start")
 
 
 @dataclass(frozen=True)
@@ -81,9 +114,9 @@ def resolve_home(home: Path | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-def resolve_port(port: int | None = None) -> int:
-    """Return ``port``, else ``$NODECORE_PREFECT_PORT``, else ``DEFAULT_PORT``."""
-    return port or int(os.environ.get(PORT_ENV) or DEFAULT_PORT)
+def resolve_port(port: int | None = None, home: Path | None = None) -> int:
+    """Return ``port``, else ``$NODECORE_PREFECT_PORT``, else the port recorded for ``home``, else 4200."""
+    return port or int(os.environ.get(PORT_ENV) or 0) or _recorded_port(resolve_home(home)) or DEFAULT_PORT
 
 
 def server_env(home: Path, port: int) -> dict[str, str]:
@@ -98,12 +131,29 @@ def server_env(home: Path, port: int) -> dict[str, str]:
 
 def is_healthy(api_url: str, timeout: float = 1.0) -> bool:
     """Return whether ``GET {api_url}/health`` answers HTTP 200 with body ``true`` (proxies bypassed)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return _get(f"{api_url.rstrip('/')}/health", timeout) == b"true"
+
+
+def server_home(api_url: str, timeout: float = 2.0) -> Path | None:
+    """Return the ``PREFECT_HOME`` the Prefect server at ``api_url`` reports, or None if none answers so.
+
+    Reads ``GET {api_url}/admin/settings``, sending ``$PREFECT_API_AUTH_STRING`` if set.
+    """
+    body = _get(f"{api_url.rstrip('/')}/admin/settings", timeout)
     try:
-        with opener.open(f"{api_url.rstrip('/')}/health", timeout=timeout) as response:
-            return response.status == 200 and response.read().strip() == b"true"
-    except (OSError, ValueError, http.client.HTTPException):
-        return False
+        return Path(json.loads(body)["home"]).expanduser().resolve() if body else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def user_api_url() -> str | None:
+    """Return the API URL the user configured (environment first, then Prefect's own sources), if any."""
+    env_url = os.environ.get("PREFECT_API_URL")
+    if env_url:
+        return None if env_url == os.environ.get(MANAGED_ENV) else env_url
+    from prefect.settings import Settings  # fresh: reads env, active profile, toml files, .env
+
+    return Settings().api.url or None
 
 
 def ensure_server(
@@ -113,33 +163,81 @@ def ensure_server(
     timeout: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> ServerInfo:
-    """Point this process's Prefect at a persistent server, starting a local one if needed.
+    """Point this process's Prefect at a persistent server, starting this checkout's own if needed.
 
-    A user-configured URL is returned untouched. Otherwise a healthy server on
-    ``127.0.0.1:port`` is reused, or ``prefect server start`` is launched detached; in both
-    cases ``server_env`` is applied to ``os.environ`` (inherited by child processes) and, if
-    Prefect is already imported, to its global settings (see the module docstring).
+    A user-configured URL is returned untouched. Otherwise ``start_server`` finds or starts this
+    checkout's server, and ``server_env`` is applied to ``os.environ`` (inherited by child processes)
+    and, if Prefect is already imported, to its global settings (see the module docstring).
 
     Args:
-        home: ``PREFECT_HOME`` of the local server (its DB, log and pid file); see ``resolve_home``.
-        port: Local port; see ``resolve_port``.
-        timeout: Seconds to wait for a started server to become healthy.
+        home: ``PREFECT_HOME`` of the local server (its DB and pid file); see ``resolve_home``.
+        port: Port to start it on; see ``resolve_port``. A server of another home there is not reused.
+        timeout: Seconds to wait for a started server to answer.
         log: Receives one human-readable line saying which server is used.
 
     Returns:
         Where flow runs go.
 
     Raises:
-        RuntimeError: If a started server exits or is not healthy within ``timeout``.
+        RuntimeError: If a started server exits or does not answer within ``timeout``.
     """
-    user_url = _user_api_url()
+    user_url = user_api_url()
     if user_url is not None:
         ui_url = os.environ.get("PREFECT_UI_URL") or user_url.rstrip("/").removesuffix("/api")
         log(f"using the Prefect API configured by the user: {user_url}")
         return ServerInfo(user_url, ui_url, started=False, home=None, user_supplied=True)
-    home, port = resolve_home(home), resolve_port(port)
-    info = _ensure_local(home=home, port=port, timeout=timeout, log=log)
-    _apply_env(server_env(home, port))
+    home = resolve_home(home)
+    info = start_server(home=home, port=port, timeout=timeout, log=log)
+    _apply_env(server_env(home, _port_of(info.api_url)))
+    return info
+
+
+def find_server(*, home: Path | None = None, port: int | None = None) -> ServerInfo | None:
+    """Return this checkout's running server for ``home`` (the one that reports it as its home), or None.
+
+    Looks on the port recorded in ``<home>/server.port``, then on ``resolve_port(port, home)``.
+    """
+    home = resolve_home(home)
+    for candidate in dict.fromkeys(p for p in (_recorded_port(home), resolve_port(port, home)) if p):
+        api_url = server_env(home, candidate)["PREFECT_API_URL"]
+        if server_home(api_url) == home:
+            return _info(home, candidate, started=False)
+    return None
+
+
+def start_server(
+    *,
+    home: Path | None = None,
+    port: int | None = None,
+    timeout: float = 60.0,
+    log: Callable[[str], None] = print,
+) -> ServerInfo:
+    """Return this checkout's running server, or start it with ``prefect server start --background``.
+
+    Unlike ``ensure_server`` it ignores a user-configured URL and leaves this process's environment
+    alone. When another server (another checkout's, say) holds the port, the next free port is used,
+    recorded in ``<home>/server.port`` for later calls, and the log line says so.
+
+    Raises:
+        RuntimeError: If the started server exits or does not answer within ``timeout``.
+    """
+    home = resolve_home(home)
+    home.mkdir(parents=True, exist_ok=True)
+    with _locked(home / LOCK_FILE):  # concurrent scripts: one starts, the others reuse
+        if (running := find_server(home=home, port=port)) is not None:
+            log(f"reusing local Prefect server at {running.ui_url}")
+            return running
+        wanted = resolve_port(port, home)
+        chosen = wanted if _port_is_free(wanted) else _free_port_after(wanted)
+        _launch(home, chosen, timeout)
+        (home / PORT_FILE).write_text(f"{chosen}\n")
+    info = _info(home, chosen, started=True)
+    moved = "" if chosen == wanted else f"port {wanted} is taken by {_holder(wanted)}, so "
+    stop_hint = "" if home == resolve_home() else f" --home {home}"
+    log(
+        f"{moved}started a local Prefect server at {info.ui_url} (PREFECT_HOME={home}); open the UI "
+        f"there; stop it with `python flows/server.py stop{stop_hint}`"
+    )
     return info
 
 
@@ -159,110 +257,222 @@ def prefect_settings_context(info: ServerInfo) -> contextlib.AbstractContextMana
     return temporary_settings(updates=updates)
 
 
-def stop_server(*, home: Path | None = None, port: int | None = None, timeout: float = 15.0) -> bool:
-    """Stop the server that ``ensure_server`` started for ``home``.
+def stop_server(*, home: Path | None = None, timeout: float = 15.0) -> bool:
+    """Stop this checkout's server for ``home`` with ``prefect server stop``, and wait until it is gone.
 
     Args:
         home: As for ``ensure_server``; the server is found through ``<home>/server.pid``.
-        port: If given, also wait until nothing healthy answers on it any more.
-        timeout: Seconds to wait after SIGTERM before sending SIGKILL.
+        timeout: Seconds to wait for it to exit before sending SIGKILL.
 
     Returns:
         True if a running server was stopped, False if none was running.
     """
-    pid_path = resolve_home(home) / _PID_FILE
-    pid = _read_pid(pid_path)
-    if pid is None or not _is_server_process(pid):
-        pid_path.unlink(missing_ok=True)
+    home = resolve_home(home)
+    pid = read_pid(home / PID_FILE)
+    if pid is None or not is_process(pid, *_SERVER_COMMANDS):
+        (home / PID_FILE).unlink(missing_ok=True)  # stale: `prefect server stop` would signal its pid
         return False
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        _signal_group(pid, sig)
-        deadline = time.monotonic() + timeout
-        while _is_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not _is_alive(pid):
-            break
-    pid_path.unlink(missing_ok=True)
-    if port is not None:
-        deadline = time.monotonic() + timeout
-        while is_healthy(f"http://{HOST}:{port}/api") and time.monotonic() < deadline:
-            time.sleep(0.1)
+    subprocess.run([sys.executable, "-m", "prefect", "server", "stop"], env={**os.environ, "PREFECT_HOME": str(home)},
+                   cwd=home, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    terminate(pid, timeout=timeout, sig=None)  # `stop` sent SIGTERM and returns before the server exits
+    (home / PID_FILE).unlink(missing_ok=True)
     return True
 
 
-def _user_api_url() -> str | None:
-    """Return the API URL the user configured (environment first, then Prefect's own sources)."""
-    env_url = os.environ.get("PREFECT_API_URL")
-    if env_url:
-        return None if env_url == os.environ.get(_MANAGED_ENV) else env_url
-    from prefect.settings import Settings  # fresh: reads env, active profile, toml files, .env
+@contextlib.contextmanager
+def exit_if_api_lost(info: ServerInfo, message: str, *, grace: float = 3.0, status: int = 3) -> Iterator[None]:
+    """While active, end the process with ``message`` on stderr as soon as the Prefect API is lost.
 
-    return Settings().api.url or None
-
-
-def _ensure_local(*, home: Path, port: int, timeout: float, log: Callable[[str], None]) -> ServerInfo:
-    """Reuse the healthy server on ``port`` or start one for ``home``; do not touch this process's env."""
-    env = server_env(home, port)
-    api_url, ui_url = env["PREFECT_API_URL"], env["PREFECT_UI_URL"]
-    home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / _LOCK_FILE):  # concurrent scripts: one starts, the others reuse
-        started = False
-        if not is_healthy(api_url):
-            started = _start(home=home, port=port, env=env, timeout=timeout)
-    if started:
-        stop_hint = "" if home == resolve_home() else f" --home {home}"
-        log(
-            f"started a local Prefect server at {ui_url} (PREFECT_HOME={home}); open the UI there; "
-            f"stop it with `python flows/server.py stop{stop_hint}`"
-        )
-    else:
-        log(f"reusing local Prefect server at {ui_url}")
-    return ServerInfo(api_url, ui_url, started=started, home=home, user_supplied=False)
-
-
-def _start(*, home: Path, port: int, env: dict[str, str], timeout: float) -> bool:
-    """Launch a detached ``prefect server start`` and wait until it is healthy.
-
-    Returns:
-        True, or False if our process lost a race for the port to a server that is now healthy.
+    The API counts as lost when the body raises an ``httpx.TransportError`` (Prefect's client gave up)
+    or, for this checkout's server, when its port refuses connections for ``grace`` seconds (a slow
+    answer does not count). A user's server is left to Prefect's client retries, which ride out a
+    restart. The process then exits with ``status`` at once (``os._exit``): Prefect's exit handlers
+    would retry the dead API for another minute or more (see the module docstring).
     """
-    log_path, pid_path = home / _LOG_FILE, home / _PID_FILE
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-            cwd=home,
-            start_new_session=True,  # own process group: no SIGINT/SIGHUP from our terminal
-        )
-    pid_path.write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + timeout
-    while not is_healthy(env["PREFECT_API_URL"]):
-        if process.poll() is not None or time.monotonic() > deadline:
-            reason = (
-                f"exited with code {process.returncode} (port in use? choose another with "
-                f"--port or ${PORT_ENV})"
-                if process.poll() is not None
-                else f"was not healthy after {timeout:g} s"
-            )
-            stop_server(home=home)
-            raise RuntimeError(
-                f"the Prefect server on port {port} {reason}; end of {log_path}:\n{_tail(log_path)}"
-            )
-        time.sleep(0.25)
-    if process.poll() is not None:  # someone else's server answers on the port
-        pid_path.unlink(missing_ok=True)
+    import httpx
+
+    done = threading.Event()
+
+    def watch() -> None:
+        address, refused_since = (HOST, _port_of(info.api_url)), None
+        while not done.wait(0.5):
+            try:
+                socket.create_connection(address, timeout=2).close()
+                refused_since = None
+            except ConnectionRefusedError:  # nothing listens there any more
+                refused_since = refused_since or time.monotonic()
+                if time.monotonic() - refused_since >= grace:
+                    _exit_now(message, status)
+            except OSError:  # a timeout: busy, not gone
+                refused_since = None
+
+    if not info.user_supplied:
+        threading.Thread(target=watch, name="nodecore-api-watch", daemon=True).start()
+    try:
+        yield
+    except httpx.TransportError:
+        _exit_now(message, status)
+    finally:
+        done.set()
+
+
+def _exit_now(message: str, status: int) -> NoReturn:
+    """Print ``message`` to stderr and end the process with ``status`` without running exit handlers."""
+    sys.stdout.flush()
+    print(message, file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+def read_pid(path: Path) -> int | None:
+    """Return the pid stored in ``path``, or None if it is missing or unreadable."""
+    return _read_int(path)
+
+
+def is_alive(pid: int) -> bool:
+    """Return whether ``pid`` runs (reaping it first if it is our own exited child)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
     return True
+
+
+def is_process(pid: int, *commands: bytes) -> bool:
+    """Return whether ``pid`` runs with one of ``commands`` in its command line (``\\0`` between arguments).
+
+    Where ``/proc`` is missing, whether it runs at all (the pid file is trusted). A zombie has an
+    empty command line, so it does not count.
+    """
+    if not is_alive(pid):
+        return False
+    try:
+        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return True
+    return any(command in command_line for command in commands)
+
+
+def terminate(pid: int, *, timeout: float = 5.0, sig: signal.Signals | None = signal.SIGTERM) -> None:
+    """Send ``sig`` to ``pid`` (its process group if it leads one), wait ``timeout`` s, then SIGKILL it.
+
+    ``sig=None`` only waits (the signal was sent already) before the SIGKILL.
+    """
+    for signum in (sig, signal.SIGKILL):
+        if signum is not None:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signum)
+                else:
+                    os.kill(pid, signum)
+        deadline = time.monotonic() + timeout
+        while is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not is_alive(pid):
+            return
+
+
+def _launch(home: Path, port: int, timeout: float) -> None:
+    """Run ``prefect server start --background`` for ``home`` on ``port`` and wait until it answers."""
+    pid = read_pid(home / PID_FILE)
+    if pid is not None and not is_process(pid, *_SERVER_COMMANDS):
+        (home / PID_FILE).unlink()  # left by a killed server: `start --background` would refuse
+    env = server_env(home, port)
+    foreground = f"PREFECT_HOME={home} prefect server start --host {HOST} --port {port}"
+    started = subprocess.run(
+        [sys.executable, "-m", "prefect", "server", "start", "--background", "--host", HOST, "--port", str(port)],
+        env={**os.environ, **env}, cwd=home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        start_new_session=True,  # own process group: no SIGINT/SIGHUP from our terminal
+        timeout=timeout,
+    )
+    if started.returncode != 0:
+        said = " ".join((started.stdout + started.stderr).split())[-400:]
+        raise RuntimeError(f"`prefect server start --background` failed on port {port}: {said} "
+                           f"(`python flows/server.py stop --home {home}` stops a server of this home)")
+    pid, deadline = read_pid(home / PID_FILE), time.monotonic() + timeout
+    while server_home(env["PREFECT_API_URL"]) != home:
+        running = pid is not None and is_process(pid, *_SERVER_COMMANDS)
+        if not running or time.monotonic() > deadline:
+            stop_server(home=home)
+            reason = "exited" if not running else f"did not answer within {timeout:g} s"
+            raise RuntimeError(f"the Prefect server on port {port} {reason}; run `{foreground}` to see why")
+        time.sleep(0.25)
+
+
+def _info(home: Path, port: int, *, started: bool) -> ServerInfo:
+    env = server_env(home, port)
+    return ServerInfo(env["PREFECT_API_URL"], env["PREFECT_UI_URL"], started=started, home=home,
+                      user_supplied=False)
+
+
+def _port_of(api_url: str) -> int:
+    return urllib.parse.urlsplit(api_url).port or DEFAULT_PORT
+
+
+def _recorded_port(home: Path) -> int | None:
+    """Return the port recorded in ``<home>/server.port``, or None."""
+    return _read_int(home / PORT_FILE)
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _port_is_free(port: int) -> bool:
+    """Return whether ``127.0.0.1:port`` can be bound, the way ``prefect server start`` checks it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port_after(port: int) -> int:
+    """Return the first free port above ``port`` (within 100), else one the OS picks."""
+    for candidate in range(port + 1, min(port + 101, 65536)):
+        if _port_is_free(candidate):
+            return candidate
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _holder(port: int) -> str:
+    """Describe who answers on ``port``, for a log line."""
+    api_url = f"http://{HOST}:{port}/api"
+    if (other := server_home(api_url)) is not None:
+        return f"another Prefect server (PREFECT_HOME={other})"
+    return "a server that does not report its PREFECT_HOME" if is_healthy(api_url) else "another process"
+
+
+def _get(url: str, timeout: float) -> bytes | None:
+    """Return the body of ``GET url`` if it answers HTTP 200, else None (proxies bypassed)."""
+    request = urllib.request.Request(url)
+    if auth := os.environ.get("PREFECT_API_AUTH_STRING"):
+        request.add_header("Authorization", f"Basic {base64.b64encode(auth.encode()).decode()}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.read().strip() if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
 
 
 def _apply_env(env: dict[str, str]) -> None:
     """Set ``env`` in ``os.environ`` and, if Prefect is imported, refresh its global settings."""
     os.environ.update(env)
-    os.environ[_MANAGED_ENV] = env["PREFECT_API_URL"]
+    os.environ[MANAGED_ENV] = env["PREFECT_API_URL"]
     if "prefect.context" in sys.modules:
         from prefect.context import refresh_global_settings_context
 
@@ -285,80 +495,39 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _read_pid(path: Path) -> int | None:
-    """Return the pid stored in ``path``, or None if it is missing or unreadable."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _is_alive(pid: int) -> bool:
-    """Return whether ``pid`` runs (reaping it first if it is our own exited child)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_server_process(pid: int) -> bool:
-    """Return whether ``pid`` is alive and (where ``/proc`` exists) a ``prefect server`` process."""
-    if not _is_alive(pid):
-        return False
-    try:
-        return b"prefect\0server" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()  # no /proc: trust the pid file
-    except OSError:
-        return True
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to ``pid``'s process group if ``pid`` leads it, else to ``pid`` alone."""
-    with contextlib.suppress(ProcessLookupError):
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, sig)
-        else:
-            os.kill(pid, sig)
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    """Return the last ``lines`` lines of ``path`` (empty if unreadable)."""
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+def server_status(*, home: Path | None = None, port: int | None = None) -> tuple[bool, str]:
+    """Return whether this checkout's server runs, and one line saying so (a foreign server is named as such)."""
+    home = resolve_home(home)
+    if (own := find_server(home=home, port=port)) is not None:
+        pid = read_pid(home / PID_FILE)
+        return True, f"healthy: {own.api_url} ({f'pid {pid}, ' if pid else ''}PREFECT_HOME={home})"
+    api_url = server_env(home, resolve_port(port, home))["PREFECT_API_URL"]
+    if is_healthy(api_url):
+        return False, (f"not running: {api_url} answers, but it is {_holder(_port_of(api_url))}, "
+                       f"not this checkout's (PREFECT_HOME={home})")
+    return False, f"not running: {api_url} (PREFECT_HOME={home})"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``start|stop|status`` command line; return the exit status."""
-    parser = argparse.ArgumentParser(description="Manage the project's local Prefect server.")
+    parser = argparse.ArgumentParser(description="Manage this checkout's local Prefect server.")
     parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=None, help=f"default ${PORT_ENV} or {DEFAULT_PORT}")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"default ${PORT_ENV}, else the port recorded in the home, else {DEFAULT_PORT}")
     parser.add_argument("--home", type=Path, default=None, help=f"default ${HOME_ENV} or {DEFAULT_HOME}")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for start-up")
     args = parser.parse_args(argv)
-    home, port = resolve_home(args.home), resolve_port(args.port)
     if args.command == "start":  # starts the local server even if the user configured another one
-        info = _ensure_local(home=home, port=port, timeout=args.timeout, log=print)
+        info = start_server(home=args.home, port=args.port, timeout=args.timeout, log=print)
         print(f"export PREFECT_API_URL={info.api_url}")
         return 0
     if args.command == "stop":
-        stopped = stop_server(home=home, port=port)
-        print("stopped the local Prefect server" if stopped else f"no local Prefect server for {home}")
+        home = resolve_home(args.home)
+        print("stopped the local Prefect server" if stop_server(home=home) else f"no local Prefect server for {home}")
         return 0
-    api_url = server_env(home, port)["PREFECT_API_URL"]
-    pid = _read_pid(home / _PID_FILE)
-    healthy = is_healthy(api_url)
-    owner = f" (pid {pid}, PREFECT_HOME={home})" if pid is not None and _is_server_process(pid) else ""
-    print(f"{'healthy' if healthy else 'not running'}: {api_url}{owner}")
-    return 0 if healthy else 1
+    running, line = server_status(home=args.home, port=args.port)
+    print(line)
+    return 0 if running else 1
 
 
 if __name__ == "__main__":

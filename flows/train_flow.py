@@ -93,19 +93,35 @@ def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import build_parser, parse_config
+    from flows.cli import check_writable_folder, cli_source, parse_config
     from flows.server import ensure_server, prefect_settings_context
+    from tasks.faults import validate_faults
 
-    parser = build_parser(PipelineConfig, prog="python flows/train_flow.py", description=__doc__.split("\n\n")[0])
-    config, _ = parse_config(PipelineConfig, argv, parser=parser)
-    try:
-        resolve_devices(config.devices, cuda_count=torch.cuda.device_count(),
-                        check=config.run.executor != "deployments")
-    except ValueError as err:
-        parser.error(f"--devices: {err}")
+    source = cli_source(PipelineConfig, prog="python flows/train_flow.py", description=__doc__.split("\n\n")[0])
+    config = parse_config(PipelineConfig, argv, source=source)
+    # What the config cannot know: this host's devices and file system, this process's fault hook.
+    preflight = {
+        "--devices: ": lambda: resolve_devices(config.devices, cuda_count=torch.cuda.device_count(),
+                                               check=config.run.executor != "deployments"),
+        "--run.artifacts_dir: ": lambda: check_writable_folder(config.run.artifacts_dir),
+        "": validate_faults,  # its message names NODECORE_FAULTS
+    }
+    for option, check in preflight.items():
+        try:
+            check()
+        except ValueError as err:
+            source.root_parser.error(f"{option}{err}")
     server = ensure_server()
+    import shlex
+
+    from flows.server import exit_if_api_lost
+
+    rerun = shlex.join(["python", "flows/train_flow.py", *(sys.argv[1:] if argv is None else argv)])
+    lost = (f"lost the Prefect API at {server.api_url} (server stopped?); checkpoints are kept in "
+            f"{Path(config.run.artifacts_dir).resolve()}; rerun: {rerun}")
     with prefect_settings_context(server):
-        state = train_flow(config, return_state=True)
+        with exit_if_api_lost(server, lost):  # one line and exit status 3, not minutes of client retries
+            state = train_flow(config, return_state=True)
         run_id = state.state_details.flow_run_id
         ui_url = f"{server.ui_url}/runs/flow-run/{run_id}" if server.ui_url else None
         if not state.is_completed():

@@ -13,7 +13,7 @@ from flows import server
 from flows.server import ServerInfo, ensure_server, stop_server
 
 # Everything through which a developer's own Prefect configuration could leak into the session.
-_USER_KEYS = ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_HOME", "PREFECT_PROFILE", server._MANAGED_ENV)
+_USER_KEYS = ("PREFECT_API_URL", "PREFECT_UI_URL", "PREFECT_HOME", "PREFECT_PROFILE", server.MANAGED_ENV)
 
 
 def _free_port() -> int:
@@ -37,7 +37,7 @@ def _drain_prefect_workers() -> None:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
-    """Start ``prefect server start`` under a temporary home on a free port; stop it at the end of the session.
+    """Start ``prefect server start --background`` under a temporary home on a free port; stop it at the end.
 
     ``os.environ`` (inherited by the CLI subprocesses, whose own ``ensure_server`` then reuses this server
     through ``NODECORE_PREFECT_HOME``/``NODECORE_PREFECT_PORT``) and Prefect's global settings point at it
@@ -60,7 +60,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         yield info
     finally:
         _drain_prefect_workers()
-        stop_server(home=home, port=port)
+        stop_server(home=home)
         os.environ.clear()
         os.environ.update(saved_env)
         prefect.context.GLOBAL_SETTINGS_CONTEXT = saved_settings
