@@ -25,6 +25,7 @@ from tasks.config import PipelineConfig
 from tasks.grid import Cell, grid_cells, resolve_devices
 from flows.stages import Stages, resolve, resolve_cells
 from tasks.cache import StageOutput
+from flows.cli import check_writable_folder
 from flows.dispatch import dispatch_cell, pool_and_device
 from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
@@ -55,6 +56,7 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     remote = config.run.executor == "deployments"
     devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count(), check=not remote)
     cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder)
+    check_writable_folder(config.run.artifacts_dir)  # a run started by Prefect skipped main()'s pre-flight
     stages = Stages(config)
     stages.root.mkdir(parents=True, exist_ok=True)
 

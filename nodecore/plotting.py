@@ -11,27 +11,38 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
+from matplotlib.colors import Colormap, LinearSegmentedColormap, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from nodecore._checks import integer
 from nodecore.files import atomic_write
 
 __all__ = [
-    "DEFAULT_COLORS", "figure_to_png_bytes", "plot_decision_boundary", "plot_state_space",
-    "plot_trajectories_depth", "plot_vector_field", "save_figure", "vector_field_limits",
+    "CLASS_COLORS", "DEFAULT_COLORS", "END_MARKER", "START_MARKER", "figure_to_png_bytes",
+    "plot_decision_boundary", "plot_state_space", "plot_trajectories_depth", "plot_vector_field", "save_figure",
+    "vector_field_limits",
 ]
 
-DEFAULT_COLORS: tuple[str, ...] = (
-    "orange", "blue", "green", "red", "purple", "brown", "pink", "gray", "olive", "cyan",
+#: The one class palette of every plot (matplotlib's ``tab10``): class ``k`` is ``CLASS_COLORS[k % 10]``.
+CLASS_COLORS: tuple[str, ...] = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 )
+DEFAULT_COLORS = CLASS_COLORS  # the former name
+#: Marker shapes of a trajectory's first and last state, drawn in the class colour.
+START_MARKER, END_MARKER = "o", "X"
+_NEUTRAL = "0.2"  # what is not a class: marker-shape legend entries, boundaries, unlabelled trajectories
+_FIELD_CMAP = LinearSegmentedColormap.from_list("field_speed", ["0.85", "0.35"])  # light = slow, dark = fast
+_COLORBAR = {"location": "bottom", "shrink": 0.6, "aspect": 40}  # under the axes: the legend is on the right
 Limits = tuple[float, float]
 
 
@@ -46,9 +57,12 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _new_figure(figsize: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=figsize)
+def _new_figure(figsize: tuple[float, float], title: str | None) -> Figure:
+    """A constrained-layout figure on an Agg canvas; ``title`` (e.g. the pipeline's cell) is its one suptitle."""
+    fig = Figure(figsize=figsize, layout="constrained")
     FigureCanvasAgg(fig)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -71,6 +85,11 @@ def _as_labels(labels: Any, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def _as_augmented(augmented_dims: Iterable[int], dim: int) -> tuple[int, ...]:
+    """Sorted state dimensions added by an augmenter, each checked to lie in ``[0, dim)``."""
+    return tuple(sorted({integer("augmented_dims entries", d, minimum=0, maximum=dim - 1) for d in augmented_dims}))
+
+
 def _subsample(n: int, max_points: int) -> np.ndarray:
     max_points = integer("max_points", max_points, minimum=1)
     if n <= max_points:
@@ -78,10 +97,73 @@ def _subsample(n: int, max_points: int) -> np.ndarray:
     return np.linspace(0, n - 1, max_points).round().astype(np.int64)
 
 
-def _class_colors(y: np.ndarray, colors: Sequence[str]) -> list[str]:
-    if len(colors) == 0:
-        raise ValueError("colors must contain at least one colour")
-    return [colors[int(c) % len(colors)] for c in y]
+def _state(d: int) -> str:
+    """Mathtext name of state dimension ``d`` (0-based index, 1-based name): ``$h_{1}$``."""
+    return f"$h_{{{d + 1}}}$"
+
+
+def _state_label(d: int, augmented: tuple[int, ...]) -> str:
+    return _state(d) + (" (augmented)" if d in augmented else "")
+
+
+def _augmented_note(augmented: tuple[int, ...]) -> str:
+    names = ", ".join(_state(d) for d in augmented)
+    return f"{names}: augmented dimension{'s' if len(augmented) > 1 else ''}, every trajectory starts at 0"
+
+
+def _add_note(ax: Axes, note: str) -> None:
+    """A short italic subtitle between the axes and its title."""
+    ax.annotate(note, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 4), textcoords="offset points",
+                ha="center", va="bottom", fontsize="small", style="italic", color=_NEUTRAL)
+    ax.set_title(ax.get_title(), pad=18)
+
+
+class _Palette:
+    """Colours and legend names of integer classes: ``colors[c % len(colors)]``, ``names[c]`` or ``"class c"``.
+
+    A plain class, not a dataclass: the import test loads this module without registering it in ``sys.modules``.
+    """
+
+    def __init__(self, colors: Sequence[str], names: Sequence[str] | None) -> None:
+        if len(colors) == 0:
+            raise ValueError("colors must contain at least one colour")
+        self.colors, self.names = colors, names
+
+    def check(self, y: np.ndarray) -> np.ndarray:
+        """The sorted classes in ``y``, after checking that ``names`` (when given) names each of them."""
+        classes = np.unique(y)
+        if self.names is not None and classes.size and (classes.min() < 0 or classes.max() >= len(self.names)):
+            raise ValueError(f"class_names has {len(self.names)} names; labels must be in [0, {len(self.names)}), "
+                             f"got labels {classes.tolist()}")
+        return classes
+
+    def color(self, c: int) -> str:
+        return self.colors[int(c) % len(self.colors)]
+
+    def name(self, c: int) -> str:
+        known = self.names is not None and 0 <= int(c) < len(self.names)
+        return str(self.names[int(c)]) if known else f"class {int(c)}"
+
+    def of(self, y: np.ndarray) -> list[str]:
+        """One colour per sample of ``y [N]``."""
+        return [self.color(c) for c in y]
+
+    def handles(self, classes: Iterable[int], *, marker: str | None = None, suffix: str = "") -> list[Line2D]:
+        """Legend entries naming ``classes``: lines (trajectories) or, with ``marker``, points (data)."""
+        style = {"linestyle": "none", "marker": marker, "markersize": 6} if marker else {"linewidth": 2.0}
+        return [Line2D([], [], color=self.color(c), label=self.name(c) + suffix, **style) for c in classes]
+
+
+def _marker_handles() -> list[Line2D]:
+    """Legend entries explaining the start and end marker shapes, in a neutral colour."""
+    return [Line2D([], [], linestyle="none", marker=marker, color=_NEUTRAL, markersize=6, label=label)
+            for marker, label in ((START_MARKER, "start (first depth)"), (END_MARKER, "end (last depth)"))]
+
+
+def _legend(ax: Axes, handles: list[Any]) -> None:
+    """The axes' legend, outside its right edge so that it never hides data."""
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+              fontsize="small", frameon=False)
 
 
 def _module_device_dtype(fn: Any) -> tuple[torch.device, torch.dtype]:
@@ -117,13 +199,21 @@ def _trajectory_lines(traj: np.ndarray, idx: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------ trajectories
 def plot_trajectories_depth(
     trajectory: Any, t_eval: Any, labels: Any, *, max_points: int = 500,
-    colors: Sequence[str] = DEFAULT_COLORS, alpha: float = 0.1,
+    colors: Sequence[str] = CLASS_COLORS, alpha: float = 0.1, class_names: Sequence[str] | None = None,
+    augmented_dims: Iterable[int] = (), title: str | None = None,
 ) -> Figure:
     """Plot each state dimension against depth ``t``; one subplot per dimension.
 
-    trajectory: ``[T, B, D]`` states; t_eval: ``[T]`` depths; labels: ``[B]`` integer classes
-    used to pick ``colors[label % len(colors)]``. At most ``max_points`` samples are drawn.
-    Returns a figure with ``D`` axes.
+    Args:
+        trajectory: ``[T, B, D]`` states; t_eval: ``[T]`` depths; labels: ``[B]`` integer classes, drawn in
+            ``colors[label % len(colors)]`` and named ``class_names[label]`` (``"class <label>"`` when None)
+            in each subplot's legend.
+        max_points: at most this many samples are drawn.
+        augmented_dims: state dimensions an augmenter added (they start at 0); their subplots say so.
+        title: the figure's one suptitle (the pipeline passes the cell, ``solver@device``).
+
+    Returns:
+        A figure with ``D`` axes.
     """
     traj = _as_trajectory(trajectory)
     T, B, D = traj.shape
@@ -131,40 +221,53 @@ def plot_trajectories_depth(
     if t.shape != (T,):
         raise ValueError(f"t_eval must have shape [{T}]; got {tuple(t.shape)}")
     y = _as_labels(labels, B)
+    augmented = _as_augmented(augmented_dims, D)
     idx = _subsample(B, max_points)
-    line_colors = _class_colors(y[idx], colors)
-    fig = _new_figure((8.0, 2.5 * D))
-    axes = fig.subplots(D, 1, sharex=True, squeeze=False)[:, 0]
-    for d, ax in enumerate(axes):
+    palette = _Palette(colors, class_names)
+    handles = palette.handles(palette.check(y[idx]))
+    fig = _new_figure((8.0, 2.3 * D + 0.4), title)
+    for d, ax in enumerate(fig.subplots(D, 1, squeeze=False)[:, 0]):
         segs = np.stack([np.broadcast_to(t, (len(idx), T)), traj[:, idx, d].T], axis=-1)
-        ax.add_collection(LineCollection(segs, colors=line_colors, alpha=alpha))
+        ax.add_collection(LineCollection(segs, colors=palette.of(y[idx]), alpha=alpha))
         ax.autoscale_view()
-        ax.set_ylabel(f"$h_{d}(t)$")
-    axes[0].set_title("State evolution over depth")
-    axes[-1].set_xlabel("depth $t$")
+        note = " (augmented dimension: starts at 0)" if d in augmented else ""
+        ax.set(title=f"State {_state(d)} over depth{note}", xlabel="depth $t$", ylabel=f"{_state(d)}$(t)$")
+        _legend(ax, handles)
     return fig
 
 
 def plot_state_space(
     trajectory: Any, labels: Any, *, max_points: int = 500,
-    colors: Sequence[str] = DEFAULT_COLORS, alpha: float = 0.2,
+    colors: Sequence[str] = CLASS_COLORS, alpha: float = 0.2, class_names: Sequence[str] | None = None,
+    augmented_dims: Iterable[int] = (), title: str | None = None,
 ) -> Figure:
     """Plot trajectories ``[T, B, D>=2]`` in the (dim0, dim1) plane, coloured by ``labels [B]``.
 
-    Start points are marked with circles, end points with crosses. Returns one axis.
+    Each class's start points are circles (:data:`START_MARKER`) and its end points crosses
+    (:data:`END_MARKER`) in the class colour; the legend names the classes (``class_names[label]``,
+    ``"class <label>"`` when None) and explains the marker shapes. ``augmented_dims`` (state dimensions an
+    augmenter added, which start at 0) are marked on the axes and in a note under the title; ``title`` is the
+    figure's one suptitle. Returns one axis.
     """
     traj = _as_trajectory(trajectory, min_dims=2)
     y = _as_labels(labels, traj.shape[1])
+    augmented = _as_augmented(augmented_dims, traj.shape[2])
     idx = _subsample(traj.shape[1], max_points)
-    c = _class_colors(y[idx], colors)
-    fig = _new_figure((6.0, 6.0))
+    palette = _Palette(colors, class_names)
+    classes = palette.check(y[idx])
+    fig = _new_figure((7.5, 6.0), title)
     ax = fig.add_subplot(1, 1, 1)
-    ax.add_collection(LineCollection(_trajectory_lines(traj, idx), colors=c, alpha=alpha))
-    ax.scatter(traj[0, idx, 0], traj[0, idx, 1], c=c, marker="o", s=12, label="start")
-    ax.scatter(traj[-1, idx, 0], traj[-1, idx, 1], c=c, marker="x", s=16, label="end")
+    ax.add_collection(LineCollection(_trajectory_lines(traj, idx), colors=palette.of(y[idx]), alpha=alpha))
+    for c in classes:
+        members = idx[y[idx] == c]
+        for depth, marker, size in ((0, START_MARKER, 16), (-1, END_MARKER, 30)):
+            ax.scatter(traj[depth, members, 0], traj[depth, members, 1], color=palette.color(c), marker=marker,
+                       s=size, edgecolors="white", linewidths=0.4, zorder=3)
     ax.autoscale_view()
-    ax.set(xlabel="$h_0$", ylabel="$h_1$", title="State-space trajectories")
-    ax.legend(loc="best")
+    ax.set(xlabel=_state_label(0, augmented), ylabel=_state_label(1, augmented), title="Trajectories in state space")
+    if augmented:
+        _add_note(ax, _augmented_note(augmented))
+    _legend(ax, palette.handles(classes) + _marker_handles())
     return fig
 
 
@@ -186,14 +289,18 @@ def vector_field_limits(trajectory: Any, margin: float = 0.1) -> tuple[Limits, L
 def plot_vector_field(
     field: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, xlim: Limits, ylim: Limits,
     n_points: int = 50, t: float | torch.Tensor = 0.0, trajectory: Any = None,
-    cmap: str = "inferno",
+    cmap: str | Colormap = _FIELD_CMAP, labels: Any = None, max_points: int = 500,
+    colors: Sequence[str] = CLASS_COLORS, class_names: Sequence[str] | None = None, title: str | None = None,
 ) -> Figure:
     """Streamplot of ``field(t, z)`` on an ``n_points x n_points`` grid over ``xlim x ylim``.
 
     ``field`` receives ``t`` as a 0-d tensor and ``z`` of shape ``[n_points**2, 2]`` (on the
     device/dtype of its parameters when it is an ``nn.Module``, cpu/float32 otherwise) and must
-    return ``[n_points**2, 2]``. Streamlines are coloured by ``|field|`` with a colorbar; an
-    optional ``trajectory [T, B, D>=2]`` is overlaid in light lines. Returns 2 axes.
+    return ``[n_points**2, 2]``. Streamlines are coloured by the speed ``|field|`` (``cmap``, greys by
+    default, so that class colours stand out) with a colorbar. An optional ``trajectory [T, B, D>=2]`` of
+    test points is overlaid (at most ``max_points``): in class colours with a legend naming the classes when
+    ``labels [B]`` are given, in one neutral colour otherwise. ``title`` is the figure's one suptitle.
+    Returns 2 axes (the plot and its colorbar).
     """
     device, dtype = _module_device_dtype(field)
     xs, ys, z = _grid(xlim, ylim, n_points, device, dtype)
@@ -205,35 +312,51 @@ def plot_vector_field(
             f"field must return shape [{n_points * n_points}, 2] for 2-D states; got {tuple(out.shape)}"
         )
     u, v = (out[:, k].reshape(n_points, n_points) for k in (0, 1))
-    mag = np.hypot(u, v)
-    fig = _new_figure((7.0, 6.0))
+    fig = _new_figure((8.5, 6.0), title)
     ax = fig.add_subplot(1, 1, 1)
     strm = ax.streamplot(_to_numpy(xs).astype(np.float64), _to_numpy(ys).astype(np.float64),
-                         u, v, color=mag, cmap=cmap, density=1.2, linewidth=1.0)
-    fig.colorbar(strm.lines, ax=ax, label="$|f(t, h)|$")
+                         u, v, color=np.hypot(u, v), cmap=cmap, density=1.2, linewidth=0.8)
+    fig.colorbar(strm.lines, ax=ax, label="speed $|f(t, h)|$ of the field", **_COLORBAR)
+    field_label = f"streamlines: learned vector field\n$f(t, h)$ at t={float(t_in):g}"
+    handles: list[Any] = [Line2D([], [], color=strm.lines.get_cmap()(0.8), marker=">", label=field_label)]
     if trajectory is not None:
         traj = _as_trajectory(trajectory, min_dims=2)
-        segs = _trajectory_lines(traj, _subsample(traj.shape[1], 500))
-        ax.add_collection(LineCollection(segs, colors="lightblue", alpha=0.4, linewidths=0.8))
-    ax.set(xlim=xlim, ylim=ylim, xlabel="$h_0$", ylabel="$h_1$", title=f"Vector field at t={float(t_in):g}")
+        idx = _subsample(traj.shape[1], max_points)
+        segs = _trajectory_lines(traj, idx)
+        if labels is None:
+            ax.add_collection(LineCollection(segs, colors=_NEUTRAL, alpha=0.3, linewidths=0.8))
+            handles.append(Line2D([], [], color=_NEUTRAL, label="trajectories of test points"))
+        else:
+            y = _as_labels(labels, traj.shape[1])[idx]
+            palette = _Palette(colors, class_names)
+            ax.add_collection(LineCollection(segs, colors=palette.of(y), alpha=0.25, linewidths=0.7))
+            handles += palette.handles(palette.check(y), suffix=" test-point trajectories")
+    ax.set(xlim=xlim, ylim=ylim, xlabel=_state(0), ylabel=_state(1), title=f"Learned vector field at t={float(t_in):g}")
+    _legend(ax, handles)
     return fig
 
 
 # ------------------------------------------------------------------ decision boundary
 def plot_decision_boundary(
     predict_logits: Callable[[torch.Tensor], torch.Tensor], X: Any, y: Any, *,
-    n_points: int = 200, margin: float = 0.5, cmap: str = "RdBu_r",
+    n_points: int = 200, margin: float = 0.5, cmap: str | Colormap | None = None,
+    colors: Sequence[str] = CLASS_COLORS, class_names: Sequence[str] | None = None, title: str | None = None,
 ) -> Figure:
     """Decision regions of ``predict_logits(grid [N, 2]) -> [N, C]`` around data ``X [N, 2]``.
 
-    For ``C <= 2`` (``C == 1`` or ``[N]`` means a single binary logit) the probability of
-    class 1 is filled; otherwise the argmax class. Data is scattered coloured by ``y [N]``.
-    The grid spans the data's range plus ``margin`` on each side. Returns 2 axes.
+    For ``C <= 2`` (``C == 1`` or ``[N]`` means a single binary logit) the probability of class 1 is
+    filled, from class 0's colour through white to class 1's, with the boundary ``P = 0.5`` drawn;
+    otherwise the argmax class, each region in its class's colour. ``cmap`` replaces the fill's colours.
+    Data is scattered in the class colours (``colors[label % len(colors)]``) with a legend naming the classes
+    (``class_names[label]``, ``"class <label>"`` when None). The grid spans the data's range plus ``margin``
+    on each side; ``title`` is the figure's one suptitle. Returns 2 axes (the plot and its colorbar).
     """
     Xn = _to_numpy(X).astype(np.float64)
     if Xn.ndim != 2 or Xn.shape[1] != 2 or Xn.shape[0] < 1:
         raise ValueError(f"X must have shape [N, 2]; got {tuple(Xn.shape)}")
     yn = _as_labels(y, Xn.shape[0])
+    palette = _Palette(colors, class_names)
+    classes = palette.check(yn)
     lo, hi = Xn.min(axis=0) - margin, Xn.max(axis=0) + margin
     device, dtype = _module_device_dtype(predict_logits)
     xs, ys, z = _grid((lo[0], hi[0]), (lo[1], hi[1]), n_points, device, dtype)
@@ -246,20 +369,34 @@ def plot_decision_boundary(
     n_cls = logits.shape[1]
     if n_cls <= 2:
         p = torch.sigmoid(logits[:, 0]) if n_cls == 1 else torch.softmax(logits, dim=1)[:, 1]
-        zz, levels, vmax, label = p.numpy(), np.linspace(0.0, 1.0, 21), 1.0, "P(class 1)"
+        zz, levels, boundaries = p.numpy(), np.linspace(0.0, 1.0, 21), [0.5]
+        fill = cmap or LinearSegmentedColormap.from_list(
+            "class_probability", [palette.color(0), "white", palette.color(1)])
+        boundary_label, ticks = "decision boundary (P = 0.5)", None
     else:
-        zz, levels = logits.argmax(dim=1).numpy(), np.arange(n_cls + 1) - 0.5
-        vmax, label = n_cls - 1, "predicted class"
-    fig = _new_figure((7.0, 6.0))
+        zz, levels, boundaries = logits.argmax(dim=1).numpy(), np.arange(n_cls + 1) - 0.5, np.arange(n_cls - 1) + 0.5
+        fill = cmap or ListedColormap([palette.color(c) for c in range(n_cls)], name="class_regions")
+        boundary_label, ticks = "decision boundaries", np.arange(n_cls)
+    fig = _new_figure((8.5, 6.0), title)
     ax = fig.add_subplot(1, 1, 1)
-    cs = ax.contourf(_to_numpy(xs).astype(np.float64), _to_numpy(ys).astype(np.float64),
-                     zz.reshape(n_points, n_points), levels=levels, cmap=cmap, alpha=0.6,
-                     vmin=0.0, vmax=vmax)
-    fig.colorbar(cs, ax=ax, label=label)
-    ax.scatter(Xn[:, 0], Xn[:, 1], c=yn, cmap=cmap, vmin=0.0, vmax=max(vmax, 1),
-               edgecolors="k", linewidths=0.4, s=14)
-    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="$x_0$", ylabel="$x_1$",
-           title="Decision boundary")
+    grid_x, grid_y = _to_numpy(xs).astype(np.float64), _to_numpy(ys).astype(np.float64)
+    zz = zz.reshape(n_points, n_points)
+    cs = ax.contourf(grid_x, grid_y, zz, levels=levels, cmap=fill, alpha=0.45)
+    handles = palette.handles(classes, marker="o")
+    if zz.min() < max(boundaries) and zz.max() > min(boundaries):  # a boundary crosses the plotted region
+        ax.contour(grid_x, grid_y, zz, levels=boundaries, colors=_NEUTRAL, linewidths=1.2)
+        handles.append(Line2D([], [], color=_NEUTRAL, linewidth=1.2, label=boundary_label))
+    colorbar = fig.colorbar(cs, ax=ax, ticks=ticks, **_COLORBAR,
+                            label=f"P({palette.name(1)})" if ticks is None else "predicted class")
+    if ticks is not None:
+        colorbar.set_ticklabels([palette.name(c) for c in ticks])
+    for c in classes:
+        members = yn == c
+        ax.scatter(Xn[members, 0], Xn[members, 1], color=palette.color(c), edgecolors="white", linewidths=0.4,
+                   s=14, zorder=3)
+    ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel="input $x_1$", ylabel="input $x_2$",
+           title="Decision regions of the classifier")
+    _legend(ax, handles)
     return fig
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+from torch import nn
 
 from nodecore.checkpoints import load_model
+from nodecore.classifiers import ODEClassifier
 from nodecore.dataset_io import read_dataset
+from nodecore.fields import Augmenter
 from nodecore.neuralode import NeuralODE
 from nodecore.plotting import (
     plot_decision_boundary,
@@ -23,10 +25,19 @@ from tasks.config import ModelConfig, OutputConfig
 PLOTS = ("depth", "state_space", "vector_field", "decision_boundary")
 
 
+def augmented_dims(classifier: nn.Module, state_dim: int) -> tuple[int, ...]:
+    """The state dimensions that ``classifier``'s augmenter adds as zeros (none for another model)."""
+    augmenter = classifier.augmenter if isinstance(classifier, ODEClassifier) else None
+    if not isinstance(augmenter, Augmenter) or augmenter.augment_func is not None:
+        return ()
+    first = 0 if augmenter.order == "first" else state_dim - augmenter.augment_dims
+    return tuple(range(first, first + augmenter.augment_dims))
+
+
 @stage_task("render")
 def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput,
                  trajectories: StageOutput | None, model: ModelConfig, output: OutputConfig) -> Built:
-    """Write one PNG per plot in :data:`PLOTS` that applies to the cell.
+    """Write one PNG per plot in :data:`PLOTS` that applies to the cell, each titled with the cell's name.
 
     Trajectory plots need a continuous-depth model (no ``trajectories`` for an equilibrium model); the
     vector field needs a 2-D state; the decision boundary needs 2-D inputs.
@@ -34,18 +45,21 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
     span = depth_grid(model.t_end, model.t_points)
+    cell = trained.data["cell"]
     figures = {}
     if trajectories is not None:
         t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))
-        figures["depth"] = plot_trajectories_depth(trajectory, t_eval, labels, max_points=output.plot_samples)
-        figures["state_space"] = plot_state_space(trajectory, labels, max_points=output.plot_samples)
+        states = {"max_points": output.plot_samples, "title": cell,
+                  "augmented_dims": augmented_dims(classifier, trajectory.shape[-1])}
+        figures["depth"] = plot_trajectories_depth(trajectory, t_eval, labels, **states)
+        figures["state_space"] = plot_state_space(trajectory, labels, **states)
         if trajectory.shape[-1] == 2 and isinstance(classifier, NeuralODE):
             xlim, ylim = vector_field_limits(trajectory)
-            figures["vector_field"] = plot_vector_field(classifier.vf, xlim=xlim, ylim=ylim, trajectory=trajectory)
+            figures["vector_field"] = plot_vector_field(
+                classifier.vf, xlim=xlim, ylim=ylim, trajectory=trajectory, labels=labels,
+                max_points=output.plot_samples, title=cell)
     if X.shape[1] == 2:
-        figures["decision_boundary"] = plot_decision_boundary(lambda grid: logits(classifier, grid, span), X, y)
-    files = {}
-    for name, figure in figures.items():
-        figure.suptitle(f"{name.replace('_', ' ')}: {trained.data['cell']}")
-        files[name] = save_figure(figure, ctx.folder / f"{name}.png")
+        figures["decision_boundary"] = plot_decision_boundary(
+            lambda grid: logits(classifier, grid, span), X, y, title=cell)
+    files = {name: save_figure(figure, ctx.folder / f"{name}.png") for name, figure in figures.items()}
     return Built(files=files, data={"plots": list(files)})

@@ -26,3 +26,15 @@ def test_a_failed_stage_ends_the_run_with_its_own_error(
     assert f"InjectedPermanentFault: injected permanent failure in stage {stage!r}" in state.message, state.message
     assert "UnfinishedRun" not in state.message
     assert isinstance(state.result(raise_on_failure=False), tasks.faults.InjectedPermanentFault)
+
+
+def test_a_run_started_by_prefect_refuses_an_artifacts_path_that_is_a_file(
+    prefect_server: ServerInfo, tmp_path: Path
+) -> None:
+    """Deployments and the UI form skip main()'s pre-flight: the flow itself names the bad path, before any stage."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    state = run_flow(prefect_server, tiny_config(taken / "artifacts", solvers=["euler"]))
+    assert state.is_failed()
+    assert "exists and is not a folder" in state.message and str(taken) in state.message
+    assert "FileExistsError" not in state.message and taken.read_text() == "a file, not a folder"

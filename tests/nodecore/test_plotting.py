@@ -9,11 +9,16 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import PathCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from torch import nn
 
 from nodecore import plotting
 from nodecore.plotting import (
+    CLASS_COLORS,
+    END_MARKER,
+    START_MARKER,
     figure_to_png_bytes,
     plot_decision_boundary,
     plot_state_space,
@@ -228,3 +233,181 @@ def test_figure_to_png_bytes(traj_data):
     traj, t, y = traj_data
     data = figure_to_png_bytes(plot_trajectories_depth(traj, t, y), dpi=40)
     assert data[:8] == PNG_SIGNATURE and len(data) > 100
+
+
+# ------------------------------------------------- what a user reads off the figures
+N_CLASSES = 3
+
+
+@pytest.fixture
+def three_classes():
+    """Trajectories ``[12, 30, 2]`` of 3 classes, their depths and labels, and a 3-class linear classifier."""
+    g = torch.Generator().manual_seed(1)
+    T, B = 12, 30
+    traj = torch.randn(T, B, 2, generator=g).cumsum(0)
+    return traj, torch.linspace(0.0, 1.0, T), torch.arange(B) % N_CLASSES, torch.randn(2, N_CLASSES, generator=g)
+
+
+PLOTS = {  # the four plots of one model, as the pipeline draws them, from ``three_classes``
+    "depth": lambda traj, t, y, w, **kw: plot_trajectories_depth(traj, t, y, **kw),
+    "state_space": lambda traj, t, y, w, **kw: plot_state_space(traj, y, **kw),
+    "vector_field": lambda traj, t, y, w, **kw: plot_vector_field(
+        lambda s, x: -x, xlim=(-6, 6), ylim=(-6, 6), n_points=12, trajectory=traj, labels=y, **kw),
+    "decision_boundary": lambda traj, t, y, w, **kw: plot_decision_boundary(lambda z: z @ w, traj[0], y, n_points=25,
+                                                                            **kw),
+}
+each_plot = pytest.mark.parametrize("plot", list(PLOTS))
+
+
+def _plot_axes(fig: Figure) -> list:
+    """The axes that show data (not colorbars)."""
+    return [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+
+
+def _legend_colors(ax) -> dict[str, tuple]:
+    """Legend text -> RGBA of its handle."""
+    legend = ax.get_legend()
+    assert legend is not None, ax.get_title()
+    return {text.get_text(): to_rgba(handle.get_color())
+            for text, handle in zip(legend.get_texts(), legend.legend_handles)}
+
+
+def _class_entries(ax, names) -> dict[str, tuple]:
+    """The RGBA of the legend entry that names each class (the one text that is, or starts with, the name)."""
+    colors = _legend_colors(ax)
+    found = {}
+    for name in names:
+        matches = [text for text in colors if text == name or text.startswith(name + " ")]
+        assert len(matches) == 1, (name, list(colors))
+        found[name] = colors[matches[0]]
+    return found
+
+
+def _titles(ax) -> list[str]:
+    return [title for title in (ax.get_title(loc) for loc in ("left", "center", "right")) if title]
+
+
+@each_plot
+def test_every_axes_that_shows_classes_has_a_legend_naming_each_class(three_classes, plot):
+    for ax in _plot_axes(PLOTS[plot](*three_classes)):
+        _class_entries(ax, [f"class {c}" for c in range(N_CLASSES)])  # asserts one entry per class
+
+
+@each_plot
+def test_class_names_replace_the_default_names(three_classes, plot):
+    names = ["setosa", "versicolor", "virginica"]
+    for ax in _plot_axes(PLOTS[plot](*three_classes, class_names=names)):
+        assert not any("class 0" in text for text in _legend_colors(ax))
+        _class_entries(ax, names)
+
+
+def test_class_names_must_name_every_class(three_classes):
+    traj, t, y, _ = three_classes
+    with pytest.raises(ValueError, match=r"class_names has 2 names.*\[0, 1, 2\]"):
+        plot_state_space(traj, y, class_names=["a", "b"])
+
+
+def test_one_class_palette_across_all_plots(three_classes):
+    """Legend entries, lines, markers and decision regions of class c all have CLASS_COLORS[c]."""
+    traj, t, y, w = three_classes
+    expected = {f"class {c}": to_rgba(CLASS_COLORS[c]) for c in range(N_CLASSES)}
+    # the artists themselves: data points and regions (opaque, so RGBA), trajectory lines (transparent, so RGB)
+    boundary = PLOTS["decision_boundary"](*three_classes).axes[0]
+    points = [c for c in boundary.collections if isinstance(c, PathCollection)]
+    assert sorted(tuple(p.get_facecolor()[0]) for p in points) == sorted(expected.values())
+    assert [boundary.collections[0].cmap(c) for c in range(N_CLASSES)] == list(expected.values())
+    rgb = np.array([to_rgba(CLASS_COLORS[int(c)])[:3] for c in y])
+    for name in ("depth", "state_space", "vector_field"):
+        lines = PLOTS[name](*three_classes).axes[0].collections[-1 if name == "vector_field" else 0]
+        np.testing.assert_allclose(lines.get_edgecolor()[:, :3], rgb, err_msg=name)
+    # and the legends that name them
+    for name, make in PLOTS.items():
+        for ax in _plot_axes(make(*three_classes)):
+            assert _class_entries(ax, expected) == expected, name
+
+
+def test_binary_decision_regions_run_from_class_0_to_class_1_colour(tiny_field):
+    f, _ = tiny_field
+    X = torch.randn(40, 2)
+    fig = plot_decision_boundary(f, X, (X[:, 0] > 0).long(), n_points=25)
+    fill = fig.axes[0].collections[0].cmap
+    assert fill(0.0) == to_rgba(CLASS_COLORS[0]) and fill(1.0) == to_rgba(CLASS_COLORS[1])
+    assert "decision boundary (P = 0.5)" in _legend_colors(fig.axes[0])
+    assert fig.axes[1].get_xlabel() == "P(class 1)"
+
+
+def test_state_space_marks_start_and_end_of_every_class(three_classes):
+    traj, _, y, _ = three_classes
+    ax = plot_state_space(traj, y).axes[0]
+    markers = ax.collections[1:]
+    for c in range(N_CLASSES):
+        members = (y == c).numpy()
+        color = to_rgba(CLASS_COLORS[c])
+        mine = [m for m in markers if tuple(m.get_facecolor()[0]) == color]
+        starts = [m for m in mine if np.allclose(m.get_offsets(), traj[0, members].numpy())]
+        ends = [m for m in mine if np.allclose(m.get_offsets(), traj[-1, members].numpy())]
+        assert len(starts) == 1 and len(ends) == 1, f"class {c}"
+        assert not np.array_equal(starts[0].get_paths()[0].vertices, ends[0].get_paths()[0].vertices)  # shapes
+    # the legend explains the two shapes in a colour that is no class's
+    legend = ax.get_legend()
+    shapes = {t.get_text(): h for t, h in zip(legend.get_texts(), legend.legend_handles) if h.get_marker() != "None"}
+    assert sorted(h.get_marker() for h in shapes.values()) == sorted([START_MARKER, END_MARKER])
+    assert any(text.startswith("start") for text in shapes) and any(text.startswith("end") for text in shapes)
+    assert not {to_rgba(h.get_color()) for h in shapes.values()} & {to_rgba(c) for c in CLASS_COLORS}
+
+
+@each_plot
+@pytest.mark.parametrize("title", [None, "dopri5@cpu"])
+def test_one_title_per_axes_and_the_cell_in_the_one_suptitle(three_classes, plot, title):
+    fig = PLOTS[plot](*three_classes, **({"title": title} if title else {}))
+    axes_titles = [_titles(ax) for ax in _plot_axes(fig)]
+    assert all(len(titles) == 1 for titles in axes_titles), axes_titles
+    assert not any(_titles(ax) for ax in fig.axes if ax.get_label() == "<colorbar>")
+    assert fig.get_suptitle() == (title or "")
+    flat = [titles[0] for titles in axes_titles]
+    if title:
+        assert not any(title in text or text in title for text in flat), flat
+    assert len(set(flat)) == len(flat), flat  # the depth plot's subplots say which dimension they show
+
+
+@each_plot
+def test_every_axis_is_labelled(three_classes, plot):
+    fig = PLOTS[plot](*three_classes)
+    for ax in _plot_axes(fig):
+        assert ax.get_xlabel() and ax.get_ylabel(), ax.get_title()
+    assert all(ax.get_xlabel() or ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>")
+    if plot == "depth":
+        assert all(ax.get_xlabel() == "depth $t$" for ax in fig.axes)
+
+
+def test_vector_field_legend_says_what_the_streamlines_and_trajectories_are(traj_data):
+    traj, _, _ = traj_data
+    fig = plot_vector_field(lambda s, x: -x, xlim=(-6, 6), ylim=(-6, 6), n_points=12, t=0.5, trajectory=traj)
+    texts = list(_legend_colors(fig.axes[0]))
+    assert any("learned vector field" in text and "t=0.5" in text for text in texts), texts
+    assert "trajectories of test points" in texts  # no labels: one neutral colour, no classes
+    assert not any("class" in text for text in texts)
+
+
+def _notes(fig: Figure) -> list[str]:
+    """Every text of the figure a user reads besides tick labels and the legend: titles, notes, axis labels."""
+    texts = [t.get_text() for t in fig.texts]
+    for ax in fig.axes:
+        texts += _titles(ax) + [t.get_text() for t in ax.texts] + [ax.get_xlabel(), ax.get_ylabel()]
+    return texts
+
+
+def test_augmented_dimensions_are_noted_as_starting_at_zero(three_classes):
+    traj, t, y, _ = three_classes
+    augmented = torch.cat([traj - traj[:1], traj], dim=-1)  # ANODE layout [0, x]: dims 0, 1 start at 0
+    depth = plot_trajectories_depth(augmented, t, y, augmented_dims=(0, 1))
+    assert ["starts at 0" in ax.get_title() for ax in depth.axes] == [True, True, False, False]
+    state = plot_state_space(augmented, y, augmented_dims=[1, 0])
+    ax = state.axes[0]
+    assert any("augmented" in text and "starts at 0" in text for text in [t.get_text() for t in ax.texts])
+    assert "(augmented)" in ax.get_xlabel() and "(augmented)" in ax.get_ylabel()
+    assert len(_titles(ax)) == 1  # the note is not a second title
+    for fig in (plot_trajectories_depth(augmented, t, y), plot_state_space(augmented, y)):
+        assert not any("augmented" in text or "starts at 0" in text for text in _notes(fig))
+    with pytest.raises(ValueError, match="augmented_dims"):
+        plot_state_space(augmented, y, augmented_dims=(4,))
