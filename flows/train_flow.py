@@ -84,12 +84,17 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
+    """The comparison table on the console: a training this run took from the cache shows as ``cached``."""
     print()
-    print(f"{'cell':24} {'test acc':>9} {'train acc':>10} {'nfe f/b':>9} {'train s':>8}")
+    print(f"{'cell':24} {'test acc':>9} {'train acc':>10} {'nfe f/b':>9} {'train s':>8}  cached stages")
     for row in summary["rows"]:
+        trained_now = "trained" not in row["cached"] and row["cached"] != "all"
+        seconds = f"{row['train_seconds']:8.1f}" if trained_now else f"{'cached':>8}"
         print(f"{row['cell']:24} {row['test_accuracy']:9.4f} {row['train_accuracy']:10.4f} "
-              f"{row['nfe_forward']:>4}/{row['nfe_backward']:<4} {row['train_seconds']:8.1f}")
-    print(f"\nreport: {summary['report']}\nsummary: {summary['summary']}")
+              f"{row['nfe_forward']:>4}/{row['nfe_backward']:<4} {seconds}  {row['cached']}")
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
+    print(f"\nreport: {summary['report']} (latest: {summary['latest_report']})\nsummary: {summary['summary']}")
     if ui_url:
         print(f"flow run in the Prefect UI: {ui_url}")
 

@@ -39,7 +39,11 @@ CONTROL_INPUTS = ("root", "refresh", "run_device")
 
 
 class StageOutput(BaseModel):
-    """What a stage produced: files (relative to the artifacts root) with their digests, and small data."""
+    """What a stage produced: files (relative to the artifacts root) with their digests, and small data.
+
+    ``reused`` says that this run took the output from the cache instead of computing it; it is not part of
+    the output's identity (:attr:`digest`).
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -48,6 +52,7 @@ class StageOutput(BaseModel):
     files: dict[str, str]
     digests: dict[str, str]
     data: dict[str, Any] = {}
+    reused: bool = False
 
     @property
     def digest(self) -> str:
@@ -207,7 +212,7 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
             key = stage_key(stage, code_digest(Path(code_file)), inputs)
             folder = root / stage / key
             if not refresh and (cached := read_manifest(folder, root)) is not None:
-                return cached
+                return cached.model_copy(update={"reused": True})
             folder.mkdir(parents=True, exist_ok=True)
             (folder / MANIFEST).unlink(missing_ok=True)
             return _write_manifest(folder, root, stage, key, build(StageContext(folder, root), **inputs))

@@ -70,7 +70,7 @@ class ManifestRecords(WritableFileSystem):
         if output is None:
             raise ValueError(f"no verified manifest for cache key {key} under {self.root}")
         metadata = ResultRecordMetadata(storage_key=path, serializer=StageOutputSerializer())
-        return ResultRecord(metadata=metadata, result=output).serialize()
+        return ResultRecord(metadata=metadata, result=output.model_copy(update={"reused": True})).serialize()
 
     def write_path(self, path: str, content: bytes, _sync: bool | None = None) -> str:
         """Keep nothing: the stage's manifest, written by the stage itself, is the record."""

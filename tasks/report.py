@@ -24,7 +24,7 @@ from nodecore.files import atomic_write
 from tasks.cache import StageOutput
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
-           "nfe_forward", "nfe_backward", "train_seconds")
+           "nfe_forward", "nfe_backward", "train_seconds", "cached")
 # How each numeric column is shown (the table artifact, the markdown table, the console): digits after the point.
 DECIMALS = {"test_accuracy": 4, "train_accuracy": 4, "test_loss": 4, "train_seconds": 1, "queue_seconds": 1}
 CHANCE_MARGIN = 0.05  # a test accuracy within this of 1/classes (or below) is reported as chance level
@@ -36,7 +36,11 @@ def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]
     rows = []
     for cell in cells:
         metrics = cell["metrics"].data
-        rows.append({c: metrics.get(c) for c in COLUMNS})
+        reused = [name for name, output in cell.items() if output.reused]
+        row = {c: metrics.get(c) for c in COLUMNS}
+        # "all", "none", or the cell's stages this run took from the cache (the rest it computed)
+        row["cached"] = "all" if len(reused) == len(cell) else ", ".join(reused) or "none"
+        rows.append(row)
     return rows
 
 

@@ -119,6 +119,7 @@ def _expected_counts(solvers: list[str]) -> int:
 def test_run_completes_and_returns_one_row_per_cell(baseline: Run) -> None:
     summary = baseline.state.result()
     assert [row["cell"] for row in summary["rows"]] == cells()
+    assert {row["cached"] for row in summary["rows"]} == {"none"}  # a cold run computed every stage
     run_folder = baseline.root.resolve() / "reports" / (baseline.root / "reports" / "LATEST").read_text().strip()
     assert run_folder.name.endswith(str(baseline.flow_run_id)[:8])
     assert Path(summary["report"]) == run_folder / "report.md"
@@ -234,8 +235,8 @@ def test_flow_run_artifacts_are_published(prefect_server: ServerInfo, baseline: 
     # Prefect stores link artifacts as markdown ``[text](link)``.
     report = Path(baseline.state.result()["report"])
     assert f"]({report.as_uri()})" in by_key["nodecore-report-file"].data
-    links = [a for a in artifacts if a.key is None and a.type == "markdown"]
-    assert len(links) == len(SOLVERS) and all("checkpoint.pt)" in a.data for a in links)
+    links = [by_key[f"nodecore-checkpoint-{solver}-cpu"] for solver in SOLVERS]  # every artifact has a key
+    assert all(a.type == "markdown" and "checkpoint.pt)" in a.data for a in links)
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == len(SOLVERS) and all(a.data == 100.0 for a in progress)
 
@@ -256,8 +257,11 @@ def test_identical_run_in_a_new_process_is_all_cached(prefect_server: ServerInfo
     names = state_names(runs)
     assert names.pop("report") == "Completed"
     assert names == {name: "Cached" for name in expected_task_labels(report=False)}
-    for cell in cells():
-        assert cell in process.stdout  # the summary table
+    table = {line.split()[0]: line for line in process.stdout.splitlines() if "@" in line.split(" ")[0]}
+    assert set(table) == set(cells())  # the summary table: every cell, its training shown as cached
+    assert all(line.split()[4:] == ["cached", "all"] for line in table.values()), table
+    summary = json.loads((baseline.root / "summary.json").read_text())
+    assert summary["flow_run_id"] == str(flow_run_id) and {row["cached"] for row in summary["rows"]} == {"all"}
     assert time.monotonic() - began < 60
 
 
