@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flows.cell_flow import CELL_FLOW_NAME
 from flows.dispatch import cell_deployment_name
 
 TRAIN_ENTRYPOINT = "flows/train_flow.py:train_flow"
 CELL_ENTRYPOINT = "flows/cell_flow.py:cell_flow"
+FLOW_NAMES = {TRAIN_ENTRYPOINT: "nodecore-train", CELL_ENTRYPOINT: CELL_FLOW_NAME}
 CPU_POOL, GPU_POOL = "cpu", "gpu"
 
 
@@ -29,6 +31,11 @@ class DeploymentSpec:
     config: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     tags: tuple[str, ...] = ("nodecore",)
+
+    @property
+    def full_name(self) -> str:
+        """``flow/deployment``, as Prefect names it: ``nodecore-train/on-demand``."""
+        return f"{FLOW_NAMES[self.entrypoint]}/{self.name}"
 
     @property
     def parameters(self) -> dict[str, Any]:

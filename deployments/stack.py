@@ -5,6 +5,7 @@
     python deployments/stack.py up                  # server + deployments + a background `cpu` worker
     python deployments/stack.py down                # stop the background workers and the server
     python deployments/stack.py status
+    python deployments/stack.py run on-demand --config '{"training": {"epochs": 50}}' [--wait]
 
 A GPU host runs `python deployments/stack.py worker --pool gpu`; without a GPU the `gpu` pool simply
 has no worker and its runs wait. Workers and the server use the same PREFECT_API_URL (see README).
@@ -13,6 +14,7 @@ has no worker and its runs wait. Workers and the server use the same PREFECT_API
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +61,7 @@ def deploy(spec: DeploymentSpec, *, source: Path = REPO_ROOT) -> str:
     return str(runnable.deploy(
         name=spec.name, work_pool_name=spec.pool, cron=spec.cron, parameters=spec.parameters,
         description=spec.description, tags=list(spec.tags), build=False, push=False, print_next_steps=False,
+        ignore_warnings=True,  # Prefect's ".serve" advice for process pools, once per deployment otherwise
     ))
 
 
@@ -105,6 +108,55 @@ def stop_background_worker(pool: str) -> bool:
     return True
 
 
+def deployment_name(name: str) -> str:
+    """``on-demand`` -> ``nodecore-train/on-demand``; a full ``flow/deployment`` name must be one of ours.
+
+    Raises:
+        ValueError: naming the unknown deployment and the valid names.
+    """
+    valid = [spec.full_name for spec in DEPLOYMENTS]
+    full = name if "/" in name else f"nodecore-train/{name}"
+    if full not in valid:
+        raise ValueError(f"unknown deployment {name!r}; valid: {', '.join(valid)} (the nodecore-train ones also "
+                         "by their short name)")
+    return full
+
+
+def run_deployment_command(name: str, config: str | None, *, wait: bool, ui_url: str) -> int:
+    """Start a run of deployment ``name`` with the JSON ``config`` changes; print its UI address.
+
+    Raises:
+        ValueError: the deployment is unknown, or the config is not JSON or not a valid PipelineConfig change.
+    """
+    import json
+
+    from prefect.deployments import run_deployment
+    from pydantic import ValidationError
+
+    from tasks.config import PipelineConfig
+
+    full = deployment_name(name)
+    parameters = {}
+    if config:
+        try:
+            changes = json.loads(config)
+            PipelineConfig.model_validate(changes)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--config is not JSON ({err.msg} at character {err.pos}): {config!r}") from None
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+            raise ValueError(f"--config: {problems}") from None
+        parameters = {"config": changes}
+    flow_run = run_deployment(full, parameters=parameters, timeout=None if wait else 0)
+    print(f"flow run {flow_run.name} ({flow_run.id}) of {full}: {ui_url}/runs/flow-run/{flow_run.id}")
+    if not wait:
+        print("a worker on its pool runs it (`make up` starts a cpu worker; --wait waits for the result)")
+        return 0
+    state = flow_run.state
+    print(f"it ended {state.name if state else 'UNKNOWN'}" + (f": {state.message}" if state and state.message else ""))
+    return 0 if state is not None and state.is_completed() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("up", help="start the local server, deploy, and start a background cpu worker")
     commands.add_parser("down", help="stop the background workers and the local server")
     commands.add_parser("status", help="say what is running")
+    run = commands.add_parser("run", help="start a run of a deployment and print its address in the UI")
+    run.add_argument("deployment", help="on-demand, nightly-grid, gpu-grid, or a full flow/deployment name")
+    run.add_argument("--config", help='config changes as JSON, e.g. \'{"training": {"epochs": 50}}\'')
+    run.add_argument("--wait", action="store_true", help="wait for the run; exit 0 only if it completed")
     args = parser.parse_args(argv)
 
     if args.command == "down":
@@ -130,7 +186,20 @@ def main(argv: list[str] | None = None) -> int:
         for pool in POOLS:
             print(f"background {pool} worker: {running_worker(pool) or 'none'}")
         return 0
+    if args.command == "run":
+        try:
+            deployment_name(args.deployment)
+        except ValueError as err:
+            parser.error(str(err))
     info = ensure_server()
+    if args.command == "run":
+        from flows.server import prefect_settings_context
+
+        with prefect_settings_context(info):
+            try:
+                return run_deployment_command(args.deployment, args.config, wait=args.wait, ui_url=info.ui_url)
+            except ValueError as err:
+                parser.error(str(err))
     if args.command == "worker":
         return subprocess.call(worker_command(args.pool, run_once=args.run_once), cwd=REPO_ROOT)
     if args.command in ("deploy", "up"):
@@ -141,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"a {CPU_POOL} worker is already running (pid {pid})")
         else:
             print(f"started a {CPU_POOL} worker (pid {start_background_worker(CPU_POOL)})")
-        print(f"UI: {info.ui_url}; run one: prefect deployment run nodecore-train/on-demand")
+        python = os.path.relpath(sys.executable, Path.cwd())
+        print(f"UI: {info.ui_url}; start a run: {python} deployments/stack.py run on-demand")
     return 0
 
 

@@ -1,30 +1,28 @@
 """A persistent local Prefect server per checkout, so flow runs stay complete and viewable after a script ends.
 
 Without ``PREFECT_API_URL`` Prefect 3.9 runs each script against a temporary server that stops with
-the script, before every task-run update is stored, and without the UI. ``ensure_server`` instead runs
-``prefect server start --background`` once for this checkout (its SQLite DB under a project-local
+the script, before every task-run update is stored, and without the UI. ``ensure_server`` instead starts
+``prefect server start`` once for this checkout, detached, (its SQLite DB under a project-local
 ``PREFECT_HOME``, default ``<repo>/.prefect``) and reuses that server on later calls. A URL the user
 configured is used untouched: ``PREFECT_API_URL`` in the environment, or one Prefect itself resolves
 from the active profile, ``prefect.toml``/``pyproject.toml`` or ``.env`` (e.g. after ``prefect cloud login``).
 
-Prefect's own commands start and stop the server. Measured with prefect 3.9.1 on 2 busy cores:
-``PREFECT_HOME=<home> prefect server start --background --host 127.0.0.1 --port P`` returns after 2.5 s
-and writes the pid of the uvicorn process it spawns to ``<home>/server.pid``; the server answered
-``/api/health`` 8-16 s after the call (fresh DB). ``PREFECT_HOME=<home> prefect server stop`` (2.3 s)
-finds it through that file, sends SIGTERM, removes the file and returns; the server was gone 1.3 s
-later; under another home it says "No server running in the background". What this module adds, each
-for a limit measured there:
+Prefect's own command stops the server; starting it needs our own launch. Measured with prefect 3.9.1:
 
-- ``--background`` returns before the server is up: ``start_server`` waits until it answers.
-- The server stays in the caller's process group, and a SIGINT to that group (Ctrl-C in the terminal
-  of the run that started it) stopped it: it is started in a new session.
-- A ``server.pid`` left by a killed server makes ``start --background`` exit 1 ("A server is already
-  running in the background"), and ``stop`` signals whatever process has that pid now: a pid file
-  whose process is not a Prefect server is removed first.
-- A second ``start --background`` under the same home while the first starts exits 1 ("already
-  running"): a lock file serializes the callers, and the later ones reuse the first one's server.
-- The server's output goes to pipes that close when the CLI exits, so there is no server log: a failed
-  start names the foreground command that shows the error.
+- ``PREFECT_HOME=<home> prefect server start --background`` starts uvicorn with its stdout and stderr on
+  pipes whose reading end closes when the CLI exits. The first error the server then logs kills it: after
+  a request that answered 500 (creating a concurrency limit whose name exists), the next request was
+  refused and the process was gone. A pipeline whose server dies on its first logged error is not usable,
+  so ``_launch`` runs ``prefect server start`` (foreground mode, uvicorn in-process) itself, detached in a
+  new session (a SIGINT to the caller's group stopped a server started in it), with its output in
+  ``<home>/server.log``, and writes ``<home>/server.pid`` as ``--background`` would.
+- ``PREFECT_HOME=<home> prefect server stop`` (2.3 s) finds the server through that file, sends SIGTERM,
+  removes the file and returns before the server has exited (gone 1.3 s later), so ``stop_server`` waits.
+  It signals whatever process has that pid now: a pid file whose process is not a Prefect server is
+  removed first.
+- Starting returns before the server is up (8-16 s on a fresh DB here): ``_launch`` waits until it answers.
+- Two starts at once under one home race for the port: a lock file serializes the callers, and the later
+  ones reuse the first one's server.
 - Nothing tells whose server answers on a port (another checkout's ``make run`` wrote into a foreign
   server's DB). A server counts as this checkout's only when ``GET /api/admin/settings`` reports this
   ``PREFECT_HOME`` as its ``home`` (it does, measured). When another server holds the port, a free port
@@ -82,7 +80,8 @@ HOME_ENV = "NODECORE_PREFECT_HOME"
 # Set beside PREFECT_API_URL by ensure_server: a URL equal to it is ours (e.g. inherited by a child
 # process), not the user's, so the child looks for this checkout's server again.
 MANAGED_ENV = "NODECORE_PREFECT_MANAGED_URL"
-PID_FILE = "server.pid"  # written by `prefect server start --background`, read by `prefect server stop`
+PID_FILE = "server.pid"  # written by _launch (as `start --background` would), read by `prefect server stop`
+LOG_FILE = "server.log"
 PORT_FILE = "server.port"  # the port this checkout's server was last started on
 LOCK_FILE = "server.lock"
 # Command lines of a Prefect server: `start --background` runs uvicorn; `start` alone serves in-process.
@@ -212,7 +211,7 @@ def start_server(
     timeout: float = 60.0,
     log: Callable[[str], None] = print,
 ) -> ServerInfo:
-    """Return this checkout's running server, or start it with ``prefect server start --background``.
+    """Return this checkout's running server, or start it (``prefect server start``, detached).
 
     Unlike ``ensure_server`` it ignores a user-configured URL and leaves this process's environment
     alone. When another server (another checkout's, say) holds the port, the next free port is used,
@@ -229,7 +228,14 @@ def start_server(
             return running
         wanted = resolve_port(port, home)
         chosen = wanted if _port_is_free(wanted) else _free_port_after(wanted)
-        _launch(home, chosen, timeout)
+        for attempt in range(3):
+            try:
+                _launch(home, chosen, timeout)
+                break
+            except PortTakenError:  # taken between our check and the server's bind (e.g. by a client socket)
+                if attempt == 2:
+                    raise
+                chosen = _free_port_after(chosen)
         (home / PORT_FILE).write_text(f"{chosen}\n")
     info = _info(home, chosen, started=True)
     moved = "" if chosen == wanted else f"port {wanted} is taken by {_holder(wanted)}, so "
@@ -378,31 +384,54 @@ def terminate(pid: int, *, timeout: float = 5.0, sig: signal.Signals | None = si
             return
 
 
+class PortTakenError(RuntimeError):
+    """The server could not bind its port: something took it after the port was found free."""
+
+
 def _launch(home: Path, port: int, timeout: float) -> None:
-    """Run ``prefect server start --background`` for ``home`` on ``port`` and wait until it answers."""
+    """Start ``prefect server start`` for ``home`` on ``port``, detached, logging to ``server.log``; wait until it answers.
+
+    Not ``--background``: that mode leaves the server writing to pipes nobody reads (see the module docstring),
+    and the first error it logs kills it.
+    """
     pid = read_pid(home / PID_FILE)
     if pid is not None and not is_process(pid, *_SERVER_COMMANDS):
-        (home / PID_FILE).unlink()  # left by a killed server: `start --background` would refuse
+        (home / PID_FILE).unlink()  # left by a killed server
     env = server_env(home, port)
-    foreground = f"PREFECT_HOME={home} prefect server start --host {HOST} --port {port}"
-    started = subprocess.run(
-        [sys.executable, "-m", "prefect", "server", "start", "--background", "--host", HOST, "--port", str(port)],
-        env={**os.environ, **env}, cwd=home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        start_new_session=True,  # own process group: no SIGINT/SIGHUP from our terminal
-        timeout=timeout,
-    )
-    if started.returncode != 0:
-        said = " ".join((started.stdout + started.stderr).split())[-400:]
-        raise RuntimeError(f"`prefect server start --background` failed on port {port}: {said} "
-                           f"(`python flows/server.py stop --home {home}` stops a server of this home)")
-    pid, deadline = read_pid(home / PID_FILE), time.monotonic() + timeout
+    log_start = (home / LOG_FILE).stat().st_size if (home / LOG_FILE).exists() else 0
+    with open(home / LOG_FILE, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)],
+            env={**os.environ, **env}, cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # own session: no SIGINT/SIGHUP from our terminal; outlives this process
+        )
+    (home / PID_FILE).write_text(f"{process.pid}\n")  # where `prefect server stop` looks for it
+    deadline = time.monotonic() + timeout
     while server_home(env["PREFECT_API_URL"]) != home:
-        running = pid is not None and is_process(pid, *_SERVER_COMMANDS)
-        if not running or time.monotonic() > deadline:
+        if process.poll() is not None or time.monotonic() > deadline:
             stop_server(home=home)
-            reason = "exited" if not running else f"did not answer within {timeout:g} s"
-            raise RuntimeError(f"the Prefect server on port {port} {reason}; run `{foreground}` to see why")
+            reason = "exited" if process.poll() is not None else f"did not answer within {timeout:g} s"
+            error = PortTakenError if _said_since(home / LOG_FILE, log_start, "address already in use") else RuntimeError
+            raise error(f"the Prefect server on port {port} {reason}; its log ({home / LOG_FILE}) ends:\n"
+                        f"{_tail(home / LOG_FILE)}")
         time.sleep(0.25)
+
+
+def _said_since(path: Path, offset: int, text: str) -> bool:
+    """Whether the log at ``path`` says ``text`` after byte ``offset``."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return text.encode() in handle.read()
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 def _info(home: Path, port: int, *, started: bool) -> ServerInfo:

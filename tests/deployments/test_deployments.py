@@ -5,10 +5,14 @@ Slowest part of the suite (~2 min): every worker run spawns a process that impor
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
+import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from prefect import get_client
@@ -76,12 +80,32 @@ def test_deploying_twice_is_idempotent_and_the_nightly_grid_is_scheduled(deploye
     PipelineConfig.model_validate(nightly.parameters["config"])  # deployments pass only valid changes
 
 
+def stack(*args: str) -> subprocess.CompletedProcess:
+    """``python deployments/stack.py ARGS`` as the README writes it, in a new process with the session's server."""
+    return subprocess.run([sys.executable, "deployments/stack.py", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def completed_run(deployed, tmp_path_factory):
+    """The README's ``stack.py run on-demand --config ...``, then a worker picks the run up."""
     artifacts = tmp_path_factory.mktemp("on_demand")
-    run = run_deployment("nodecore-train/on-demand", parameters={"config": tiny(artifacts)}, timeout=0)
+    started = stack("run", "on-demand", "--config", json.dumps(tiny(artifacts)))
+    assert started.returncode == 0, started.stderr[-3000:]
+    match = re.search(r"of nodecore-train/on-demand: (http\S+)/runs/flow-run/([0-9a-f-]{36})", started.stdout)
+    assert match and match.group(1) == deployed[2].ui_url, started.stdout
     run_worker_once("cpu")
-    return run.id, artifacts
+    return UUID(match.group(2)), artifacts
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["run", "no-such"], "unknown deployment 'no-such'; valid: nodecore-train/nightly-grid"),
+    (["run", "on-demand", "--config", "{epochs"], "--config is not JSON"),
+    (["run", "on-demand", "--config", '{"training": {"epochs": -1}}'], "--config: training.epochs: Input should be"),
+])
+def test_a_bad_run_command_is_refused_in_one_line(deployed, args: list[str], expected: str) -> None:
+    refused = stack(*args)
+    assert refused.returncode == 2 and expected in refused.stderr.splitlines()[-1], refused.stderr
 
 
 def test_a_deployment_run_completes_on_a_worker_with_its_artifacts(completed_run):

@@ -415,3 +415,25 @@ def test_stop_server_stops_it_once(local_server: dict[str, Any]) -> None:
     assert not is_healthy(local_server["api_url"])
     assert not (home / "server.pid").exists()
     assert stop_server(home=home) is False
+
+
+def test_the_server_survives_an_error_it_logs(prefect_server: ServerInfo) -> None:
+    """`prefect server start --background` died on its first logged error (its output went to a closed pipe)."""
+    import urllib.error
+    import urllib.request
+
+    name = f"dup-{os.getpid()}-{time.monotonic_ns()}"
+    codes = []
+    for _ in range(2):  # the second create of one name answers 500, and the server logs the traceback
+        request = urllib.request.Request(f"{prefect_server.api_url}/v2/concurrency_limits/", method="POST",
+                                         data=json.dumps({"name": name, "limit": 1}).encode(),
+                                         headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                codes.append(response.status)
+        except urllib.error.HTTPError as err:
+            codes.append(err.code)
+    assert codes[0] == 201 and codes[1] >= 400
+    time.sleep(1)
+    assert is_healthy(prefect_server.api_url, timeout=5), "the server died after logging an error"
+    assert (prefect_server.home / "server.log").stat().st_size > 0  # what it said is kept
