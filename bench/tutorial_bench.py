@@ -129,8 +129,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    X, y = ToyDataset().generate(512, 0.1, "moons", seed=0)
-    X_test, y_test = ToyDataset().generate(2048, 0.1, "moons", seed=1)
+    X, y = ToyDataset().generate(512, "moons", noise=0.1, seed=0)
+    X_test, y_test = ToyDataset().generate(2048, "moons", noise=0.1, seed=1)
     data = tuple(t.to(device) for t in (X, y, X_test, y_test))
     torch.manual_seed(0)
     init = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))

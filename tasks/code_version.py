@@ -24,7 +24,7 @@ TASKS_DIR = Path(__file__).resolve().parent
 # default there changes the key only where it changes a value.
 TRACKED_PACKAGES = {"nodecore": NODECORE_DIR, "tasks": TASKS_DIR}
 UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry",
-                               "tasks.config", "tasks.grid"})
+                               "tasks.config", "tasks.grid", "tasks.slots"})
 # CPython 3.11 (3.11.7 here) keeps ast.parse's recursion-depth counter per interpreter, not per thread: stages
 # computing their keys at once in the flow's thread pool intermittently failed with "SystemError: AST
 # constructor recursion depth mismatch". Parse one file at a time.

@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nodecore.architectures import ACTIVATIONS
-from nodecore.datasets import DATASET_TYPES, ToyDataset
+from nodecore.datasets import DATASET_TYPES, generate_points
 from nodecore.checkpoints import MODEL_KINDS
 from nodecore.neuralode import (
     DEFAULT_ATOL,
@@ -48,7 +48,7 @@ class _Config(BaseModel):
 @lru_cache(maxsize=64)
 def _dim_and_classes(dataset_type: str, n_samples: int) -> tuple[int, int]:
     """Features and classes of ``n_samples`` points of ``dataset_type``, read from a small draw of nodecore's."""
-    X, y = ToyDataset().generate(min(n_samples, _PROBE_POINTS), 0.0, dataset_type, seed=0)
+    X, y = generate_points(min(n_samples, _PROBE_POINTS), dataset_type, seed=0)  # as the dataset stage draws
     return int(X.shape[1]), int(y.max()) + 1
 
 
@@ -63,7 +63,7 @@ class DatasetConfig(_Config):
     dataset_type: DatasetType = Field("moons", description="toy dataset generator")
     n_train: int = Field(512, ge=2, description="training points")
     n_test: int = Field(2048, ge=1, description="held-out test points")
-    noise: float = Field(0.1, ge=0, description="std of the Gaussian noise added to the points")
+    noise: float = Field(0.1, ge=0, description="noise added to the points, as torchdyn defines it per type")
     seed: Seed = Field(0, description="seed of the training set")
     test_seed: Seed = Field(1, description="seed of the test set")
 

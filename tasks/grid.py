@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 
 from pydantic import BaseModel, ConfigDict
@@ -74,7 +75,8 @@ def physical_device(device: str, *, visible: str | None = None) -> str:
 
 
 def device_slot(device: str, *, host: str | None = None) -> str:
-    """Name of the Prefect global concurrency limit that guards ``device`` on ``host`` (default: this one)."""
+    """Name of the slots of ``device`` on ``host`` (default: this one): their Prefect global concurrency limit
+    and the stem of their lock files (see :mod:`tasks.slots`)."""
     host = host or socket.gethostname()
     return f"nodecore-device-{host}-{physical_device(device).replace(':', '-')}"
 
@@ -82,3 +84,8 @@ def device_slot(device: str, *, host: str | None = None) -> str:
 def slot_limit(device: str, *, cpu_slots: int | None = None) -> int:
     """Trainings a device takes at once: one per GPU; on the CPU, one per core."""
     return (cpu_slots or os.cpu_count() or 1) if device == "cpu" else 1
+
+
+def artifact_key(prefix: str, cell: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for ``cell``: ``dopri5@cpu`` -> ``...-dopri5-cpu``."""
+    return f"{prefix}-{re.sub(r'[^a-z0-9]+', '-', cell.lower()).strip('-')}"

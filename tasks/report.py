@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from nodecore.files import atomic_write
 from tasks.cache import StageOutput
+from tasks.grid import artifact_key
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds", "cached")
@@ -170,8 +170,3 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
                              link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
     return {"rows": rows, "report": str(report_path), "summary": str(summary_path),
             "latest_report": str(latest_report), "warnings": warnings}
-
-
-def artifact_key(prefix: str, cell: str) -> str:
-    """A Prefect artifact key (lowercase letters, digits, dashes) for ``cell``: ``dopri5@cpu`` -> ``...-dopri5-cpu``."""
-    return f"{prefix}-{re.sub(r'[^a-z0-9]+', '-', cell.lower()).strip('-')}"

@@ -1,34 +1,42 @@
-"""Stage 3: train one grid cell's NeuralODE on its assigned device, resumably."""
+"""Stage 3: train one grid cell's NeuralODE on its assigned device, resumably.
+
+Every ``checkpoint_every`` epochs the training writes ``resume-<epoch>.pt`` into its stage folder and then
+records its SHA-256 and epoch in ``resume.json`` (each written atomically). A rerun resumes only from a
+checkpoint whose bytes still have the recorded digest; any other one (flipped bytes, truncated, missing,
+never recorded) is discarded with a warning in the run log, and the run falls back to the one before it:
+two generations are kept, so one damaged file costs ``checkpoint_every`` epochs, not the whole training.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import torch
 from torch import nn
-from prefect import get_client, get_run_logger
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-from nodecore.checkpoints import build_model, load_checkpoint, save_checkpoint
+from nodecore.checkpoints import Checkpoint, build_model, load_checkpoint, load_weights, save_checkpoint
 from nodecore.dataset_io import read_dataset
-from nodecore.files import atomic_write
+from nodecore.files import atomic_write, file_digest
 from nodecore.training import EpochStats, History, depth_grid, train
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
 from tasks.config import ModelConfig, SolverConfig, TrainingConfig
-from tasks.grid import Cell, device_slot, slot_limit
+from tasks.grid import Cell, artifact_key
+from tasks.slots import hold_device
 
-RESUME = "resume.pt"
+RESUME = "resume.json"  # the record of the resume checkpoints: file, epoch, SHA-256, newest first
+RESUME_GENERATIONS = 2
+
+Log = logging.Logger | logging.LoggerAdapter
 
 
 def host_label() -> str:
@@ -36,25 +44,108 @@ def host_label() -> str:
     return os.environ.get("NODECORE_HOST_LABEL") or socket.gethostname()
 
 
-@contextmanager
-def hold_device(device: str) -> Iterator[None]:
-    """Hold this host's concurrency slot for ``device`` (a Prefect global concurrency limit) while training.
+def _resume_name(epoch: int) -> str:
+    return f"resume-{epoch:06d}.pt"
 
-    The limit is created on first use with one slot per GPU and one per CPU core, so any worker on any
-    host can train without setting anything up first.
+
+def _write_resume_record(folder: Path, entries: list[dict[str, Any]]) -> None:
+    with atomic_write(folder / RESUME) as handle:
+        handle.write(json.dumps({"checkpoints": entries}, indent=1).encode())
+
+
+def _read_resume_record(folder: Path, log: Log) -> list[dict[str, Any]]:
+    """The recorded resume checkpoints, newest first; none (with a warning) if the record is unreadable."""
+    path = folder / RESUME
+    try:
+        entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
+                   for e in json.loads(path.read_text())["checkpoints"]]
+        for entry in entries:  # the name follows from the epoch: a record never points outside the folder
+            if entry["file"] != _resume_name(entry["epoch"]):
+                raise ValueError(f"file {entry['file']!r} is not {_resume_name(entry['epoch'])!r}")
+        return entries
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("discarding the resume record %s: unreadable (%s)", path, err)
+        return []
+
+
+def save_resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, config: dict, epoch: int,
+                history: History, log: Log) -> Path:
+    """Write the resume checkpoint of ``epoch`` and record its digest, keeping the previous generation.
+
+    Order: the ``.pt`` (atomically), then :data:`RESUME` (atomically) listing it and the previous newest, then
+    the removal of any other ``resume-*.pt``. A kill between two steps leaves the older record intact and at
+    worst an unrecorded file, which :func:`load_resume` discards.
     """
-    name = device_slot(device)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            limit = GlobalConcurrencyLimitCreate(name=name, limit=slot_limit(device))
+    path = save_checkpoint(folder / _resume_name(epoch), model, config=config, epoch=epoch,
+                           history=history.to_dict(), optimizer=optimizer)
+    previous = [e for e in _read_resume_record(folder, log) if e["epoch"] < epoch]
+    kept = [{"file": path.name, "epoch": epoch, "sha256": file_digest(path)}, *previous][:RESUME_GENERATIONS]
+    _write_resume_record(folder, kept)
+    _remove_unrecorded(folder, kept)
+    return path
+
+
+def _remove_unrecorded(folder: Path, entries: list[dict[str, Any]]) -> list[Path]:
+    recorded = {e["file"] for e in entries}
+    removed = [path for path in folder.glob("resume-*.pt") if path.name not in recorded]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+def _verified(folder: Path, entry: dict[str, Any]) -> Checkpoint:
+    """The checkpoint ``entry`` records, if its bytes still have the recorded digest.
+
+    Raises:
+        ValueError: it is missing, its digest differs, or it is not the recorded epoch's checkpoint.
+    """
+    path = folder / entry["file"]
+    if not path.is_file():
+        raise ValueError("the file is missing")
+    digest = file_digest(path)
+    if digest != entry["sha256"]:
+        raise ValueError(f"its SHA-256 is {digest[:12]}..., recorded {entry['sha256'][:12]}... (damaged)")
+    checkpoint = load_checkpoint(path)  # ValueError if unreadable despite its digest (e.g. another format)
+    if checkpoint.epoch != entry["epoch"]:
+        raise ValueError(f"it holds epoch {checkpoint.epoch}, recorded epoch {entry['epoch']}")
+    return checkpoint
+
+
+def load_resume(folder: Path, log: Log) -> Checkpoint | None:
+    """The newest resume checkpoint in ``folder`` whose digest matches its record, or None to start afresh.
+
+    A checkpoint that does not verify is discarded (deleted) with a warning naming the file and why: damaged
+    (digest mismatch), missing, unreadable, or not recorded (written by a run killed before recording it);
+    the one before it is tried next. Older recorded ones are kept unchecked until they are needed.
+    """
+    entries = _read_resume_record(folder, log)
+    recorded = {e["file"] for e in entries}
+    for path in sorted(folder.glob("resume-*.pt")):
+        if path.name not in recorded:
+            log.warning("discarding the resume checkpoint %s: not recorded in %s", path, RESUME)
+            path.unlink(missing_ok=True)
+    chosen, good = None, []
+    for entry in entries:
+        if chosen is None:
             try:
-                client.create_global_concurrency_limit(limit)
-            except ObjectAlreadyExists:  # another training on this device created it first: use theirs
-                pass
-    with concurrency(name, occupy=1, strict=True):
-        yield
+                chosen = _verified(folder, entry)
+            except (OSError, ValueError) as err:
+                log.warning("discarding the resume checkpoint %s (epoch %d): %s", folder / entry["file"],
+                            entry["epoch"], err)
+                (folder / entry["file"]).unlink(missing_ok=True)
+                continue
+        good.append(entry)
+    if (folder / RESUME).exists():  # without what was discarded (an unreadable record is replaced)
+        _write_resume_record(folder, good)
+    return chosen
+
+
+def clear_resume(folder: Path) -> None:
+    """Remove the resume checkpoints and their record (the training finished)."""
+    _remove_unrecorded(folder, [])
+    (folder / RESUME).unlink(missing_ok=True)
 
 
 def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
@@ -66,8 +157,7 @@ def build_cell_model(field: StageOutput, root: Path, solver: str, config: Solver
                                "rtol": config.rtol, "atol_adjoint": config.atol_adjoint,
                                "rtol_adjoint": config.rtol_adjoint, "step_size": config.step_size,
                                "max_steps": config.max_steps}
-    model = build_model(model_config)
-    model.load_state_dict(initial.state_dict)
+    model = load_weights(build_model(model_config), initial.state_dict, source=field.path(root, "field"))
     return model, model_config
 
 
@@ -84,7 +174,11 @@ def train_cell(
     device: str,
     run_device: str | None = None,
 ) -> Built:
-    """Train on ``device`` holding its concurrency slot; checkpoint every few epochs and resume from there.
+    """Train on ``device`` holding one of its slots; checkpoint every few epochs and resume from there.
+
+    Waiting for the device slot (see :mod:`tasks.slots`) is logged and shown in the progress artifact;
+    ``queue_seconds`` (the wait) is returned apart from ``train_seconds``. Resume checkpoints are trusted only
+    while their digest matches (see :func:`load_resume`).
 
     ``run_device`` is the same device as this process names it, when that differs (a dispatched cell for
     ``cuda:3`` runs with ``CUDA_VISIBLE_DEVICES=3`` and trains on ``cuda:0``); it is not part of the key.
@@ -97,21 +191,28 @@ def train_cell(
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
-    resume_path = ctx.folder / RESUME
-    if resume_path.is_file():
-        resume = load_checkpoint(resume_path)
-        classifier.load_state_dict(resume.state_dict)
+    resume = load_resume(ctx.folder, logger)
+    if resume is not None:
+        load_weights(classifier, resume.state_dict, source=ctx.folder / "resume")
         optimizer.load_state_dict(resume.optimizer_state)
         history, start_epoch = History.from_dict(resume.history), resume.epoch
         logger.info("%s: resuming from the checkpoint at epoch %d", cell, start_epoch)
 
-    progress_id = create_progress_artifact(
-        progress=100.0 * start_epoch / max(training.epochs, 1),
-        description=f"training {cell}: epochs completed, percent",
-    )
+    def progress(done: int) -> float:
+        return 100.0 * done / max(training.epochs, 1)
+
+    description = f"training {cell}: epochs completed, percent"
+    progress_id = create_progress_artifact(key=artifact_key("nodecore-training", cell), progress=progress(start_epoch),
+                                           description=description)
+
+    def show_wait(message: str) -> None:
+        update_progress_artifact(progress_id, progress(start_epoch), description=f"training {cell}: {message}")
 
     local = run_device or device
-    with hold_device(local):
+    with hold_device(local, label=f"train {cell}", log=logger, on_wait=show_wait) as slot:
+        queue_seconds = slot.queue_seconds
+        update_progress_artifact(progress_id, progress(start_epoch), description=(
+            f"{description} (queued {queue_seconds:.1f} s for device slot {slot.index + 1} of {slot.limit})"))
         classifier.to(local)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
@@ -123,16 +224,16 @@ def train_cell(
             if done % training.log_every == 0 or done == training.epochs:
                 logger.info("%s: epoch %d/%d loss %.4f accuracy %.4f nfe %d/%d", cell, done, training.epochs,
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
-                update_progress_artifact(progress_id, 100.0 * done / max(training.epochs, 1))
+                update_progress_artifact(progress_id, progress(done))
             if done % training.checkpoint_every == 0 and done < training.epochs:
-                save_checkpoint(resume_path, classifier, config=config, epoch=done, history=history.to_dict(),
-                                optimizer=optimizer)
+                save_resume(ctx.folder, classifier, optimizer, config=config, epoch=done, history=history, log=logger)
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
         train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
               batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
         seconds = time.perf_counter() - started
+    logger.info("%s: trained in %.1f s after %.1f s queued for its device slot", cell, seconds, queue_seconds)
 
     update_progress_artifact(progress_id, 100.0)
     checkpoint = save_checkpoint(ctx.folder / "checkpoint.pt", classifier, config=config, epoch=training.epochs,
@@ -140,12 +241,12 @@ def train_cell(
     history_path = ctx.folder / "history.json"
     with atomic_write(history_path) as handle:
         handle.write(json.dumps(history.to_dict()).encode())
-    resume_path.unlink(missing_ok=True)
+    clear_resume(ctx.folder)
     last = history.epochs[-1] if history.epochs else None
     return Built(
         files={"checkpoint": checkpoint, "history": history_path},
         data={"solver": solver, "device": device, "kind": config["kind"], "cell": cell, "host": host_label(),
-              "train_seconds": seconds,
+              "train_seconds": seconds, "queue_seconds": queue_seconds,
               "resumed_from_epoch": start_epoch,
               "nfe_forward": last.nfe_forward if last else 0, "nfe_backward": last.nfe_backward if last else 0},
     )

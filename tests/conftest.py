@@ -53,6 +53,9 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         server.HOME_ENV: str(home),
         server.PORT_ENV: str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # This session's own device slots and manifest key: another session on this host shares neither.
+        "NODECORE_SLOT_DIR": str(home / "slots"),
+        "NODECORE_ARTIFACTS_KEY_FILE": str(home / "artifacts.key"),
     })
     try:
         info = ensure_server(home=home, port=port, timeout=120, log=lambda line: None)

@@ -40,7 +40,7 @@ def _refused(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     (["--solver.step_size", "inf"], ["--solver.step_size: ", "finite number", "'inf'"]),
     (["--model.t_end", "inf"], ["--model.t_end: ", "finite number", "'inf'"]),
     (["--dataset.seed", str(2**32)], ["--dataset.seed: ", "'4294967296'", "less than or equal to 4294967295"]),
-    (["--dataset.dataset_type", "gaussians"], ["--models: ", "'gaussians' has 6 classes", "'anode' or 'deq'",
+    (["--dataset.dataset_type", "gaussians"], ["--models: ", "'gaussians' has 7 classes", "'anode' or 'deq'",
                                                "moons, circles, spirals, spheres"]),
     (["--run.artifacts_dir", ""], ["--run.artifacts_dir: ", "'' names no folder", "'artifacts'"]),
 ])

@@ -109,7 +109,7 @@ def test_classifier_returns_a_trajectory_of_logits_and_the_solver_stats() -> Non
 
 
 def test_classifier_trains_and_evaluates_with_the_library_loop() -> None:
-    X, y = ToyDataset().generate(64, 0.0, "spheres", dim=2, seed=0)
+    X, y = spheres(64, seed=0)
     model = classifier(1)
     history = train(model, X, y, t_span=T_SPAN, epochs=3)
     assert [e.nfe_forward for e in history.epochs] == [40, 40, 40]
@@ -128,8 +128,12 @@ def test_classifier_needs_a_neural_ode() -> None:
 
 
 def spheres(n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """Inner ball r <= 0.5 (class 0) inside the shell 1 <= r <= 1.5 (class 1), noise-free."""
-    return ToyDataset().generate(n, 0.0, "spheres", dim=2, seed=seed)
+    """Inner ball r <= 0.5 (class 0) inside the shell 1 <= r <= 1.5 (class 1), noise-free.
+
+    nodecore's ``spheres`` (torchdyn's) are thin spheres labelled inner 1, outer 0: the widths thicken them
+    into the ball and the shell, and ``1 - y`` keeps this file's labels."""
+    X, y = ToyDataset().generate(n, "spheres", noise=0.0, dim=2, inner_width=0.5, outer_width=0.5, seed=seed)
+    return X, 1 - y
 
 
 def ring(n: int = 4096) -> Tensor:
@@ -199,13 +203,13 @@ def test_plain_node_keeps_the_inner_ball_enclosed(plain: dict[str, float], augme
     [0, 1], 200 full-batch Adam epochs at lr 0.01; one 2-core CPU):
 
     model           width  held-out acc (seeds 0/1/2)  dense-ring acc (seeds 0/1/2)  winding numbers
-    plain (2-D)     16     0.9932 / 0.9795 / 0.9932    0.9902 / 0.9602 / 0.9856     all 1
-    plain (2-D)     32     0.9893 / 0.9873 / 0.9814    0.9868 / 0.9814 / 0.9597     all 1
+    plain (2-D)     16     0.9863 / 0.9590 / 0.9912    0.9749 / 0.9331 / 0.9885     all 1
+    plain (2-D)     32     0.9941 / 0.9932 / 0.9717    0.9910 / 0.9890 / 0.9546     all 1
     Augmenter(1,1)  16,32  1.0000 in all 6 runs        1.0000 in all 6 runs         (3-D: none)
     Augmenter(1,2)  16,32  1.0000 in all 6 runs        1.0000 in all 6 runs
 
-    On finite samples the plain model gets close (0.98-0.99) by squeezing a thin stretch of the ring across
-    the readout's line; it always gives up 1-4 % of the ring to do so. Only that loss is a theorem, so only it
+    On finite samples the plain model gets close (0.96-0.99) by squeezing a thin stretch of the ring across
+    the readout's line; it always gives up 1-7 % of the ring to do so. Only that loss is a theorem, so only it
     is asserted, with the augmented model as the contrast.
     """
     assert plain["winding_min"] == pytest.approx(1.0, abs=1e-6)

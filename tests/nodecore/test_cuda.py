@@ -49,8 +49,8 @@ def test_parameters_on_another_device_are_rejected():
 
 
 def test_tutorial_trains_on_cuda_and_checkpoint_loads_on_cpu(tmp_path):
-    X, y = ToyDataset().generate(512, 0.1, "moons", seed=0)
-    X_test, y_test = ToyDataset().generate(2048, 0.1, "moons", seed=1)
+    X, y = ToyDataset().generate(512, "moons", noise=0.1, seed=0)
+    X_test, y_test = ToyDataset().generate(2048, "moons", noise=0.1, seed=1)
     model = NeuralODE(_field(), sensitivity="adjoint").to(DEVICE)
     t_span = torch.linspace(0, 1, 5, device=DEVICE)
     train(model, X.to(DEVICE), y.to(DEVICE), t_span=t_span, epochs=200)

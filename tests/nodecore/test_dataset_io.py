@@ -28,7 +28,7 @@ META = {"dataset_type": "spheres", "params": resolve_params("spheres", dim=3), "
 
 @pytest.fixture
 def data() -> tuple[torch.Tensor, torch.Tensor]:
-    return ToyDataset().generate(257, 0.1, "spheres", seed=5, dim=3)
+    return ToyDataset().generate(257, "spheres", noise=0.1, seed=5, dim=3)
 
 
 @pytest.fixture

@@ -388,8 +388,8 @@ def test_deq_cell_is_a_contraction() -> None:
 def test_deq_classifier_learns_moons() -> None:
     """512 training points, 50 full-batch Adam steps (lr 0.05), float32. Measured: test accuracy 0.999 on
     1024 held-out points (0.990 after 20 steps); 11-14 forward and 8-13 backward Anderson iterations a step."""
-    X, y = ToyDataset().generate(512, 0.1, "moons", seed=0)
-    X_test, y_test = ToyDataset().generate(1024, 0.1, "moons", seed=1)
+    X, y = ToyDataset().generate(512, "moons", noise=0.1, seed=0)
+    X_test, y_test = ToyDataset().generate(1024, "moons", noise=0.1, seed=1)
     torch.manual_seed(0)
     model = DEQClassifier(2, 32, 2)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)

@@ -193,8 +193,8 @@ def test_a_galerkin_neural_ode_learns_moons() -> None:
     """The final 2-D state as logits (the torchdyn tutorial's readout); 100 full-batch epochs, rk4.
     Held-out accuracy measured 0.9990 / 0.9971 / 0.9971 for seeds 0 / 1 / 2 (fourier); polynomial and
     chebyshev bases reach 0.994-0.999 on the same budget."""
-    X, y = ToyDataset().generate(256, 0.1, "moons", seed=0)
-    X_test, y_test = ToyDataset().generate(1024, 0.1, "moons", seed=1)
+    X, y = ToyDataset().generate(256, "moons", noise=0.1, seed=0)
+    X_test, y_test = ToyDataset().generate(1024, "moons", noise=0.1, seed=1)
     model = NeuralODE(galerkin_field(n_basis=3, hidden=16), solver="rk4", step_size=0.25)
     t_span = torch.tensor([0.0, 1.0])
     train(model, X, y, t_span=t_span, epochs=100, lr=0.02)

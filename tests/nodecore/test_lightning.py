@@ -54,8 +54,8 @@ def make_trainer(root, **overrides) -> pl.Trainer:
 
 @pytest.fixture(scope="module")
 def moons():
-    X, y = ToyDataset().generate(512, 0.1, "moons", seed=0)
-    X_test, y_test = ToyDataset().generate(2048, 0.1, "moons", seed=1)
+    X, y = ToyDataset().generate(512, "moons", noise=0.1, seed=0)
+    X_test, y_test = ToyDataset().generate(2048, "moons", noise=0.1, seed=1)
     return X, y, X_test, y_test
 
 

@@ -27,7 +27,7 @@ def _model(seed: int = 0, **options) -> NeuralODE:
 
 @pytest.fixture(scope="module")
 def moons():
-    return ToyDataset().generate(128, 0.1, "moons", seed=0)
+    return ToyDataset().generate(128, "moons", noise=0.1, seed=0)
 
 
 def test_callback_sees_every_epoch_and_history_matches(moons):

@@ -48,9 +48,9 @@ def test_artifacts_dir_names_a_folder(artifacts_dir: str) -> None:
 
 
 def test_more_classes_than_a_node_state_has_dimensions_is_refused() -> None:
-    error = _refusal({"dataset": {"dataset_type": "gaussians"}})  # 6 classes, 2-D, models defaults to ['node']
+    error = _refusal({"dataset": {"dataset_type": "gaussians"}})  # 7 classes, 2-D, models defaults to ['node']
     assert error["loc"] == ("models",)
-    assert "'gaussians' has 6 classes" in error["msg"] and "2-D state" in error["msg"]
+    assert "'gaussians' has 7 classes" in error["msg"] and "2-D state" in error["msg"]
     assert "'anode' or 'deq'" in error["msg"] and "moons, circles, spirals, spheres" in error["msg"]
     assert _refusal({"dataset": {"dataset_type": "gaussians"}, "models": ["anode", "node"]})["loc"] == ("models",)
 
@@ -58,9 +58,9 @@ def test_more_classes_than_a_node_state_has_dimensions_is_refused() -> None:
 def test_classes_that_fit_are_accepted() -> None:
     for dataset_type in DATASET_TYPES:  # linear readouts take any number of classes
         PipelineConfig.model_validate({"dataset": {"dataset_type": dataset_type}, "models": ["anode", "deq"]})
-    for dataset_type in set(DATASET_TYPES) - {"gaussians"}:
+    for dataset_type in set(DATASET_TYPES) - {"gaussians", "gaussians_spiral"}:
         PipelineConfig.model_validate({"dataset": {"dataset_type": dataset_type}})
-    # two points per split hold only two of the six components, as the dataset stage would draw them
+    # two points per split hold only two of the seven components, as the dataset stage would draw them
     PipelineConfig.model_validate({"dataset": {"dataset_type": "gaussians", "n_train": 2, "n_test": 2}})
 
 

@@ -6,13 +6,12 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import ContextManager
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
 
 from tasks.grid import (
     Cell,
@@ -23,7 +22,7 @@ from tasks.grid import (
     slot_limit,
 )
 from flows.server import ServerInfo, prefect_settings_context
-from tasks.train import hold_device
+from tasks.slots import SLOT_DIR_ENV, hold_device
 
 # --- resolve_devices -----------------------------------------------------------------------------------
 
@@ -129,6 +128,13 @@ def _hold_at_once(info: ServerInfo, hold: Callable[[], ContextManager[object]], 
     return sorted(spans)
 
 
+@pytest.fixture
+def private_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slot lock files of this test only: other test sessions on this host use the same slot names."""
+    monkeypatch.setenv(SLOT_DIR_ENV, str(tmp_path / "slots"))
+
+
+@pytest.mark.usefixtures("private_slots")
 def test_a_gpu_slot_serialises_trainings(prefect_server: ServerInfo) -> None:
     """Two trainings on cuda:0 start together on a server that has no limit yet; they take turns."""
     (_, first_exit), (second_enter, _) = _hold_at_once(prefect_server, lambda: hold_device("cuda:0"))
@@ -137,11 +143,12 @@ def test_a_gpu_slot_serialises_trainings(prefect_server: ServerInfo) -> None:
         assert client.read_global_concurrency_limit_by_name(device_slot("cuda:0")).limit == 1
 
 
+@pytest.mark.usefixtures("private_slots")
 def test_the_overlap_measurement_can_see_overlap(prefect_server: ServerInfo) -> None:
-    """The control: a limit of 2 lets both holders in together."""
-    name = f"nodecore-test-two-slots-{uuid.uuid4().hex[:8]}"
+    """The control: with the device's limit raised to 2 on the server, both holders are in together."""
+    device = "cuda:9"  # a limit of this test's own
     with prefect_settings_context(prefect_server), get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(name=name, limit=2)
+        client.upsert_global_concurrency_limit_by_name(name=device_slot(device), limit=2)
     (_, first_exit), (second_enter, _) = _hold_at_once(
-        prefect_server, lambda: concurrency(name, occupy=1, strict=True), seconds=2.0)  # slack for a busy server
+        prefect_server, lambda: hold_device(device), seconds=4.0)  # slack for a busy server (2 s missed once)
     assert second_enter < first_exit

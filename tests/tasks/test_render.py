@@ -13,7 +13,7 @@ import tasks.render
 from nodecore.checkpoints import build_model, classifier_config, save_checkpoint
 from nodecore.classifiers import ODEClassifier
 from nodecore.dataset_io import write_dataset
-from nodecore.datasets import ToyDataset
+from nodecore.datasets import generate_points
 from nodecore.fields import Augmenter
 from nodecore.neuralode import NeuralODE
 from nodecore.trajectory_io import write_trajectory
@@ -35,7 +35,7 @@ def _output(root: Path, stage: str, data: dict[str, Any], **files: Path) -> Stag
 def trained_cell(root: Path, *, kind: str = "node", dataset_type: str = "moons", epochs: int = 2,
                  n_samples: int = 128) -> dict[str, StageOutput]:
     """The stage outputs render reads, for a ``kind`` model trained ``epochs`` epochs on ``dataset_type``."""
-    X, y = ToyDataset().generate(n_samples, 0.1, dataset_type, seed=0)
+    X, y = generate_points(n_samples, dataset_type, noise=0.1, seed=0)
     test = write_dataset(root / "data" / "test.parquet", X, y, metadata={"dataset_type": dataset_type,
                                                                         "params": {}, "seed": 0})
     n_classes = int(y.max()) + 1

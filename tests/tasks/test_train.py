@@ -1,0 +1,231 @@
+"""Tests of tasks.train: digest-checked resume checkpoints, alone and inside the train stage on the session server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from torch import nn
+
+import tasks.faults
+from flows.server import ServerInfo, prefect_settings_context
+from nodecore.checkpoints import load_checkpoint
+from nodecore.training import EpochStats, History
+from tasks.cache import StageOutput
+from tasks.config import PipelineConfig
+from tasks.field import build_vector_field
+from tasks.generate import generate_dataset
+from tasks.slots import SLOT_DIR_ENV
+from tasks.train import RESUME, load_resume, save_resume, train_cell
+from tests.flows._pipeline import flow_settings, tiny_config
+
+LOG = logging.getLogger("tests.resume")
+
+
+def _flip(path: Path, count: int = 16) -> None:
+    """Invert ``count`` bytes in the middle of ``path`` (inside the tensor data of a checkpoint)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + count] = bytes(b ^ 0xFF for b in data[middle:middle + count])
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# --- the resume store alone ----------------------------------------------------------------------------
+
+
+def _save(folder: Path, *epochs: int) -> nn.Module:
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    for epoch in epochs:
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # the checkpoint's epoch, readable from its weights
+        history = History([EpochStats(e, 1.0, 0.5, 1, 1, 0.1) for e in range(epoch)])
+        save_resume(folder, model, optimizer, config={"kind": "test"}, epoch=epoch, history=history, log=LOG)
+    return model
+
+
+def _recorded(folder: Path) -> list[int]:
+    return [entry["epoch"] for entry in json.loads((folder / RESUME).read_text())["checkpoints"]]
+
+
+def test_two_generations_are_kept_with_their_digests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _save(tmp_path, 2, 4, 6)
+    assert sorted(p.name for p in tmp_path.glob("resume-*.pt")) == ["resume-000004.pt", "resume-000006.pt"]
+    assert _recorded(tmp_path) == [6, 4]
+    checkpoint = load_resume(tmp_path, LOG)
+    assert checkpoint is not None and checkpoint.epoch == 6 and checkpoint.history["epoch"] == list(range(6))
+    assert not _warnings(caplog)
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, Path.unlink])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: Any
+) -> None:
+    _save(tmp_path, 2, 4)
+    damage(tmp_path / "resume-000004.pt")
+    checkpoint = load_resume(tmp_path, LOG)
+    assert checkpoint is not None and checkpoint.epoch == 2
+    assert torch.equal(checkpoint.state_dict["weight"], torch.full((2, 2), 2.0))
+    (warning,) = _warnings(caplog)
+    assert str(tmp_path / "resume-000004.pt") in warning and "epoch 4" in warning
+    assert ("missing" if damage is Path.unlink else "damaged") in warning
+    assert not (tmp_path / "resume-000004.pt").exists() and _recorded(tmp_path) == [2]
+    caplog.clear()
+    assert load_resume(tmp_path, LOG).epoch == 2 and not _warnings(caplog)  # discarded once, not again
+
+
+def test_no_good_checkpoint_means_starting_afresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _save(tmp_path, 2)
+    _truncate(tmp_path / "resume-000002.pt")
+    assert load_resume(tmp_path, LOG) is None
+    assert "resume-000002.pt" in _warnings(caplog)[0]
+    assert not list(tmp_path.glob("resume-*.pt")) and _recorded(tmp_path) == []
+
+
+def test_a_checkpoint_written_but_not_recorded_is_discarded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A kill between writing the .pt and recording it: the file is untrusted, the recorded one is used."""
+    _save(tmp_path, 2)
+    record = (tmp_path / RESUME).read_bytes()
+    _save(tmp_path, 4)
+    (tmp_path / RESUME).write_bytes(record)  # as if killed before the record was replaced
+    assert load_resume(tmp_path, LOG).epoch == 2
+    (warning,) = _warnings(caplog)
+    assert "resume-000004.pt" in warning and f"not recorded in {RESUME}" in warning
+    assert not (tmp_path / "resume-000004.pt").exists()
+
+
+@pytest.mark.parametrize("record", [b"{not json", b'{"checkpoints": [{"file": "../../etc/x", "epoch": 2, '
+                                                b'"sha256": "00"}]}', None])
+def test_an_unreadable_or_missing_record_trusts_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, record: bytes | None
+) -> None:
+    _save(tmp_path, 2)
+    if record is None:
+        (tmp_path / RESUME).unlink()
+    else:
+        (tmp_path / RESUME).write_bytes(record)
+    assert load_resume(tmp_path, LOG) is None
+    warnings = _warnings(caplog)
+    assert any("resume-000002.pt" in w and "not recorded" in w for w in warnings), warnings
+    assert not list(tmp_path.glob("resume-*.pt"))
+
+
+# --- inside the train stage ----------------------------------------------------------------------------
+
+EPOCHS = ("--training.epochs", "6", "--training.checkpoint_every", "2")
+
+
+@flow(name="nodecore-test-train-cell")
+def _train_flow(config: PipelineConfig) -> StageOutput:
+    root = {"root": str(Path(config.run.artifacts_dir).resolve())}
+    dataset = generate_dataset(dataset=config.dataset, **root)
+    field = build_vector_field(dataset=dataset, model=config.model, **root)
+    return train_cell.with_options(retries=0)(
+        dataset=dataset, field=field, model=config.model, solver="euler", solver_config=config.solver,
+        training=config.training, device="cpu", **root)
+
+
+def _train(info: ServerInfo, root: Path) -> Any:
+    """Train the tiny euler@cpu cell under ``root`` (its own Prefect result storage); return the final state."""
+    with flow_settings(info, root.parent / f"{root.name}-prefect-storage"):
+        return _train_flow(tiny_config(root, *EPOCHS), return_state=True)
+
+
+def _weights(root: Path, output: StageOutput) -> dict[str, torch.Tensor]:
+    return load_checkpoint(output.path(root, "checkpoint")).state_dict
+
+
+@pytest.fixture(autouse=True)
+def private_slots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SLOT_DIR_ENV, str(tmp_path / "slots"))
+    monkeypatch.setattr(tasks.faults, "_attempts", type(tasks.faults._attempts)())
+
+
+@pytest.fixture(scope="module")
+def clean(prefect_server: ServerInfo, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, StageOutput]:
+    """The cell trained once without interruption: the weights every resumed training must end with."""
+    root = tmp_path_factory.mktemp("clean") / "artifacts"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(tasks.faults.ENV, raising=False)
+        patch.setenv(SLOT_DIR_ENV, str(root.parent / "slots"))
+        state = _train(prefect_server, root)
+    assert state.is_completed(), state.message
+    output = state.result()
+    assert output.data["resumed_from_epoch"] == 0 and output.data["queue_seconds"] >= 0
+    with prefect_settings_context(prefect_server), get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    (progress,) = [a for a in artifacts if a.type == "progress"]
+    assert progress.data == 100.0
+    assert re.fullmatch(r"training euler@cpu: epochs completed, percent \(queued \d+\.\d s for device slot 1 of \d+\)",
+                        progress.description), progress.description  # the queue time, shown in the UI
+    return root, output
+
+
+def _failed_after_checkpoints(info: ServerInfo, root: Path, monkeypatch: pytest.MonkeyPatch,
+                              faults: int) -> Path:
+    """Fail the first ``faults`` trainings of the cell, each right after writing a resume checkpoint."""
+    monkeypatch.setenv(tasks.faults.ENV, f"train:transient:{faults}")
+    for _ in range(faults):
+        state = _train(info, root)
+        assert state.is_failed() and "injected transient failure" in state.message, state.message
+    (folder,) = (root / "train").iterdir()
+    return folder
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate])
+def test_a_damaged_resume_checkpoint_is_discarded_and_training_restarts(
+    prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    clean: tuple[Path, StageOutput], damage: Any,
+) -> None:
+    """The issue's case: the only resume checkpoint is damaged after the failure (16 flipped bytes, or cut)."""
+    root = tmp_path / "artifacts"
+    folder = _failed_after_checkpoints(prefect_server, root, monkeypatch, faults=1)
+    assert sorted(p.name for p in folder.glob("resume*")) == ["resume-000002.pt", RESUME]
+    damage(folder / "resume-000002.pt")
+
+    state = _train(prefect_server, root)  # the fault fired once: this attempt passes
+    assert state.is_completed(), state.message  # a truncated checkpoint is no permanent error any more
+    output = state.result()
+    assert output.data["resumed_from_epoch"] == 0
+    assert any(str(folder / "resume-000002.pt") in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
+    clean_root, clean_output = clean
+    for name, tensor in _weights(clean_root, clean_output).items():
+        torch.testing.assert_close(_weights(root, output)[name], tensor, rtol=0, atol=0)
+    assert not list(folder.glob("resume*"))  # cleaned up once trained
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
+    prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    clean: tuple[Path, StageOutput],
+) -> None:
+    root = tmp_path / "artifacts"
+    folder = _failed_after_checkpoints(prefect_server, root, monkeypatch, faults=2)  # at epoch 2, then at 4
+    assert sorted(p.name for p in folder.glob("resume-*.pt")) == ["resume-000002.pt", "resume-000004.pt"]
+    _flip(folder / "resume-000004.pt")
+
+    state = _train(prefect_server, root)
+    assert state.is_completed(), state.message
+    output = state.result()
+    assert output.data["resumed_from_epoch"] == 2
+    assert any("resume-000004.pt" in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
+    assert json.loads(output.path(root, "history").read_text())["epoch"] == list(range(6))
+    clean_root, clean_output = clean
+    for name, tensor in _weights(clean_root, clean_output).items():
+        torch.testing.assert_close(_weights(root, output)[name], tensor, rtol=1e-6, atol=1e-7)
