@@ -31,6 +31,7 @@ def evaluate_cell(ctx: StageContext, *, dataset: StageOutput, trained: StageOutp
         "nfe_backward": trained.data["nfe_backward"],
         "nfe_forward_eval": result.nfe_forward,
         "train_seconds": trained.data["train_seconds"],
+        "queue_seconds": trained.data.get("queue_seconds", 0.0),
         "classes": dataset.data["classes"],
     }
     path = ctx.folder / "metrics.json"

@@ -24,7 +24,11 @@ from tasks.cache import StageOutput
 from tasks.grid import artifact_key
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
-           "nfe_forward", "nfe_backward", "train_seconds", "cached")
+           "nfe_forward", "nfe_backward", "train_seconds", "queue_seconds", "cached")
+# The markdown table (the report, the UI's markdown artifact) is narrower: the cell names model, solver, device.
+MARKDOWN_COLUMNS = {"cell": "cell", "test_accuracy": "test acc", "train_accuracy": "train acc",
+                    "test_loss": "test loss", "nfe_forward": "NFE fwd", "nfe_backward": "NFE bwd",
+                    "train_seconds": "train s", "queue_seconds": "queued s", "cached": "cached"}
 # How each numeric column is shown (the table artifact, the markdown table, the console): digits after the point.
 DECIMALS = {"test_accuracy": 4, "train_accuracy": 4, "test_loss": 4, "train_seconds": 1, "queue_seconds": 1}
 CHANCE_MARGIN = 0.05  # a test accuracy within this of 1/classes (or below) is reported as chance level
@@ -78,8 +82,9 @@ def _format(value: Any) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_format(rounded(row)[c]) for c in COLUMNS) + " |" for row in rows]
+    """The rows as a markdown table of :data:`MARKDOWN_COLUMNS`, rounded for reading."""
+    lines = ["| " + " | ".join(MARKDOWN_COLUMNS.values()) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
+    lines += ["| " + " | ".join(_format(rounded(row)[c]) for c in MARKDOWN_COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
