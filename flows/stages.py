@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect.context import FlowRunContext
+from prefect import get_client, get_run_logger
+from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.futures import PrefectFuture, wait
 from prefect.tasks import exponential_backoff
 
@@ -87,6 +89,7 @@ def resolve(futures: list[PrefectFuture]) -> list[Any]:
     """
     wait(futures)
     states = [future.state for future in futures]
+    mark_cached(futures)
     for future, state in zip(futures, states):
         if state.is_final() and not state.is_completed():
             future.result()  # raises this stage's own error
@@ -97,6 +100,27 @@ def resolve(futures: list[PrefectFuture]) -> list[Any]:
             if (linked.is_failed() or linked.is_crashed()) and isinstance(error, BaseException):
                 raise error
     return [future.result() for future in futures]  # a stage still unfinished raises UnfinishedRun
+
+
+CACHED_SUFFIX = " (cached)"
+
+
+def mark_cached(futures: list[PrefectFuture]) -> None:
+    """Rename the task runs that came back ``Cached`` to ``<name> (cached)``, so the run graph tells them apart.
+
+    One read of the task runs and one rename per cached one; a failure to rename only logs a warning.
+    """
+    cached = [future.task_run_id for future in futures if future.state.name == "Cached"]
+    if not cached:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=cached)))
+            for run in runs:
+                if not run.name.endswith(CACHED_SUFFIX):
+                    client.set_task_run_name(run.id, run.name + CACHED_SUFFIX)
+    except Exception as err:  # cosmetic: never fail a run over a name
+        get_run_logger().warning("could not mark %d cached task runs in the UI: %s", len(cached), err)
 
 
 def resolve_cells(cells: list[dict[str, PrefectFuture]]) -> list[dict[str, StageOutput]]:

@@ -65,6 +65,7 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         dataset=dataset, model=config.model, kind=kind, **stages.common) for kind in config.models}
     if config.run.executor == "threads":
         results = resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
+        resolve([dataset, *fields.values()])  # done already; marks them if they were cached
     elif config.run.executor == "dask":
         dataset_output, *field_outputs = resolve([dataset, *fields.values()])
         results = cells_flow.with_options(task_runner=_dask_runner(config))(

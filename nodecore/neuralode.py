@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Iterable, Literal, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -139,59 +139,92 @@ def _solver_options(solver: Solver, step_size: float | None, t_span: Tensor) -> 
 class NeuralODE(nn.Module):
     """A Neural ODE: ``dx/dt = f(t, x)`` integrated over ``t_span``.
 
-    ``model(x, t_span)`` returns ``(t_eval [T], trajectory [T, *x.shape])``; ``trajectory[0]`` is ``x``.
+    ``model(x, t_span)`` returns ``(t_eval [T], trajectory [T, *x.shape])``; ``trajectory[0]`` is ``x``. With
+    ``return_t_eval=False`` it returns the trajectory alone, so the model chains inside ``nn.Sequential``.
+
+    The arguments up to ``optimizable_params`` are torchdyn's, in torchdyn's positional order
+    (``NeuralODE(f, 'rk4')`` works); the rest are nodecore's and keyword-only.
 
     Args:
         vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``.
-        solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'dopri5'``).
-        sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
-            ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps).
-        atol, rtol: forward tolerances of adaptive solvers (default 1e-3, torchdyn's).
-        atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
-        solver_adjoint: solver for the adjoint solve; the forward solver when None.
-        seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
-            control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on.
-        step_size: constant step. Fixed-step solvers step on ``t_span`` when None; adaptive solvers given
-            a step size take constant steps without error control.
-        max_steps: cap on steps per solve (forward and backward each); exceeding it raises
-            :class:`~nodecore.errors.TooManyStepsError` instead of looping for ever.
+        solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'dopri5'``; torchdyn's is
+            ``'tsit5'``, also available).
         order: 1 (default) for ``dx/dt = f(t, x)``; 2 for ``d2x/dt2 = f(t, [x, v])``: the state is
             ``[position, velocity]`` concatenated on the last dim (``2n``), the field returns the
             acceleration (``n``), and the model integrates ``dx/dt = v, dv/dt = f(t, [x, v])``. Then
             ``model.vf(t, z)`` returns the full first-order derivative ``[v, a]`` (``2n``, for plotting).
+        atol, rtol: forward tolerances of adaptive solvers (default 1e-3, torchdyn's).
+        sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
+            ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps).
+        solver_adjoint: solver for the adjoint solve; the forward solver when None.
+        atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
+        interpolator, integral_loss: torchdyn options nodecore does not implement; only None is accepted.
+        seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
+            control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on
+            (torchdyn's default is off).
+        return_t_eval: forward returns ``(t_eval, trajectory)`` when True (default), ``trajectory`` when False.
+        optimizable_params: ``nn.Parameter``s the field uses but does not hold (e.g. captured by a plain
+            function); they are registered on ``model.vf``, so the optimiser and the adjoint see them.
+        step_size: constant step. Fixed-step solvers step on ``t_span`` when None; adaptive solvers given
+            a step size take constant steps without error control.
+        max_steps: cap on steps per solve (forward and backward each); exceeding it raises
+            :class:`~nodecore.errors.TooManyStepsError` instead of looping for ever.
+        t_span: the default depths ``[T]`` of ``forward(x)``, stored as ``model.t_span``; None means ``[0, 1]``.
+
+    Attributes:
+        t_span: the depths ``forward(x)`` integrates over when called without ``t_span``; assign to it (as
+            torchdyn code does, e.g. ``model.t_span = torch.linspace(1, 0, 2)`` to run a CNF backwards).
 
     Raises:
         ValueError: unknown solver, sensitivity or order (the message lists the valid ones), bad tolerances.
+        NotImplementedError: an ``interpolator`` or ``integral_loss`` other than None.
     """
 
     def __init__(
         self,
         vector_field: nn.Module | Callable[..., Tensor],
-        *,
         solver: str = DEFAULT_SOLVER,
-        sensitivity: Sensitivity = "autograd",
+        order: int = 1,
         atol: float = DEFAULT_ATOL,
         rtol: float = DEFAULT_RTOL,
+        sensitivity: Sensitivity = "autograd",
+        solver_adjoint: str | None = None,
         atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
-        solver_adjoint: str | None = None,
+        interpolator: None = None,
+        integral_loss: None = None,
         seminorm: bool = True,
+        return_t_eval: bool = True,
+        optimizable_params: Iterable[nn.Parameter] = (),
+        *,
         step_size: float | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
-        order: int = 1,
+        t_span: TSpan | None = None,
     ) -> None:
         super().__init__()
         order = choice("order", order, ORDERS)
         sensitivity = choice("sensitivity", sensitivity, SENSITIVITIES, plural="sensitivities")
         max_steps = integer("max_steps", max_steps, minimum=1)
-        if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module):
+        return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
+        for name, value in (("interpolator", interpolator), ("integral_loss", integral_loss)):
+            if value is not None:
+                raise NotImplementedError(
+                    f"{name}={value!r} is a torchdyn option nodecore does not implement; pass {name}=None "
+                    "(adaptive solvers already return the solution at every point of t_span)"
+                )
+        extra_params = _optimizable_params(optimizable_params)
+        if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module) and not extra_params:
             raise TypeError(
                 "sensitivity='adjoint' returns gradients for the field's parameters only, so the field must be an "
                 f"nn.Module holding them (got {type(vector_field).__name__}); tensors a plain function captures "
-                "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
+                "would silently get no gradient. Wrap it in an nn.Module, pass them as optimizable_params, or "
+                "use sensitivity='autograd'"
             )
         self.order = int(order)
         self.vf = VectorField(vector_field) if self.order == 1 else _SecondOrderField(vector_field)
+        held = {id(p) for p in self.vf.parameters()}
+        for k, param in enumerate(p for p in extra_params if id(p) not in held):
+            self.vf.register_parameter(f"optimizable_parameter_{k}", param)
         self.solver = get_solver(solver)
         self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
         self.sensitivity = sensitivity
@@ -201,6 +234,8 @@ class NeuralODE(nn.Module):
         self.seminorm = bool(seminorm)
         self.step_size = None if step_size is None else positive("step_size", step_size)
         self.max_steps = int(max_steps)
+        self.return_t_eval = return_t_eval
+        self.t_span = t_span
         self._counter = StepCounter()
         self._checked_t_span: tuple = (None, None, None, None, None)
 
@@ -221,6 +256,8 @@ class NeuralODE(nn.Module):
             "step_size": self.step_size,
             "max_steps": self.max_steps,
             "order": self.order,
+            "return_t_eval": self.return_t_eval,
+            "t_span": None if self.t_span is None else torch.as_tensor(self.t_span).tolist(),
         }
 
     @property
@@ -228,19 +265,31 @@ class NeuralODE(nn.Module):
         """NFE and step counts of the last forward pass and of the backward pass that followed it."""
         return self._counter.snapshot()
 
-    def forward(self, x: Tensor, t_span: TSpan | None = None) -> tuple[Tensor, Tensor]:
-        """Integrate from ``x`` over ``t_span`` (default ``[0, 1]``).
+    def forward(
+        self,
+        x: Tensor,
+        t_span: TSpan | None = None,
+        save_at: TSpan = (),
+        args: Mapping[str, object] | None = None,
+    ) -> tuple[Tensor, Tensor] | Tensor:
+        """Integrate from ``x`` over ``t_span``.
 
         Args:
             x: initial state ``[B, D]`` (any shape the field accepts), floating point.
             t_span: ``[T]`` depths, strictly increasing or strictly decreasing (a backward solve), on
-                ``x``'s device.
+                ``x``'s device. None uses ``self.t_span``, and ``[0, 1]`` when that is None too.
+            save_at: ``[S]`` points of ``t_span`` at which to return the solution (all of ``t_span`` when
+                empty). The solve still steps on ``t_span``, so fixed-step solvers give the same values.
+                Unlike torchdyn, adaptive solvers honour it too.
+            args: torchdyn's extra arguments for the field; only empty (or None) is supported.
 
         Returns:
-            ``(t_eval [T], trajectory [T, *x.shape])``.
+            ``(t_eval [S], trajectory [S, *x.shape])``, or ``trajectory`` alone when ``return_t_eval`` is False;
+            ``S = T`` without ``save_at``.
 
         Raises:
-            ValueError: bad ``x`` or ``t_span``; TypeError: ``x`` is not a tensor;
+            ValueError: bad ``x``, ``t_span`` or ``save_at`` (a point not in ``t_span``); TypeError: ``x`` is not
+            a tensor; NotImplementedError: a non-empty ``args``;
             InputShapeError (a ValueError): the field cannot take a state of ``x``'s shape (the message names
             it and the ``in_features`` of the field's first layer, when it has one);
             NonFiniteError, StepSizeUnderflowError, TooManyStepsError: the solve failed.
@@ -250,7 +299,13 @@ class NeuralODE(nn.Module):
             ``max |x(T)| > BLOWUP_GROWTH * max(max |x0|, 1)`` (``BLOWUP_GROWTH = 1e8``): most likely the step is
             too large for stiff dynamics. Checked once per solve, in the same host sync as the NaN/Inf check.
         """
-        t_span = self._check_inputs(x, t_span)
+        if args:
+            raise NotImplementedError(
+                f"args={dict(args)!r}: passing extra arguments to the vector field (torchdyn's args) is not "
+                "supported; capture them in the field (e.g. as module attributes) instead"
+            )
+        t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
+        keep = _save_at_indices(save_at, t_span) if len(save_at) else None
         counter = StepCounter()
         self._counter = counter
         func = _SolveFunc(
@@ -270,7 +325,10 @@ class NeuralODE(nn.Module):
         # finite but exploded state.
         if not self.solver.adaptive or self.step_size is not None:
             self._check_constant_step_result(x, trajectory[-1], t_span)
-        return t_span, trajectory
+        t_eval = t_span
+        if keep is not None:
+            t_eval, trajectory = t_span[keep], trajectory[keep]
+        return (t_eval, trajectory) if self.return_t_eval else trajectory
 
     def _check_constant_step_result(self, x: Tensor, final: Tensor, t_span: Tensor) -> None:
         """Raise on NaN/Inf in ``final``; warn when it grew past the blow-up rule (one host sync in all)."""
@@ -293,8 +351,9 @@ class NeuralODE(nn.Module):
             )
 
     def trajectory(self, x: Tensor, t_span: TSpan | None = None) -> Tensor:
-        """The states only: ``trajectory [T, *x.shape]``."""
-        return self(x, t_span)[1]
+        """The states only: ``trajectory [T, *x.shape]``, whatever ``return_t_eval`` is."""
+        output = self(x, t_span)
+        return output[1] if self.return_t_eval else output
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
         options = _solver_options(self.solver, self.step_size, t_span)
@@ -347,6 +406,37 @@ class NeuralODE(nn.Module):
         if self.sensitivity == "adjoint" and t_span.requires_grad:
             raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
         return t_span
+
+
+def _optimizable_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:
+    """torchdyn's ``optimizable_params`` as a tuple, each checked to be an ``nn.Parameter``."""
+    params = tuple(params)
+    for param in params:
+        if not isinstance(param, nn.Parameter):
+            raise TypeError(
+                f"optimizable_params must hold nn.Parameter objects, got {type(param).__name__}; "
+                "wrap a tensor as nn.Parameter(tensor)"
+            )
+    return params
+
+
+def _save_at_indices(save_at: TSpan, t_span: Tensor) -> Tensor:
+    """The index in ``t_span`` of each point of ``save_at`` (matched with ``torch.isclose``), as a ``[S]`` tensor.
+
+    Raises:
+        ValueError: ``save_at`` is not 1-D, or one of its points is not in ``t_span`` exactly once.
+    """
+    points = torch.as_tensor(save_at, dtype=t_span.dtype, device=t_span.device)
+    if points.ndim != 1:
+        raise ValueError(f"save_at must be 1-D, got shape {tuple(points.shape)}")
+    matches = torch.isclose(points[:, None], t_span.detach()[None, :])
+    counts = matches.sum(dim=1)
+    if not bool((counts == 1).all()):
+        raise ValueError(
+            f"every point of save_at must be a point of t_span (once): save_at={points.tolist()}, "
+            f"t_span={t_span.tolist()}; add the points to t_span"
+        )
+    return matches.to(torch.uint8).argmax(dim=1)
 
 
 def _check_t_span(t_span: TSpan | None, x: Tensor) -> Tensor:

@@ -25,7 +25,8 @@ from tasks.grid import artifact_key
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds", "queue_seconds", "cached")
-# The markdown table (the report, the UI's markdown artifact) is narrower: the cell names model, solver, device.
+# The tables people read (the report, the UI's table and markdown artifacts) are narrower: the cell names the
+# model, solver and device, and the UI cut off the columns of a wider table.
 MARKDOWN_COLUMNS = {"cell": "cell", "test_accuracy": "test acc", "train_accuracy": "train acc",
                     "test_loss": "test loss", "nfe_forward": "NFE fwd", "nfe_backward": "NFE bwd",
                     "train_seconds": "train s", "queue_seconds": "queued s", "cached": "cached"}
@@ -79,6 +80,11 @@ def stage_index(cells: list[dict[str, StageOutput]]) -> list[dict[str, str]]:
 
 def _format(value: Any) -> str:
     return f"{value}" if isinstance(value, float) else str(value)
+
+
+def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows as the UI's table shows them: :data:`MARKDOWN_COLUMNS`, short headers, rounded."""
+    return [{header: rounded(row)[column] for column, header in MARKDOWN_COLUMNS.items()} for row in rows]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -164,8 +170,8 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
     _write(root_path / "summary.json", summary)
     _write(root_path / "reports" / "LATEST", run_folder.name + "\n")
 
-    create_table_artifact(key="nodecore-grid", table=[rounded(row) for row in rows],
-                          description="one row per (model, solver, device) cell")
+    create_table_artifact(key="nodecore-grid", table=display_rows(rows),
+                          description="one row per (model, solver, device) cell; every column in summary.json")
     create_markdown_artifact(key="nodecore-report", markdown=render_report(rows, cells, root_path, inline=True),
                              description="comparison report with plots")
     create_link_artifact(key="nodecore-report-file", link=report_path.resolve().as_uri(), link_text=str(report_path))

@@ -54,7 +54,7 @@ def flow_run_and_tasks(run_id) -> tuple[object, dict[str, list[str]]]:
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
     states: dict[str, list[str]] = {}
     for task in sorted(tasks, key=lambda t: t.expected_start_time or t.created):
-        states.setdefault(task.name, []).append(task.state.name)
+        states.setdefault(task.name.removesuffix(" (cached)"), []).append(task.state.name)
     return run, states
 
 
@@ -139,6 +139,9 @@ def test_a_failed_run_retried_like_the_ui_retry_button_completes_and_reuses_stag
     retried, states = flow_run_and_tasks(run.id)
     assert retried.state.is_completed() and retried.run_count == 2
     assert states["train-euler@cpu"] == ["Completed", "Cached"]
+    with get_client(sync_client=True) as client:  # the cached one says so in the run graph
+        names = {t.name for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))}
+    assert "train-euler@cpu (cached)" in names
     assert states["evaluate-euler@cpu"] == ["Failed", "Completed"]
 
 
@@ -178,6 +181,10 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = REPO_ROOT / "artifacts" / "ui"
+# [text of a page's first table's last header, how far (px) it reaches past the table's container]
+LAST_HEADER_OVERFLOW = """() => { const t = document.querySelector('table');
+    const last = [...t.querySelectorAll('th')].pop();
+    return [last.innerText.trim(), last.getBoundingClientRect().right - t.parentElement.getBoundingClientRect().right]; }"""
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
@@ -191,6 +198,8 @@ def test_the_prefect_ui_shows_the_run_its_stages_and_the_report_with_rendered_pl
         report = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50)
     report_id = next(a.id for a in report if a.key == "nodecore-report")
+    grid_id = next(a.id for a in report if a.key == "nodecore-grid")
+    assert all(a.key for a in report), [a.type for a in report if not a.key]  # every card has a title
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -212,11 +221,25 @@ def test_the_prefect_ui_shows_the_run_its_stages_and_the_report_with_rendered_pl
         assert "nodecore-report" in artifacts_text and "nodecore-grid" in artifacts_text
         page.screenshot(path=SCREENSHOTS / "flow-run-artifacts.png")
 
+        page.goto(f"{ui}/artifacts/artifact/{grid_id}", wait_until="networkidle")
+        page.wait_for_function("document.body.innerText.includes('euler@cpu')")
+        table_text = page.inner_text("body")
+        table_overflow = page.evaluate(LAST_HEADER_OVERFLOW)
+        page.screenshot(path=SCREENSHOTS / "table.png", full_page=True)
+
         page.goto(f"{ui}/artifacts/artifact/{report_id}", wait_until="networkidle")
         page.wait_for_function("[...document.images].filter(i => i.alt).every(i => i.complete)")
         widths = page.eval_on_selector_all("img[alt]", "imgs => imgs.map(i => [i.alt, i.naturalWidth])")
+        # the report's table fits its column: the last header ("cached") is not cut off
+        overflow = page.evaluate(LAST_HEADER_OVERFLOW)
+        report_text = page.inner_text("body")
         page.screenshot(path=SCREENSHOTS / "report.png", full_page=True)
         browser.close()
+    assert overflow[0] == "cached" and overflow[1] <= 1, overflow
+    assert table_overflow[0] == "cached" and table_overflow[1] <= 1, table_overflow
+    for text in (table_text, report_text):  # numbers are rounded for reading
+        assert not re.findall(r"\d\.\d{5,}", text), re.findall(r"\d\.\d{5,}", text)
+    assert "test acc" in table_text
     plots = {alt: width for alt, width in widths if alt in ("depth", "state_space", "vector_field",
                                                             "decision_boundary")}
     assert set(plots) == {"depth", "state_space", "vector_field", "decision_boundary"}, widths

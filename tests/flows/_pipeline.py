@@ -93,8 +93,12 @@ def flow_run_id_from_output(output: str) -> UUID:
 
 
 def label(task_run: TaskRun) -> str:
-    """``train-euler@cpu`` for a cell's task run; the task name (without Prefect's suffix) otherwise."""
-    return task_run.name if "@" in task_run.name else re.sub(r"-[0-9a-f]{3}$", "", task_run.name)
+    """``train-euler@cpu`` for a cell's task run; the task name (without Prefect's suffix) otherwise.
+
+    The `` (cached)`` mark a cached task run gets (flows.stages.mark_cached) is not part of the label.
+    """
+    name = task_run.name.removesuffix(" (cached)")
+    return name if "@" in name else re.sub(r"-[0-9a-f]{3}$", "", name)
 
 
 def task_runs(

@@ -257,6 +257,9 @@ def test_identical_run_in_a_new_process_is_all_cached(prefect_server: ServerInfo
     names = state_names(runs)
     assert names.pop("report") == "Completed"
     assert names == {name: "Cached" for name in expected_task_labels(report=False)}
+    # and the run graph says so: every cached task run is named "... (cached)", the report is not
+    assert all(run.name.endswith(" (cached)") == (name != "report") for name, run in runs.items()), \
+        sorted(run.name for run in runs.values())
     table = {line.split()[0]: line for line in process.stdout.splitlines() if "@" in line.split(" ")[0]}
     assert set(table) == set(cells())  # the summary table: every cell, its training shown as cached
     assert all(line.split()[4:] == ["cached", "all"] for line in table.values()), table
