@@ -305,7 +305,7 @@ class NeuralODE(nn.Module):
                 "supported; capture them in the field (e.g. as module attributes) instead"
             )
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
-        keep = _save_at_indices(save_at, t_span) if len(save_at) else None
+        keep = None if _is_empty(save_at) else _save_at_indices(save_at, t_span)
         counter = StepCounter()
         self._counter = counter
         func = _SolveFunc(
@@ -418,6 +418,11 @@ def _optimizable_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, .
                 "wrap a tensor as nn.Parameter(tensor)"
             )
     return params
+
+
+def _is_empty(points: TSpan) -> bool:
+    """Whether ``save_at`` is empty (torchdyn's default ``()``: save at every point of ``t_span``)."""
+    return points.numel() == 0 if isinstance(points, Tensor) else len(points) == 0
 
 
 def _save_at_indices(save_at: TSpan, t_span: Tensor) -> Tensor:
