@@ -211,6 +211,10 @@ def test_report_and_summary_are_written(baseline: Run) -> None:
     for summary_path in (baseline.root / "summary.json", Path(result["summary"])):
         summary = json.loads(summary_path.read_text())
         assert summary["rows"] == result["rows"] and summary["flow_run_id"] == str(baseline.flow_run_id)
+    # The tiny 4-epoch run does not learn: every cell at or below chance is named in the summary and report.
+    poor = [row["cell"] for row in result["rows"] if row["test_accuracy"] <= 0.55]
+    assert poor and [w.split(":")[0] for w in result["warnings"]] == poor
+    assert all(f"**Warning** {w}" in (baseline.root / "report.md").read_text() for w in result["warnings"])
 
 
 def test_every_task_run_is_recorded_completed(prefect_server: ServerInfo, baseline: Run) -> None:
