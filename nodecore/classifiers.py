@@ -53,10 +53,10 @@ class ODEClassifier(nn.Module):
             InputShapeError: the (augmented) state does not fit the vector field; the message names both shapes.
         """
         if self.augmenter is None:
-            return self.node(x, t_span)
+            return self.node.solve(x, t_span)
         z = self.augmenter(x)
         try:
-            return self.node(z, t_span)
+            return self.node.solve(z, t_span)
         except InputShapeError as err:
             raise InputShapeError(f"{err}; the state is the input x of shape {tuple(x.shape)} after the augmenter, "
                                   f"{self.augmenter}") from err.__cause__

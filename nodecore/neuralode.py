@@ -328,7 +328,13 @@ class NeuralODE(nn.Module):
         t_eval = t_span
         if keep is not None:
             t_eval, trajectory = t_span[keep], trajectory[keep]
+        self._last_t_eval = t_eval
         return (t_eval, trajectory) if self.return_t_eval else trajectory
+
+    def solve(self, x: Tensor, t_span: TSpan | None = None) -> tuple[Tensor, Tensor]:
+        """``(t_eval [T], trajectory [T, *x.shape])``, whatever ``return_t_eval`` is (for models built on this one)."""
+        output = self(x, t_span)
+        return output if self.return_t_eval else (self._last_t_eval, output)
 
     def _check_constant_step_result(self, x: Tensor, final: Tensor, t_span: Tensor) -> None:
         """Raise on NaN/Inf in ``final``; warn when it grew past the blow-up rule (one host sync in all)."""
@@ -352,8 +358,7 @@ class NeuralODE(nn.Module):
 
     def trajectory(self, x: Tensor, t_span: TSpan | None = None) -> Tensor:
         """The states only: ``trajectory [T, *x.shape]``, whatever ``return_t_eval`` is."""
-        output = self(x, t_span)
-        return output[1] if self.return_t_eval else output
+        return self.solve(x, t_span)[1]
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
         options = _solver_options(self.solver, self.step_size, t_span)

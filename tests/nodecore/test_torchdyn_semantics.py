@@ -267,3 +267,22 @@ def test_optimizable_params_the_field_already_holds_are_not_registered_twice() -
 def test_optimizable_params_must_be_parameters() -> None:
     with pytest.raises(TypeError, match="nn.Parameter"):
         NeuralODE(Decay(), optimizable_params=[torch.ones(2)])
+
+
+def test_a_classifier_reads_a_node_built_without_t_eval() -> None:
+    """ODEClassifier needs the depths even when its NeuralODE returns the trajectory alone."""
+    from nodecore import Augmenter, ODEClassifier
+
+    torch.manual_seed(0)
+    f = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 3))
+    x = torch.randn(5, 2)
+    span = torch.linspace(0, 1, 4)
+    readout = nn.Linear(3, 2)
+    outputs = []
+    for return_t_eval in (True, False):
+        node = NeuralODE(f, "rk4", return_t_eval=return_t_eval)
+        model = ODEClassifier(node, readout, augmenter=Augmenter(1, 1))
+        outputs.append(model(x, span))
+    (t_a, logits_a), (t_b, logits_b) = outputs
+    assert torch.equal(t_a, span) and torch.equal(t_b, span) and torch.equal(logits_a, logits_b)
+    assert logits_b.shape == (4, 5, 2)

@@ -1,0 +1,152 @@
+"""Benchmark: what the whole pipeline costs end to end, per grid size, cold and fully cached, in one run.
+
+For each grid it runs ``python flows/train_flow.py ...`` as a subprocess (interpreter start and imports
+included) in a fresh temporary artifacts folder, then the same command again (every stage cached):
+
+- 3 cells: the default solvers (``dopri5 rk4 tsit5``), model ``node``, device ``cpu``;
+- 16 cells: every solver of ``nodecore.solvers.SOLVER_NAMES`` x ``--models node anode``, device ``cpu``;
+- 64 cells (``--grid64 DEV DEV DEV DEV``): every solver x ``node anode`` x four devices (needs four;
+  on a CPU-only host there is no 64-cell grid, since devices are the only other axis).
+
+    python bench/pipeline_bench.py                          # 3 and 16 cells, 5 epochs
+    python bench/pipeline_bench.py --epochs 20 --json artifacts/pipeline_bench.json
+    python bench/pipeline_bench.py --grid64 cuda:0 cuda:1 cuda:2 cuda:3
+
+This checkout's local Prefect server is started (or reused) once with ``flows.server.ensure_server``
+before anything is timed, so server start-up is not in any figure; every run goes to that server.
+
+Figures: cold wall time; summed ``train_seconds`` of the cold run's ``summary.json`` rows; the ratio
+wall / (summed training / cores), i.e. how many times longer the run took than its trainings would
+perfectly spread over the cores; the cached rerun's wall time; the per-cell increment between
+consecutive grids ((t16 - t3) / 13 ...), cold and cached; and, for context, ``import flows.train_flow``
+alone (median of ``--import-repeats`` fresh interpreters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from flows.server import ensure_server  # noqa: E402
+from nodecore.solvers import SOLVER_NAMES  # noqa: E402
+
+
+@dataclass
+class GridResult:
+    label: str
+    cells: int
+    cold_seconds: float
+    train_seconds_sum: float
+    wall_over_ideal: float
+    cached_seconds: float
+    cached_cells: int
+
+
+def _timed(command: list[str], *, env: dict[str, str]) -> float:
+    """Run ``command`` in the repo root; return its wall seconds. Raises with its output tail on failure."""
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-30:])
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+    return seconds
+
+
+def run_grid(label: str, grid_args: list[str], *, epochs: int, cores: int, env: dict[str, str],
+             keep: bool) -> GridResult:
+    """Cold run then cached rerun of one grid in a fresh artifacts folder."""
+    folder = Path(tempfile.mkdtemp(prefix=f"pipeline_bench_{label}_"))
+    command = [sys.executable, "flows/train_flow.py", "--training.epochs", str(epochs),
+               "--run.artifacts_dir", str(folder), *grid_args]
+    try:
+        cold = _timed(command, env=env)
+        rows = json.loads((folder / "summary.json").read_text())["rows"]  # the cold run's: read before the rerun
+        cached = _timed(command, env=env)
+        rerun_rows = json.loads((folder / "summary.json").read_text())["rows"]
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    train = sum(row["train_seconds"] for row in rows)
+    return GridResult(label=label, cells=len(rows), cold_seconds=cold, train_seconds_sum=train,
+                      wall_over_ideal=cold / (train / cores) if train else float("nan"), cached_seconds=cached,
+                      cached_cells=sum(row["cached"] == "all" for row in rerun_rows))
+
+
+def import_seconds(repeats: int, env: dict[str, str]) -> float:
+    """Median wall seconds of a fresh interpreter running ``import flows.train_flow``."""
+    return statistics.median(_timed([sys.executable, "-c", "import flows.train_flow"], env=env)
+                             for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=5,
+                        help="--training.epochs of every run (default 5: the 3+16-cell benchmark fits in ~5 min on 2 cores)")
+    parser.add_argument("--grid64", nargs=4, metavar="DEVICE", default=None,
+                        help="also run the 64-cell grid: every solver x node anode x these four devices")
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
+                        help="cores in wall / (summed training / cores) (default: this process's usable CPUs)")
+    parser.add_argument("--import-repeats", type=int, default=3, help="fresh interpreters timed for the import figure")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary artifacts folders")
+    parser.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    args = parser.parse_args()
+
+    server = ensure_server()  # before any timing: server start-up is not counted; children inherit its URL
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    every_solver = ["--solvers", *SOLVER_NAMES, "--models", "node", "anode"]
+    grids: list[tuple[str, list[str]]] = [("default", []), ("all-solvers", every_solver)]
+    if args.grid64:
+        grids.append(("all-solvers-4-devices", [*every_solver, "--devices", *args.grid64]))
+
+    load_before = os.getloadavg()
+    imports = import_seconds(args.import_repeats, env)
+    results = [run_grid(label, grid_args, epochs=args.epochs, cores=args.cores, env=env, keep=args.keep)
+               for label, grid_args in grids]
+    load_after = os.getloadavg()
+
+    increments = []
+    for small, large in zip(results, results[1:]):
+        extra = large.cells - small.cells
+        increments.append({"from": small.cells, "to": large.cells,
+                           "cold_seconds_per_cell": (large.cold_seconds - small.cold_seconds) / extra,
+                           "cached_seconds_per_cell": (large.cached_seconds - small.cached_seconds) / extra})
+
+    print(f"pipeline end to end, {args.epochs} epochs, {args.cores} cores, server {server.api_url} "
+          f"(already up: start-up not counted); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"import flows.train_flow alone: {imports:.2f} s (median of {args.import_repeats})\n")
+    print("| grid | cells | cold wall s | summed train s | wall / (train / cores) | cached wall s | cached cells |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.label} | {r.cells} | {r.cold_seconds:.1f} | {r.train_seconds_sum:.1f} | {r.wall_over_ideal:.2f} "
+              f"| {r.cached_seconds:.1f} | {r.cached_cells}/{r.cells} |")
+    print()
+    for inc in increments:
+        print(f"per-cell increment {inc['from']} -> {inc['to']} cells: cold {inc['cold_seconds_per_cell']:.2f} s, "
+              f"cached {inc['cached_seconds_per_cell']:.2f} s")
+    for r in results:
+        print(f"{r.label}: cached / cold {r.cached_seconds / r.cold_seconds:.3f}; "
+              f"import / cached {imports / r.cached_seconds:.3f}")
+    report = {"epochs": args.epochs, "cores": args.cores, "import_seconds": imports,
+              "load_average_before": load_before, "load_average_after": load_after,
+              "grids": [asdict(r) for r in results], "increments": increments}
+    print(json.dumps(report))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
