@@ -23,18 +23,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from deployments.definitions import CPU_POOL, DEPLOYMENTS, GPU_POOL, DeploymentSpec
-from flows.server import (
-    REPO_ROOT,
-    ensure_server,
-    is_healthy,
-    is_process,
-    read_pid,
-    resolve_home,
-    server_status,
-    stop_server,
-    terminate,
-    user_api_url,
-)
+from flows.processes import is_process, read_pid, terminate
+from flows.server import REPO_ROOT, ensure_server, is_healthy, resolve_home, server_status, stop_server, user_api_url
 
 POOLS = (CPU_POOL, GPU_POOL)
 

@@ -58,7 +58,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +69,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+
+from flows.processes import is_process, locked, read_pid, terminate
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 4200
@@ -222,7 +223,7 @@ def start_server(
     """
     home = resolve_home(home)
     home.mkdir(parents=True, exist_ok=True)
-    with _locked(home / LOCK_FILE):  # concurrent scripts: one starts, the others reuse
+    with locked(home / LOCK_FILE):  # concurrent scripts: one starts, the others reuse
         if (running := find_server(home=home, port=port)) is not None:
             log(f"reusing local Prefect server at {running.ui_url}")
             return running
@@ -327,61 +328,6 @@ def _exit_now(message: str, status: int) -> NoReturn:
     sys.stdout.flush()
     print(message, file=sys.stderr, flush=True)
     os._exit(status)
-
-
-def read_pid(path: Path) -> int | None:
-    """Return the pid stored in ``path``, or None if it is missing or unreadable."""
-    return _read_int(path)
-
-
-def is_alive(pid: int) -> bool:
-    """Return whether ``pid`` runs (reaping it first if it is our own exited child)."""
-    with contextlib.suppress(ChildProcessError):
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_process(pid: int, *commands: bytes) -> bool:
-    """Return whether ``pid`` runs with one of ``commands`` in its command line (``\\0`` between arguments).
-
-    Where ``/proc`` is missing, whether it runs at all (the pid file is trusted). A zombie has an
-    empty command line, so it does not count.
-    """
-    if not is_alive(pid):
-        return False
-    try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return not Path("/proc/self").exists()
-    except OSError:
-        return True
-    return any(command in command_line for command in commands)
-
-
-def terminate(pid: int, *, timeout: float = 5.0, sig: signal.Signals | None = signal.SIGTERM) -> None:
-    """Send ``sig`` to ``pid`` (its process group if it leads one), wait ``timeout`` s, then SIGKILL it.
-
-    ``sig=None`` only waits (the signal was sent already) before the SIGKILL.
-    """
-    for signum in (sig, signal.SIGKILL):
-        if signum is not None:
-            with contextlib.suppress(ProcessLookupError):
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signum)
-                else:
-                    os.kill(pid, signum)
-        deadline = time.monotonic() + timeout
-        while is_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if not is_alive(pid):
-            return
 
 
 class PortTakenError(RuntimeError):
@@ -506,22 +452,6 @@ def _apply_env(env: dict[str, str]) -> None:
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (no-op where ``fcntl`` is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def server_status(*, home: Path | None = None, port: int | None = None) -> tuple[bool, str]:

@@ -43,11 +43,11 @@ from flows.server import (
     ensure_server,
     find_server,
     is_healthy,
-    read_pid,
     server_env,
     server_home,
     stop_server,
 )
+from flows.processes import read_pid
 from nodecore.checkpoints import load_checkpoint
 from tasks.faults import is_retryable
 from tests.flows._pipeline import tiny_argv
