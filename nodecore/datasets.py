@@ -35,8 +35,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from sklearn.datasets import make_circles, make_moons
-from sklearn.utils import check_random_state
 from torch import Tensor
 
 from nodecore._checks import choice, integer, number, positive
@@ -76,6 +74,8 @@ def _labels(sizes: Sequence[int]) -> np.ndarray:
 def _random_state(seed: Any) -> np.random.RandomState:
     """``RandomState(seed)``; NumPy's global generator (the one ``np.random.seed`` seeds) when ``seed`` is None."""
     if seed is None:
+        from sklearn.utils import check_random_state  # scikit-learn takes ~1 s to import: only when drawing
+
         return check_random_state(None)
     return np.random.RandomState(integer("seed (or None)", seed, minimum=0, maximum=_MAX_SEED))
 
@@ -94,12 +94,16 @@ def _shell(rng: np.random.RandomState, n: int, dim: int, r_low: float, r_high: f
 
 
 def _draw_moons(sizes: Sequence[int], rng: np.random.RandomState, *, noise: float) -> Arrays:
+    from sklearn.datasets import make_moons
+
     X, y = make_moons(n_samples=tuple(sizes), shuffle=False, noise=None)
     return X + rng.random_sample((len(X), 1)) * noise, y  # torchdyn's noise: u * noise along (1, 1)
 
 
 def _draw_circles(sizes: Sequence[int], rng: np.random.RandomState, *, noise: float, factor: float) -> Arrays:
     number("circles: factor", factor, minimum=0, maximum=1, open_max=True)
+    from sklearn.datasets import make_circles
+
     return make_circles(n_samples=tuple(sizes), shuffle=False, noise=noise, factor=factor, random_state=rng)
 
 
