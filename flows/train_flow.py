@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
 from tasks.grid import Cell, grid_cells, resolve_devices
-from flows.stages import Stages, resolve, resolve_cells
+from flows.stages import Stages, mark_cached, resolve, resolve_cells
 from tasks.cache import StageOutput
 from flows.cli import check_writable_folder
 from flows.dispatch import dispatch_cell, pool_and_device
@@ -65,7 +65,7 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         dataset=dataset, model=config.model, kind=kind, **stages.common) for kind in config.models}
     if config.run.executor == "threads":
         results = resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
-        resolve([dataset, *fields.values()])  # done already; marks them if they were cached
+        mark_cached([dataset, *fields.values()])
     elif config.run.executor == "dask":
         dataset_output, *field_outputs = resolve([dataset, *fields.values()])
         results = cells_flow.with_options(task_runner=_dask_runner(config))(

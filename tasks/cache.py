@@ -27,7 +27,8 @@ from typing import Any, Callable, Mapping
 
 from prefect import task
 from prefect.cache_policies import CachePolicy
-from pydantic import BaseModel, ConfigDict
+from prefect.serializers import Serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from nodecore.files import atomic_write, file_digest
 from tasks import signing
@@ -71,6 +72,18 @@ class StageOutput(BaseModel):
         except KeyError:
             raise KeyError(f"stage {self.stage!r} has no file {name!r}; it has {sorted(self.files)}") from None
         return confined(Path(root), relative)
+
+
+class StageOutputSerializer(Serializer):  # type: ignore[type-arg]
+    """Prefect serializer for stage results: JSON in and out, validated as a :class:`StageOutput`, never code."""
+
+    type: str = Field(default="nodecore-stage-output", frozen=True)
+
+    def dumps(self, obj: StageOutput) -> bytes:
+        return StageOutput.model_validate(obj).model_dump_json().encode()
+
+    def loads(self, blob: bytes) -> StageOutput:
+        return StageOutput.model_validate_json(blob)
 
 
 @dataclass(frozen=True)
@@ -222,8 +235,6 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
         run.__qualname__ = build.__qualname__
         run.__doc__ = build.__doc__
         run.__module__ = build.__module__
-        from tasks.records import StageOutputSerializer  # imports this module: only once it is loaded
-
         # Never Prefect's default pickle, even where no ManifestRecords storage is set (see tasks.records).
         options = {"name": stage, "persist_result": True, "result_serializer": StageOutputSerializer(),
                    **task_options}

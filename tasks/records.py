@@ -22,24 +22,11 @@ from typing import Any
 
 from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.filesystems import WritableFileSystem
-from prefect.serializers import Serializer
 from pydantic import Field
 
-from tasks.cache import MANIFEST, StageOutput, read_manifest
+from tasks.cache import MANIFEST, StageOutputSerializer, read_manifest
 
 _KEY = re.compile(r"^[0-9a-f]{24}$")
-
-
-class StageOutputSerializer(Serializer):  # type: ignore[type-arg]
-    """Prefect serializer for stage results: JSON in and out, validated as a :class:`StageOutput`, never code."""
-
-    type: str = Field(default="nodecore-stage-output", frozen=True)
-
-    def dumps(self, obj: StageOutput) -> bytes:
-        return StageOutput.model_validate(obj).model_dump_json().encode()
-
-    def loads(self, blob: bytes) -> StageOutput:
-        return StageOutput.model_validate_json(blob)
 
 
 class ManifestRecords(WritableFileSystem):

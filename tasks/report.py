@@ -78,10 +78,6 @@ def stage_index(cells: list[dict[str, StageOutput]]) -> list[dict[str, str]]:
             for cell in cells for output in cell.values()]
 
 
-def _format(value: Any) -> str:
-    return f"{value}" if isinstance(value, float) else str(value)
-
-
 def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows as the UI's table shows them: :data:`MARKDOWN_COLUMNS`, short headers, rounded."""
     return [{header: rounded(row)[column] for column, header in MARKDOWN_COLUMNS.items()} for row in rows]
@@ -90,7 +86,7 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table of :data:`MARKDOWN_COLUMNS`, rounded for reading."""
     lines = ["| " + " | ".join(MARKDOWN_COLUMNS.values()) + " |", "|" + "---|" * len(MARKDOWN_COLUMNS)]
-    lines += ["| " + " | ".join(_format(rounded(row)[c]) for c in MARKDOWN_COLUMNS) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(rounded(row)[c]) for c in MARKDOWN_COLUMNS) + " |" for row in rows]
     return "\n".join(lines)
 
 
