@@ -173,11 +173,20 @@ class VectorField(nn.Module):
         self.takes_time = _takes_time(vf)
         modules = vf.modules() if isinstance(vf, nn.Module) else ()
         self._depth_layers = [m for m in modules if isinstance(m, (DepthCat, DepthAware))]
-        self.nfe = 0
+        self._nfe = [0]
+
+    # A plain list behind a property: nn.Module's __setattr__ is measurable overhead at every evaluation.
+    @property
+    def nfe(self) -> int:
+        return self._nfe[0]
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self._nfe[0] = int(value)
 
     def forward(self, t: Time, x: Tensor) -> Tensor:
         """Evaluate ``dx/dt = f(t, x)``; ``x [..., D] -> [..., D]``."""
-        self.nfe += 1
+        self._nfe[0] += 1
         for layer in self._depth_layers:
             layer.t = t
         if self.takes_time:

@@ -15,11 +15,17 @@ from nodecore._shapes import explained_shapes
 from nodecore.adjoint import odeint_adjoint_flat
 from nodecore.errors import NonFiniteError, StabilityWarning, TooManyStepsError, translate_solver_assertion
 from nodecore.fields import Time, VectorField
+from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
+from nodecore.numerics.control import IntegralController
+from nodecore.numerics.integrate import integrate
+from nodecore.numerics.odeint import INTERPOLATORS
 from nodecore.solvers import Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
 Sensitivity = Literal["autograd", "adjoint"]
 SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
+# Who integrates: nodecore's own engine (nodecore.numerics) or torchdiffeq's odeint.
+BACKENDS: tuple[str, ...] = ("nodecore", "torchdiffeq")
 ORDERS: tuple[int, ...] = (1, 2)
 TSpan = Union[Tensor, Sequence[float]]
 
@@ -49,10 +55,12 @@ class _SolveFunc:
         max_steps: int,
         adaptive_forward: bool,
         adaptive_backward: bool,
+        count: bool = True,
     ) -> None:
         self.vf = vf
         self.counter = counter
-        self.phase: _PhaseCounts = counter.forward
+        # nodecore's engine counts evaluations itself; torchdiffeq's needs the field to.
+        self.phase: _PhaseCounts = counter.forward if count else _PhaseCounts()
         self.max_steps = int(max_steps)
         self._shape_checked = False
         # torchdiffeq warns about callbacks a solver cannot call, so only offer the ones it can.
@@ -64,7 +72,7 @@ class _SolveFunc:
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.phase.nfe += 1
         if self._shape_checked:
-            return self.vf(t, x)
+            return self._evaluate(t, x)
         return self._first_evaluation(t, x)
 
     def _first_evaluation(self, t: Tensor, x: Tensor) -> Tensor:
@@ -78,6 +86,10 @@ class _SolveFunc:
                 "for an augmented state, put an Augmenter before the NeuralODE"
             )
         self._shape_checked = True
+        # Later evaluations skip the wrapper module's call machinery unless someone hooked the wrapper.
+        wrapper = self.vf
+        hooked = wrapper._forward_hooks or wrapper._forward_pre_hooks or nn.modules.module._global_forward_hooks
+        self._evaluate = wrapper if hooked else wrapper.forward
         return dx
 
     def _attempt(self, phase: _PhaseCounts, name: str) -> None:
@@ -158,7 +170,10 @@ class NeuralODE(nn.Module):
             ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps).
         solver_adjoint: solver for the adjoint solve; the forward solver when None.
         atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
-        interpolator, integral_loss: torchdyn options nodecore does not implement; only None is accepted.
+        interpolator: None (default) steps onto every point of ``t_span``, so each is as accurate as a step
+            end (torchdyn's behaviour); ``'dense'`` (or torchdyn's ``'4th'``) lets adaptive solvers step freely
+            and read inner points off their dense output: fewer steps for a dense ``t_span``.
+        integral_loss: torchdyn's running loss; not implemented yet, only None is accepted.
         seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
             control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on
             (torchdyn's default is off).
@@ -170,6 +185,9 @@ class NeuralODE(nn.Module):
         max_steps: cap on steps per solve (forward and backward each); exceeding it raises
             :class:`~nodecore.errors.TooManyStepsError` instead of looping for ever.
         t_span: the default depths ``[T]`` of ``forward(x)``, stored as ``model.t_span``; None means ``[0, 1]``.
+        backend: ``'nodecore'`` (default) integrates with nodecore's own engine (:mod:`nodecore.numerics`);
+            ``'torchdiffeq'`` with torchdiffeq's ``odeint`` (there ``'rk4'`` is the 3/8 rule and ``'dopri8'``
+            torchdiffeq's own 8th-order pair). A ``t_span`` that requires grad always uses torchdiffeq.
 
     Attributes:
         t_span: the depths ``forward(x)`` integrates over when called without ``t_span``; assign to it (as
@@ -191,7 +209,7 @@ class NeuralODE(nn.Module):
         solver_adjoint: str | None = None,
         atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
-        interpolator: None = None,
+        interpolator: str | None = None,
         integral_loss: None = None,
         seminorm: bool = True,
         return_t_eval: bool = True,
@@ -200,18 +218,22 @@ class NeuralODE(nn.Module):
         step_size: float | None = None,
         max_steps: int = DEFAULT_MAX_STEPS,
         t_span: TSpan | None = None,
+        backend: str = "nodecore",
     ) -> None:
         super().__init__()
         order = choice("order", order, ORDERS)
         sensitivity = choice("sensitivity", sensitivity, SENSITIVITIES, plural="sensitivities")
         max_steps = integer("max_steps", max_steps, minimum=1)
         return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
-        for name, value in (("interpolator", interpolator), ("integral_loss", integral_loss)):
-            if value is not None:
-                raise NotImplementedError(
-                    f"{name}={value!r} is a torchdyn option nodecore does not implement; pass {name}=None "
-                    "(adaptive solvers already return the solution at every point of t_span)"
-                )
+        self.backend = choice("backend", backend, BACKENDS)
+        if interpolator is not None:
+            choice("interpolator", interpolator, INTERPOLATORS)
+        self.interpolator = interpolator
+        if integral_loss is not None:
+            raise NotImplementedError(
+                f"integral_loss={integral_loss!r} is a torchdyn option nodecore does not implement yet; pass "
+                "integral_loss=None and add the running loss to the state instead"
+            )
         extra_params = _optimizable_params(optimizable_params)
         if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module) and not extra_params:
             raise TypeError(
@@ -227,6 +249,7 @@ class NeuralODE(nn.Module):
             self.vf.register_parameter(f"optimizable_parameter_{k}", param)
         self.solver = get_solver(solver)
         self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
+        self._stepper, self._stepper_adjoint = self.solver.build(), self.solver_adjoint.build()
         self.sensitivity = sensitivity
         self.atol, self.rtol = positive("atol", atol), positive("rtol", rtol)
         self.atol_adjoint = positive("atol_adjoint", atol_adjoint)
@@ -258,6 +281,8 @@ class NeuralODE(nn.Module):
             "order": self.order,
             "return_t_eval": self.return_t_eval,
             "t_span": None if self.t_span is None else torch.as_tensor(self.t_span).tolist(),
+            "interpolator": self.interpolator,
+            "backend": self.backend,
         }
 
     @property
@@ -308,18 +333,25 @@ class NeuralODE(nn.Module):
         keep = None if _is_empty(save_at) else _save_at_indices(save_at, t_span)
         counter = StepCounter()
         self._counter = counter
+        # Gradients with respect to t_span need torchdiffeq: nodecore's engine keeps times on the host.
+        backend = "torchdiffeq" if t_span.requires_grad else self.backend
         func = _SolveFunc(
             self.vf,
             counter,
             max_steps=self.max_steps,
             adaptive_forward=self.solver.adaptive,
             adaptive_backward=self.solver_adjoint.adaptive,
+            count=backend == "torchdiffeq",
         )
         try:
-            trajectory = self._integrate(func, x, t_span)
+            if backend == "nodecore":
+                trajectory = self._integrate_nodecore(func, counter, x, t_span)
+            else:
+                trajectory = self._integrate(func, x, t_span)
         except AssertionError as err:  # torchdiffeq signals solve failures with assertions
             raise translate_solver_assertion(err) from err
-        func.phase = counter.backward  # any later evaluation belongs to the backward pass
+        if backend == "torchdiffeq":
+            func.phase = counter.backward  # any later evaluation belongs to the backward pass
         # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
         # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf, or on a
         # finite but exploded state.
@@ -359,6 +391,25 @@ class NeuralODE(nn.Module):
     def trajectory(self, x: Tensor, t_span: TSpan | None = None) -> Tensor:
         """The states only: ``trajectory [T, *x.shape]``, whatever ``return_t_eval`` is."""
         return self.solve(x, t_span)[1]
+
+    def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor) -> Tensor:
+        times = t_span.tolist()
+        controller = IntegralController()
+
+        def solve(x0: Tensor) -> Tensor:
+            return torch.stack(integrate(
+                func, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=controller,
+                counts=counter.forward, max_steps=self.max_steps, interpolate=self.interpolator is not None,
+                step_size=self.step_size, label="forward",
+            ))
+
+        if self.sensitivity == "autograd":
+            return solve(x)
+        backward = BackwardSolve(
+            solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=controller,
+            counts=counter.backward, max_steps=self.max_steps, step_size=self.step_size, seminorm=self.seminorm,
+        )
+        return odeint_adjoint(func, x, times, solve=solve, params=tuple(self.vf.parameters()), backward=backward)
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
         options = _solver_options(self.solver, self.step_size, t_span)

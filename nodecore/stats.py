@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nodecore.numerics.stats import StepCounts as _PhaseCounts
+
 
 @dataclass(frozen=True)
 class SolveStats:
@@ -19,17 +21,6 @@ class SolveStats:
     rejected_forward: int = 0
     steps_backward: int = 0
     rejected_backward: int = 0
-
-
-@dataclass
-class _PhaseCounts:
-    nfe: int = 0
-    attempts: int = 0
-    rejected: int = 0
-
-    @property
-    def steps(self) -> int:
-        return self.attempts - self.rejected
 
 
 @dataclass

@@ -1,84 +1,47 @@
-"""Tsitouras' 5(4) Runge–Kutta pair as a torchdiffeq solver.
+"""Tsitouras' 5(4) pair as a torchdiffeq solver, for ``backend='torchdiffeq'``.
 
-The released torchdiffeq has no ``tsit5`` (torchdyn's default solver); this module supplies it on top of
-torchdiffeq's adaptive Runge–Kutta machinery, so step-size control, dense output, callbacks and the
-adjoint all work unchanged. Coefficients: Ch. Tsitouras, "Runge–Kutta pairs of order 5(4) satisfying
-only the first column simplifying assumption", Comput. Math. Appl. 62 (2011) 770–775.
+The released torchdiffeq has no ``tsit5`` (torchdyn's default solver). This module builds one on torchdiffeq's
+adaptive Runge–Kutta machinery from the tableau nodecore's own engine uses
+(:data:`nodecore.numerics.tableaus.TSITOURAS45`), and registers it under a private key.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver, _ButcherTableau
 
+from nodecore.numerics.tableaus import TSITOURAS45
 
-def _t(values: list[float]) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float64)
+TORCHDIFFEQ_KEY = "nodecore_tsit5"
 
 
-_B_SOL = [
-    0.09646076681806522951816731316512876333711995238157997181903319145764851595234062815396,
-    0.01,
-    0.4798896504144995747752495322905965199130404621990332488332634944254542060153074523509,
-    1.379008574103741893192274821856872770756462643091360525934940067397245698027561293331,
-    -3.290069515436080679901047585711363850115683290894936158531296799594813811049925401677,
-    2.324710524099773982415355918398765796109060233222962411944060046314465391054716027841,
-    0.0,
-]
-# The embedded 4th-order weights.
-_B_HAT = [
-    0.09468075576583945807478876255758922856117527357724631226139574065785592789071067303271,
-    0.009183565540343253096776363936645313759813746240984095238905939532922955247253608687270,
-    0.4877705284247615707855642599631228241516691959761363774365216240304071651579571959813,
-    1.234297566930478985655109673884237654035539930748192848315425833500484878378061439761,
-    -2.707712349983525454881109975059321670689605166938197378763992255714444407154902012702,
-    1.866628418170587035753719399566211498666255505244122593996591602841258328965767580089,
-    1 / 66,
-]
+def _t(values) -> torch.Tensor:
+    return torch.tensor(list(values), dtype=torch.float64)
+
+
+def dense_output_weights(theta: float) -> list[float]:
+    """Weights ``b_i(θ)`` of Tsitouras' interpolant: ``y(t0 + θh) = y0 + h Σ b_i k_i``."""
+    return [sum(c * theta ** (j + 1) for j, c in enumerate(row)) for row in TSITOURAS45.dense]
+
 
 TSIT5_TABLEAU = _ButcherTableau(
-    alpha=_t([0.161, 0.327, 0.9, 0.9800255409045096857298102862870245954942137979563024768854764293221195950761080302604, 1.0, 1.0]),
-    beta=[
-        _t([0.161]),
-        _t([-0.008480655492356988544426874250230774675121177393430391537369234245294192976164141156943,
-            0.3354806554923569885444268742502307746751211773934303915373692342452941929761641411569]),
-        _t([2.897153057105493432130432594192938764924887287701866490314866693455023795137503079289,
-            -6.359448489975074843148159912383825625952700647415626703305928850207288721235210244366,
-            4.362295432869581411017727318190886861027813359713760212991062156752264926097707165077]),
-        _t([5.325864828439256604428877920840511317836476253097040101202360397727981648835607691791,
-            -11.74888356406282787774717033978577296188744178259862899288666928009020615663593781589,
-            7.495539342889836208304604784564358155658679161518186721010132816213648793440552049753,
-            -0.09249506636175524925650207933207191611349983406029535244034750452930469056411389539635]),
-        _t([5.861455442946420028659251486982647890394337666164814434818157239052507339770711679748,
-            -12.92096931784710929170611868178335939541780751955743459166312250439928519268343184452,
-            8.159367898576158643180400794539253485181918321135053305748355423955009222648673734986,
-            -0.07158497328140099722453054252582973869127213147363544882721139659546372402303777878835,
-            -0.02826905039406838290900305721271224146717633626879770007617876201276764571291579142206]),
-        _t(_B_SOL[:6]),
-    ],
-    c_sol=_t(_B_SOL),
-    c_error=_t([b - b_hat for b, b_hat in zip(_B_SOL, _B_HAT)]),
+    alpha=_t(TSITOURAS45.c[1:]),
+    beta=[_t(row) for row in TSITOURAS45.a[1:]],
+    c_sol=_t(TSITOURAS45.b),
+    c_error=_t(TSITOURAS45.b_error),
 )
 
 
-def _dense_output_weights(theta: float) -> list[float]:
-    """Weights b_i(theta) of Tsitouras' continuous extension: y(t0 + theta*h) = y0 + h * sum b_i k_i."""
-    t = theta
-    return [
-        -1.0530884977290216 * t * (t - 1.3299890189751412) * (t**2 - 1.4364028541716351 * t + 0.7139816917074209),
-        0.1017 * t**2 * (t**2 - 2.1966568338249754 * t + 1.2949852507374631),
-        2.490627285651252793 * t**2 * (t**2 - 2.38535645472061657 * t + 1.57803468208092486),
-        -16.54810288924490272 * (t - 1.21712927295533244) * (t - 0.61620406037800089) * t**2,
-        47.37952196281928122 * (t - 1.203071208372362603) * (t - 0.658047292653547382) * t**2,
-        -34.87065786149660974 * (t - 1.2) * (t - 0.666666666666666667) * t**2,
-        2.5 * (t - 1) * (t - 0.6) * t**2,
-    ]
-
-
 class Tsit5Solver(RKAdaptiveStepsizeODESolver):
-    """Tsit5: 7 stages, first-same-as-last, order 5 with an embedded order-4 error estimate."""
+    """Tsit5 for torchdiffeq: 7 stages, first-same-as-last, order 5 with an embedded order-4 error estimate."""
 
     order = 5
     tableau = TSIT5_TABLEAU
     # torchdiffeq fits its quartic dense output through the midpoint value y(t0 + h/2).
-    mid = _t(_dense_output_weights(0.5))
+    mid = _t(dense_output_weights(0.5))
+
+
+# torchdiffeq._impl exports a function named odeint that shadows its module of the same name.
+importlib.import_module("torchdiffeq._impl.odeint").SOLVERS.setdefault(TORCHDIFFEQ_KEY, Tsit5Solver)

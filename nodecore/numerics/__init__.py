@@ -1,0 +1,29 @@
+"""nodecore's ODE engine: Runge–Kutta tableaus, solver objects, step-size control, one stepping loop, ``odeint``.
+
+The lowest layer of the library: plain torch, importing nothing else from nodecore but its errors and checks.
+"""
+
+from nodecore.numerics.control import IntegralController, PIController, initial_step
+from nodecore.numerics.odeint import INTERPOLATORS, odeint
+from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
+from nodecore.numerics.solvers import (
+    AdaptiveHeun,
+    BogackiShampine32,
+    DormandPrince45,
+    DormandPrince853,
+    Euler,
+    Midpoint,
+    RungeKutta,
+    RungeKutta4,
+    RungeKutta38,
+    Tsitouras45,
+)
+from nodecore.numerics.stats import StepCounts
+from nodecore.numerics.tableaus import ButcherTableau
+
+__all__ = [
+    "ALIASES", "AdaptiveHeun", "BogackiShampine32", "ButcherTableau", "DormandPrince45", "DormandPrince853", "Euler",
+    "INTERPOLATORS", "IntegralController", "Midpoint", "PIController", "RungeKutta", "RungeKutta38", "RungeKutta4",
+    "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver", "initial_step", "odeint",
+    "solver_object",
+]

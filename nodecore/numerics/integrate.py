@@ -1,0 +1,191 @@
+"""The stepping loop, written once for every Runge–Kutta solver.
+
+Times and step sizes live on the host as Python floats; the only host–device synchronisation per step is
+reading the error ratio that accept/reject needs (none at all for constant steps). Output at the requested
+times comes either from stepping onto each of them or from the solver's dense output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from nodecore.errors import StepSizeUnderflowError, TooManyStepsError
+from nodecore.numerics.control import PIController, initial_step
+from nodecore.numerics.solvers import RungeKutta, Workspace
+from nodecore.numerics.stats import StepCounts
+
+Field = Callable[[Tensor, Tensor], Tensor]
+_EPS = 2.0**-52
+
+
+def integrate(
+    f: Field,
+    x: Tensor,
+    times: list[float],
+    solver: RungeKutta,
+    *,
+    atol: float,
+    rtol: float,
+    controller: PIController,
+    counts: StepCounts,
+    max_steps: int,
+    interpolate: bool = False,
+    step_size: float | None = None,
+    first_step: float | None = None,
+    error_size: int | None = None,
+    all_steps: list[tuple[float, Tensor]] | None = None,
+    label: str = "",
+) -> list[Tensor]:
+    """Solve ``dx/dt = f(t, x)`` from ``x`` at ``times[0]`` and return the state at every point of ``times``.
+
+    Args:
+        times: strictly monotonic output times (decreasing for a backward solve), as floats.
+        counts: incremented in place (evaluations, attempts, rejections).
+        interpolate: adaptive solvers with dense output step freely and interpolate at inner ``times``
+            (fewer steps when ``times`` is dense); otherwise every point of ``times`` is stepped onto.
+        step_size: constant steps of this size (the last one in each interval shortened to land on the
+            next time); an adaptive solver then takes them without error control.
+        first_step: the first adaptive step; Hairer's estimate when None.
+        error_size: error control looks at the first ``error_size`` entries of the flat state only.
+        all_steps: when given, ``(t, state)`` of every accepted step is appended to it.
+        label: names the solve in error messages (``'forward'``: "the forward solve exceeded ...").
+
+    Returns:
+        the states at ``times``, ``[x, x(times[1]), ...]``.
+
+    Raises:
+        TooManyStepsError, StepSizeUnderflowError: the solve could not finish; the message says where.
+    """
+    name = f"the {label} solve" if label else "the solve"
+    ws = None if torch.is_grad_enabled() else solver.workspace(x)
+    try:
+        if not solver.adaptive or step_size is not None:
+            return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws)
+        return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
+                               max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
+                               first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws)
+    finally:
+        if ws is not None:
+            ws.busy = False
+
+
+def _count_attempt(counts: StepCounts, max_steps: int, t: float, h: float, name: str) -> None:
+    counts.attempts += 1
+    if counts.attempts > max_steps:
+        raise TooManyStepsError(
+            f"{name} exceeded max_steps={max_steps} at t={t:.6g} (step size {abs(h):.3g}): the dynamics may be "
+            "stiff or the tolerances too tight; loosen atol/rtol, use a fixed-step solver, or raise max_steps"
+        )
+
+
+def _kept(state: Tensor, ws: Workspace | None) -> Tensor:
+    """A state to return: workspace storage is reused, so it is copied out."""
+    return state if ws is None else state.clone()
+
+
+def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
+                    counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
+                    ws: Workspace | None) -> list[Tensor]:
+    out, y, k0 = [x], x, None
+    for t_start, t_end in zip(times[:-1], times[1:]):
+        span = t_end - t_start
+        n = 1 if step_size is None else max(1, math.ceil(abs(span) / step_size - 1e-9))
+        h = span / n
+        t = t_start
+        for i in range(n):
+            _count_attempt(counts, max_steps, t, h, name)
+            attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
+            t = t_end if i == n - 1 else t_start + (i + 1) * h
+            y, k0 = attempt.y1, attempt.last
+            if ws is not None:
+                ws.swap()
+            if all_steps is not None:
+                all_steps.append((t, _kept(y, ws)))
+        out.append(_kept(y, ws))
+    return out
+
+
+def _adaptive_steps(
+    f: Field,
+    x: Tensor,
+    times: list[float],
+    solver: RungeKutta,
+    *,
+    atol: float,
+    rtol: float,
+    controller: PIController,
+    counts: StepCounts,
+    max_steps: int,
+    interpolate: bool,
+    first_step: float | None,
+    error_size: int | None,
+    all_steps: list | None,
+    name: str,
+    ws: Workspace | None,
+) -> list[Tensor]:
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    t, y = times[0], x
+    k0 = f(torch.as_tensor(t, dtype=x.dtype, device=x.device), y)
+    counts.nfe += 1
+    if first_step is None:
+        h = initial_step(f, t, y, k0, solver.order, atol, rtol, direction, error_size)
+        counts.nfe += 1
+    else:
+        h = direction * abs(first_step)
+    h = math.copysign(min(max(abs(h), controller.min_step), controller.max_step), direction)
+    out, j, n_times = [x], 1, len(times)
+    exponent, previous_ratio = solver.error_exponent, 1.0
+    while j < n_times:
+        target = times[-1] if interpolate else times[j]
+        remaining = target - t
+        landing = direction * (h - remaining) >= -4 * _EPS * max(abs(t), abs(target))
+        h_try = remaining if landing else h
+        _count_attempt(counts, max_steps, t, h_try, name)
+        attempt = solver.attempt(f, y, t, h_try, k0, counts, atol=atol, rtol=rtol, error_size=error_size,
+                                 workspace=ws)
+        ratio = attempt.error_ratio  # the one host sync per step
+        accepted = controller.accepts(h_try, ratio)
+        if accepted:
+            t_new = target if landing else t + h_try
+            if interpolate:
+                j = _emit_interpolated(f, solver, out, times, j, t, h_try, t_new, y, attempt, counts, direction, ws)
+            elif landing:
+                out.append(_kept(attempt.y1, ws))
+                j += 1
+            t, y, k0 = t_new, attempt.y1, attempt.last
+            previous_ratio = ratio
+            if ws is not None:
+                ws.swap()
+            if all_steps is not None:
+                all_steps.append((t, _kept(y, ws)))
+        else:
+            counts.rejected += 1
+        h = controller.next_step(h_try, ratio, previous_ratio, exponent, accepted)
+        if abs(h) <= 16 * _EPS * max(abs(t), 1e-300) or h == 0.0:
+            cause = "the field returned NaN or Inf" if not math.isfinite(ratio) else "the dynamics are too stiff"
+            raise StepSizeUnderflowError(
+                f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} ({cause}); check the field and "
+                "inputs, loosen atol/rtol, or use a fixed-step solver"
+            )
+    return out
+
+
+def _emit_interpolated(f: Field, solver: RungeKutta, out: list[Tensor], times: list[float], j: int, t: float,
+                       h: float, t_new: float, y: Tensor, attempt, counts: StepCounts, direction: float,
+                       ws: Workspace | None) -> int:
+    """Append the dense-output states of every ``times[j:]`` inside the accepted step ``[t, t_new]``."""
+    inner: list[float] = []
+    k = j
+    while k < len(times) and direction * (times[k] - t_new) < 0:
+        inner.append((times[k] - t) / h)
+        k += 1
+    if inner:
+        out.extend(solver.interpolate(f, y, t, h, attempt.stages, inner, counts))
+    if k < len(times) and times[k] == t_new:
+        out.append(_kept(attempt.y1, ws))
+        k += 1
+    return k

@@ -1,0 +1,130 @@
+"""``odeint``: torchdyn's functional API on nodecore's own engine."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from nodecore._checks import choice, integer, positive
+from nodecore.numerics.control import IntegralController, PIController
+from nodecore.numerics.integrate import integrate
+from nodecore.numerics.registry import solver_object
+from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.stats import StepCounts
+
+TSpan = Union[Tensor, Sequence[float]]
+# torchdyn's interpolator names; every one means "the solver's own dense output".
+INTERPOLATORS: tuple[str, ...] = ("4th", "dense")
+DEFAULT_MAX_STEPS = 10_000
+
+
+def odeint(
+    f: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t_span: TSpan,
+    solver: str | RungeKutta = "tsit5",
+    atol: float = 1e-3,
+    rtol: float = 1e-3,
+    t_stops: None = None,
+    verbose: bool = False,
+    interpolator: str | None = None,
+    return_all_eval: bool = False,
+    save_at: TSpan = (),
+    args: Mapping[str, object] | None = None,
+    seminorm: tuple[bool, int | None] = (False, None),
+    *,
+    controller: PIController | None = None,
+    step_size: float | None = None,
+    first_step: float | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    return_stats: bool = False,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, StepCounts]:
+    """Solve ``dx/dt = f(t, x)`` from ``x`` at ``t_span[0]`` and return ``(t_eval, solution)``.
+
+    The arguments up to ``seminorm`` are torchdyn's, in its order; the rest are nodecore's. Differentiable by
+    autograd (backpropagation through the steps); for the adjoint use ``NeuralODE(..., sensitivity='adjoint')``.
+
+    Output points: by default (``interpolator=None``) every point of ``t_span`` is stepped onto, so each is
+    as accurate as a step end (torchdyn's behaviour). With ``interpolator='dense'`` (or torchdyn's ``'4th'``)
+    adaptive solvers step freely and read inner points off their dense output: far fewer steps when
+    ``t_span`` is dense, at the interpolant's accuracy (order 4 for dopri5/tsit5, 3 for bosh3, 7 for dopri8).
+
+    Args:
+        f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor.
+        x: initial state, any shape.
+        t_span: ``[T]`` strictly monotonic times (decreasing: a backward solve).
+        solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object.
+        atol, rtol: tolerances of adaptive solvers.
+        t_stops, verbose, args: torchdyn options; ``t_stops`` and non-empty ``args`` are not supported.
+        interpolator: None, ``'dense'`` or ``'4th'``.
+        return_all_eval: also return the state at every accepted step (then ``t_eval`` lists those times).
+        save_at: points of ``t_span`` to return (all when empty).
+        seminorm: ``(True, n)`` measures the error on the first ``n`` entries of the flat state only.
+        controller: step-size control (default :class:`IntegralController`); its ``min_step``/``max_step``
+            bound the steps.
+        step_size: constant steps (adaptive solvers then skip error control).
+        first_step: first adaptive step (Hairer's estimate when None).
+        max_steps: raise :class:`~nodecore.errors.TooManyStepsError` beyond this many step attempts.
+        return_stats: also return the :class:`~nodecore.numerics.stats.StepCounts`.
+
+    Raises:
+        ValueError: a bad ``t_span``, solver, tolerance or option, naming the value and the valid ones.
+        NotImplementedError: ``t_stops`` or ``args``.
+        TooManyStepsError, StepSizeUnderflowError: the solve could not finish.
+    """
+    if t_stops is not None:
+        raise NotImplementedError("t_stops is not supported; put the stop times into t_span instead")
+    if args:
+        raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the field instead")
+    if interpolator is not None:
+        choice("interpolator", interpolator, INTERPOLATORS)
+    solver = solver_object(solver)
+    t_span = _checked_t_span(t_span, x)
+    keep = _save_at(save_at, t_span)
+    counts = StepCounts()
+    error_size = int(seminorm[1]) if seminorm[0] and seminorm[1] is not None else None
+    all_steps: list | None = [] if return_all_eval else None
+    times = t_span.tolist()
+    states = integrate(
+        f, x, times, solver,
+        atol=positive("atol", atol), rtol=positive("rtol", rtol),
+        controller=controller or IntegralController(), counts=counts,
+        max_steps=integer("max_steps", max_steps, minimum=1), interpolate=interpolator is not None,
+        step_size=None if step_size is None else positive("step_size", step_size),
+        first_step=first_step, error_size=error_size, all_steps=all_steps,
+    )
+    if return_all_eval:
+        t_eval = torch.tensor([times[0]] + [t for t, _ in all_steps], dtype=t_span.dtype, device=t_span.device)
+        solution = torch.stack([x] + [s for _, s in all_steps])
+    else:
+        t_eval, solution = t_span, torch.stack(states)
+        if keep is not None:
+            t_eval, solution = t_eval[keep], solution[keep]
+    return (t_eval, solution, counts) if return_stats else (t_eval, solution)
+
+
+def _checked_t_span(t_span: TSpan, x: Tensor) -> Tensor:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    t = torch.as_tensor(t_span, dtype=x.dtype, device=x.device) if not isinstance(t_span, Tensor) else t_span
+    if t.ndim != 1 or t.numel() < 2:
+        raise ValueError(f"t_span must be 1-D with at least 2 times, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"t_span must be finite, got {t.tolist()}")
+    steps = t.diff()
+    if not ((steps > 0).all() or (steps < 0).all()):
+        raise ValueError(f"t_span must be strictly increasing or strictly decreasing, got {t.tolist()}")
+    return t
+
+
+def _save_at(save_at: TSpan, t_span: Tensor) -> Tensor | None:
+    points = torch.as_tensor(save_at, dtype=t_span.dtype, device=t_span.device)
+    if points.numel() == 0:
+        return None
+    matches = torch.isclose(points.reshape(-1)[:, None], t_span[None, :])
+    if not bool((matches.sum(dim=1) == 1).all()):
+        raise ValueError(f"every point of save_at must be a point of t_span: save_at={points.tolist()}, "
+                         f"t_span={t_span.tolist()}")
+    return matches.to(torch.uint8).argmax(dim=1)

@@ -1,0 +1,399 @@
+"""Runge–Kutta solvers as objects: a tableau plus a tiny class, stepped by one loop (:mod:`.integrate`).
+
+Every solver takes one step with :meth:`RungeKutta.step` (torchdyn's signature, public for hypersolvers and
+multiple shooting). The loop uses the faster internal methods below, which combine all earlier stages of a
+Runge–Kutta stage in a single fused ``addmv`` and keep the tableau's tensors cached per dtype and device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+from nodecore.numerics import tableaus
+from nodecore.numerics.stats import StepCounts
+from nodecore.numerics.tableaus import ButcherTableau
+
+Field = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class _Coefficients:
+    """A tableau's numbers as tensors of one dtype and device, built once."""
+
+    c: Tensor  # [s]
+    a: list[Tensor]  # a[i]: [i]
+    b: Tensor  # [s]
+    b_error: Tensor | None  # [s]
+    dense: Tensor | None  # [s + extra, p]
+    extra_c: list[float]
+    extra_a: list[Tensor]
+    error3: Tensor | None = None  # DOP853's 3rd-order estimator
+
+
+@dataclass
+class Attempt:
+    """One tried step: its end state, all stage derivatives and (adaptive solvers) its scaled error.
+
+    Attributes:
+        y1: the state at ``t + h``.
+        stages: ``[s, N]`` stage derivatives, flattened (in no-grad mode a buffer the next attempt reuses).
+        error_norm: 0-dim tensor; times ``error_factor`` it is the error ratio, the RMS of the error over
+            ``atol + rtol * max(|y0|, |y1|)`` (None: no error estimate). Kept apart so that the one host
+            sync per step reads a finished tensor and the last multiplication happens on the host.
+        error_factor: ``|h| / sqrt(n)``, ``n`` the number of entries measured.
+        last: the derivative at ``(t + h, y1)`` when the method is first-same-as-last, else None.
+    """
+
+    y1: Tensor
+    stages: Tensor
+    error_norm: Tensor | None
+    last: Tensor | None
+    error_factor: float = 0.0
+
+    @property
+    def error_ratio(self) -> float:
+        """The error ratio as a float (a host sync); the step is accepted when it is at most 1."""
+        return float(self.error_norm) * self.error_factor
+
+
+class Workspace:
+    """Preallocated storage of one no-grad solve, double-buffered.
+
+    Each buffer holds the ``s`` stage derivatives ``[s, N]`` and the stage inputs (plus the non-FSAL end state)
+    ``[s + 1, N]``, with the views every stage needs made once. The loop swaps buffers when it accepts a step,
+    so the accepted step's state and stages stay intact while the next step is tried.
+    """
+
+    def __init__(self, stages: int, like: Tensor) -> None:
+        n, shape = like.numel(), like.shape
+        self.stages = [torch.empty(stages, n, dtype=like.dtype, device=like.device) for _ in range(2)]
+        states = [torch.empty(stages + 1, n, dtype=like.dtype, device=like.device) for _ in range(2)]
+        self.rows = [[K[i] for i in range(stages)] for K in self.stages]
+        self.shaped_rows = [[K[i].view(shape) for i in range(stages)] for K in self.stages]
+        # The stage times, as 0-dim views of one buffer rewritten at every attempt: a field that keeps ``t``
+        # beyond its call must copy it (no-grad solves only; with a graph every time is a fresh tensor).
+        self.times = torch.empty(stages, dtype=like.dtype, device=like.device)
+        self.time_views = list(self.times.unbind())
+        # mats[i]: [N, i] view of the first i stage rows; mats[stages]: all of them.
+        self.mats = [[K[:i].t() for i in range(stages + 1)] for K in self.stages]
+        self.flat_inputs = [[Y[i] for i in range(stages + 1)] for Y in states]
+        self.inputs = [[Y[i].view(shape) for i in range(stages + 1)] for Y in states]
+        self.current = 0
+        self.busy = False
+
+    def swap(self) -> None:
+        self.current ^= 1
+
+
+class RungeKutta:
+    """An explicit Runge–Kutta method given by :attr:`tableau`.
+
+    Args:
+        dtype: accepted for torchdyn compatibility (``Euler(dtype=torch.float64)``); the coefficients follow
+            the state's dtype and device in any case.
+    """
+
+    tableau: ClassVar[ButcherTableau]
+
+    def __init__(self, dtype: torch.dtype | None = None) -> None:
+        self.dtype = dtype
+        self._cache: dict[tuple[torch.dtype, torch.device], _Coefficients] = {}
+        self._workspaces: dict[tuple, Workspace] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # --- what the method is -----------------------------------------------------------------------------
+    @property
+    def order(self) -> int:
+        return self.tableau.order
+
+    @property
+    def adaptive(self) -> bool:
+        return self.tableau.adaptive
+
+    @property
+    def stepping_class(self) -> str:
+        """torchdyn's name for the kind: ``'adaptive'`` or ``'fixed'``."""
+        return "adaptive" if self.adaptive else "fixed"
+
+    @property
+    def error_exponent(self) -> float:
+        """The step-size controller's exponent ``1 / (q + 1)``, ``q`` the embedded method's order."""
+        return 1.0 / ((self.tableau.error_order or self.tableau.order) + 1)
+
+    @property
+    def has_dense_output(self) -> bool:
+        return self.tableau.dense is not None
+
+    def coefficients(self, like: Tensor) -> _Coefficients:
+        """The tableau as tensors of ``like``'s dtype and device (cached)."""
+        key = (like.dtype, like.device)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = self._build(like)
+        return found
+
+    def _build(self, like: Tensor) -> _Coefficients:
+        tb = self.tableau
+
+        def vec(values: tuple[float, ...]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64).to(like.dtype).to(like.device)
+
+        return _Coefficients(
+            c=vec(tb.c),
+            a=[vec(row) for row in tb.a],
+            b=vec(tb.b),
+            b_error=None if tb.b_error is None else vec(tb.b_error),
+            dense=None if tb.dense is None else torch.tensor(tb.dense, dtype=torch.float64).to(like.dtype).to(like.device),
+            extra_c=list(tb.extra_c),
+            extra_a=[vec(row) for row in tb.extra_a],
+        )
+
+    def workspace(self, like: Tensor) -> Workspace:
+        """A free workspace for a no-grad solve of states like ``like``, kept for the next solve (mark it
+        ``busy`` while in use; a nested solve of the same shape gets a fresh one)."""
+        key = (like.shape, like.dtype, like.device)
+        ws = self._workspaces.get(key)
+        if ws is None or ws.busy:
+            ws = Workspace(self.tableau.stages, like)
+            if len(self._workspaces) < 8:
+                self._workspaces.setdefault(key, ws)
+        ws.busy = True
+        ws.current = 0
+        return ws
+
+    # --- one step, torchdyn's public signature --------------------------------------------------------------
+    def step(
+        self, f: Field, x: Tensor, t: Tensor | float, dt: Tensor | float, k1: Tensor | None = None, args: object = None
+    ) -> tuple:
+        """One step of size ``dt`` from ``(t, x)``.
+
+        Returns torchdyn's tuples: ``(None, x_new, None)`` for fixed-step methods and
+        ``(f_new, x_new, x_err, stages)`` for adaptive ones, ``x_err`` the unscaled error estimate and
+        ``f_new`` the derivative at the new point (None unless first-same-as-last).
+        """
+        h = float(dt)
+        attempt = self.attempt(f, x, float(t), h, k1, StepCounts(), need_error=False)
+        if not self.adaptive:
+            return None, attempt.y1, None
+        co = self.coefficients(x)
+        err = (h * torch.mv(attempt.stages.t(), co.b_error)).view_as(x)  # the embedded estimate, unscaled
+        return attempt.last, attempt.y1, err, attempt.stages
+
+    # --- the fast internals the loop uses -------------------------------------------------------------------
+    def attempt(
+        self,
+        f: Field,
+        y: Tensor,
+        t: float,
+        h: float,
+        k0: Tensor | None,
+        counts: StepCounts,
+        *,
+        need_error: bool = True,
+        atol: float = 0.0,
+        rtol: float = 0.0,
+        error_size: int | None = None,
+        workspace: Workspace | None = None,
+    ) -> Attempt:
+        """Evaluate all stages of one step of size ``h`` from ``(t, y)`` and, if asked, its error ratio.
+
+        Args:
+            k0: ``f(t, y)`` when already known (first-same-as-last), else None.
+            error_size: measure the error on the first ``error_size`` entries of the flat state only (the
+                adjoint's seminorm); all of it when None.
+            workspace: preallocated stage storage for no-grad solves (then ``y1`` and ``last`` live in it
+                until the workspace is swapped twice); None builds a graph-friendly step.
+        """
+        co = self.coefficients(y)
+        if workspace is not None:
+            return self._attempt_in(workspace, co, f, y, t, h, k0, counts, need_error, atol, rtol, error_size)
+        shape, flat = y.shape, y.reshape(-1)
+        times = co.c.mul(h).add_(t).unbind()
+        stages: list[Tensor] = []
+        y_stage = y
+        for i, t_i in enumerate(times):
+            if i > 0:
+                y_stage = torch.addmv(flat, torch.stack(stages, 1), co.a[i], alpha=h).view(shape)
+            if i == 0 and k0 is not None:
+                k = k0
+            else:
+                k = f(t_i, y_stage)
+                counts.nfe += 1
+            stages.append(k.reshape(-1))
+        K = torch.stack(stages)
+        if self.tableau.fsal:
+            y1, last = y_stage, stages[-1].view(shape)
+        else:
+            y1, last = torch.addmv(flat, K.t(), co.b, alpha=h).view(shape), None
+        norm = None
+        if need_error and co.b_error is not None:
+            with torch.no_grad():
+                norm = self.error_norm(K.detach().t(), flat.detach(), y1.detach().reshape(-1), atol, rtol, error_size)
+        return Attempt(y1=y1, stages=K, error_norm=norm, last=last, error_factor=_factor(h, flat, error_size))
+
+    def _attempt_in(self, ws: Workspace, co: _Coefficients, f: Field, y: Tensor, t: float, h: float,
+                    k0: Tensor | None, counts: StepCounts, need_error: bool, atol: float, rtol: float,
+                    error_size: int | None) -> Attempt:
+        """:meth:`attempt` without a graph: one fused ``addmv`` per stage, written into preallocated rows."""
+        b = ws.current
+        rows, mats, inputs, flat_inputs = ws.shaped_rows[b], ws.mats[b], ws.inputs[b], ws.flat_inputs[b]
+        flat = y.reshape(-1)
+        torch.mul(co.c, h, out=ws.times).add_(t)
+        times = ws.time_views
+        if k0 is None:
+            rows[0].copy_(f(times[0], y))
+            counts.nfe += 1
+        else:
+            rows[0].copy_(k0)
+        for i in range(1, len(times)):
+            torch.addmv(flat, mats[i], co.a[i], alpha=h, out=flat_inputs[i])
+            rows[i].copy_(f(times[i], inputs[i]))
+            counts.nfe += 1
+        K = ws.stages[b]
+        if self.tableau.fsal:
+            y1, last = inputs[-2], rows[-1]
+        else:
+            torch.addmv(flat, mats[-1], co.b, alpha=h, out=flat_inputs[-1])
+            y1, last = inputs[-1], None
+        norm = None
+        if need_error and co.b_error is not None:
+            norm = self.error_norm(mats[-1], flat, flat_inputs[-2 if self.tableau.fsal else -1], atol, rtol,
+                                   error_size)
+        return Attempt(y1=y1, stages=K, error_norm=norm, last=last, error_factor=_factor(h, flat, error_size))
+
+    def error_norm(self, stages_t: Tensor, y0: Tensor, y1: Tensor, atol: float, rtol: float,
+                   size: int | None) -> Tensor:
+        """``|| Σ e_i k_i / (atol + rtol max(|y0|, |y1|)) ||``, 0-dim; times ``|h| / sqrt(n)`` it is Hairer's
+        RMS error ratio.
+
+        Args:
+            stages_t: ``[N, s]`` stage derivatives, transposed; y0, y1: flat ``[N]`` states.
+            size: measure the first ``size`` entries only (None: all).
+        """
+        co = self.coefficients(y0)
+        if size is not None:
+            stages_t, y0, y1 = stages_t[:size], y0[:size], y1[:size]
+        err = torch.mv(stages_t, co.b_error)
+        return torch.linalg.vector_norm(err.div_(_scale(y0, y1, atol, rtol)))
+
+    def dense_weights(self, thetas: list[float], like: Tensor) -> Tensor:
+        """``[S, m]`` stage weights ``P_i(θ)`` of the interpolant at each ``θ`` in ``thetas``."""
+        co = self.coefficients(like)
+        p = co.dense.shape[1]
+        powers = torch.tensor([[th ** (j + 1) for th in thetas] for j in range(p)], dtype=torch.float64)
+        return co.dense @ powers.to(co.dense.dtype).to(co.dense.device)
+
+    def interpolate(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, thetas: list[float],
+                    counts: StepCounts) -> list[Tensor]:
+        """The dense-output states ``y(t + θh)`` for each ``θ`` in ``thetas`` within an accepted step.
+
+        Methods with extra dense-output stages (DOP853) evaluate them here, counted in ``counts.nfe``.
+        """
+        co = self.coefficients(y0)
+        flat = y0.reshape(-1)
+        K = stages
+        if co.extra_c:
+            rows = [K[i] for i in range(K.shape[0])]
+            for c, a in zip(co.extra_c, co.extra_a):
+                y_stage = torch.addmv(flat, torch.stack(rows, 1), a, alpha=h).view(y0.shape)
+                rows.append(f(torch.tensor(t + c * h, dtype=y0.dtype, device=y0.device), y_stage).reshape(-1))
+                counts.nfe += 1
+            K = torch.stack(rows)
+        W = self.dense_weights(thetas, y0)  # [S, m]
+        out = torch.addmm(flat[:, None], K.t(), W, alpha=h)  # [N, m]
+        return [out[:, j].view(y0.shape) for j in range(len(thetas))]
+
+
+def _scale(y0: Tensor, y1: Tensor, atol: float, rtol: float) -> Tensor:
+    return torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+
+
+def _factor(h: float, flat: Tensor, size: int | None) -> float:
+    return abs(h) / math.sqrt(flat.numel() if size is None else size)
+
+
+class Euler(RungeKutta):
+    """Explicit Euler, order 1, fixed step."""
+
+    tableau = tableaus.EULER
+
+
+class Midpoint(RungeKutta):
+    """Explicit midpoint, order 2, fixed step."""
+
+    tableau = tableaus.MIDPOINT
+
+
+class RungeKutta4(RungeKutta):
+    """The classic fourth-order Runge–Kutta method, fixed step (torchdyn's ``'rk4'``)."""
+
+    tableau = tableaus.RK4
+
+
+class RungeKutta38(RungeKutta):
+    """Kutta's 3/8 rule, order 4, fixed step (torchdiffeq's ``'rk4'``)."""
+
+    tableau = tableaus.RK4_38
+
+
+class AdaptiveHeun(RungeKutta):
+    """Heun's method with an embedded Euler error estimate: 2(1), adaptive."""
+
+    tableau = tableaus.HEUN_EULER
+
+
+class BogackiShampine32(RungeKutta):
+    """Bogacki–Shampine 3(2), adaptive, first same as last, cubic Hermite dense output."""
+
+    tableau = tableaus.BOGACKI_SHAMPINE32
+
+
+class DormandPrince45(RungeKutta):
+    """Dormand–Prince 5(4), adaptive, with Shampine's 4th-order dense output."""
+
+    tableau = tableaus.DORMAND_PRINCE45
+
+
+class Tsitouras45(RungeKutta):
+    """Tsitouras 5(4), adaptive, with Tsitouras' 4th-order interpolant (torchdyn's default solver)."""
+
+    tableau = tableaus.TSITOURAS45
+
+
+class DormandPrince853(RungeKutta):
+    """DOP853: Dormand–Prince 8(5,3), adaptive, with Hairer's 7th-order continuous extension.
+
+    The error estimate combines the 5th- and 3rd-order estimators as Hairer's ``dop853.f`` does, and the step
+    size follows an order-7 rule; dense output costs 3 more field evaluations on each step that interpolates.
+    """
+
+    tableau = tableaus.DORMAND_PRINCE853
+
+    @property
+    def error_exponent(self) -> float:
+        return 1.0 / 8.0
+
+    def _build(self, like: Tensor) -> _Coefficients:
+        co = super()._build(like)
+        co.error3 = torch.tensor(tableaus.DOP853_E3, dtype=torch.float64).to(like.dtype).to(like.device)
+        return co
+
+    def error_norm(self, stages_t: Tensor, y0: Tensor, y1: Tensor, atol: float, rtol: float,
+                   size: int | None) -> Tensor:
+        """dop853.f's ``e5² / sqrt(e5² + 0.01 e3²)`` of the scaled 5th- and 3rd-order estimates (0 when both are 0)."""
+        co = self.coefficients(y0)
+        if size is not None:
+            stages_t, y0, y1 = stages_t[:size], y0[:size], y1[:size]
+        scale = _scale(y0, y1, atol, rtol)
+        e5 = torch.mv(stages_t, co.b_error).div_(scale).square().sum()
+        e3 = torch.mv(stages_t, co.error3).div_(scale).square().sum()
+        denom = (e5 + 0.01 * e3).sqrt_()
+        # NaN stays NaN (the step is rejected).
+        return torch.where(denom == 0, torch.zeros_like(e5), e5 / denom)
