@@ -19,6 +19,7 @@ from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.odeint import INTERPOLATORS
+from nodecore.numerics.solvers import RungeKutta
 from nodecore.solvers import Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
@@ -160,7 +161,9 @@ class NeuralODE(nn.Module):
     Args:
         vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``.
         solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'dopri5'``; torchdyn's is
-            ``'tsit5'``, also available).
+            ``'tsit5'``, also available), or a solver object such as ``HyperEuler(hypernet)`` (registered as
+            the submodule ``solver_module``, so its parameters train with the model; such models run on the
+            nodecore backend, and their checkpoints cannot rebuild the solver by name).
         order: 1 (default) for ``dx/dt = f(t, x)``; 2 for ``d2x/dt2 = f(t, [x, v])``: the state is
             ``[position, velocity]`` concatenated on the last dim (``2n``), the field returns the
             acceleration (``n``), and the model integrates ``dx/dt = v, dv/dt = f(t, [x, v])``. Then
@@ -201,12 +204,12 @@ class NeuralODE(nn.Module):
     def __init__(
         self,
         vector_field: nn.Module | Callable[..., Tensor],
-        solver: str = DEFAULT_SOLVER,
+        solver: str | RungeKutta = DEFAULT_SOLVER,
         order: int = 1,
         atol: float = DEFAULT_ATOL,
         rtol: float = DEFAULT_RTOL,
         sensitivity: Sensitivity = "autograd",
-        solver_adjoint: str | None = None,
+        solver_adjoint: str | RungeKutta | None = None,
         atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
         interpolator: str | None = None,
@@ -247,9 +250,24 @@ class NeuralODE(nn.Module):
         held = {id(p) for p in self.vf.parameters()}
         for k, param in enumerate(p for p in extra_params if id(p) not in held):
             self.vf.register_parameter(f"optimizable_parameter_{k}", param)
-        self.solver = get_solver(solver)
-        self.solver_adjoint = get_solver(solver_adjoint) if solver_adjoint is not None else self.solver
-        self._stepper, self._stepper_adjoint = self.solver.build(), self.solver_adjoint.build()
+        self.solver, stepper = _solver_entry(solver)
+        if solver_adjoint is None:
+            self.solver_adjoint, stepper_adjoint = self.solver, stepper
+        else:
+            self.solver_adjoint, stepper_adjoint = _solver_entry(solver_adjoint)
+        if self.backend == "torchdiffeq" and not (self.solver.method and self.solver_adjoint.method):
+            raise ValueError(
+                f"backend='torchdiffeq' runs registered solvers only, got the solver object {self.solver.name}; "
+                "use backend='nodecore' or a name from nodecore.solvers.SOLVER_NAMES"
+            )
+        # Registry solvers are plain attributes (no state); a solver object the user passed, such as a
+        # hypersolver, is a submodule, so its parameters train and move with the model.
+        object.__setattr__(self, "_stepper", stepper)
+        object.__setattr__(self, "_stepper_adjoint", stepper_adjoint)
+        if isinstance(solver, RungeKutta):
+            self.solver_module = solver
+        if isinstance(solver_adjoint, RungeKutta) and solver_adjoint is not solver:
+            self.solver_adjoint_module = solver_adjoint
         self.sensitivity = sensitivity
         self.atol, self.rtol = positive("atol", atol), positive("rtol", rtol)
         self.atol_adjoint = positive("atol_adjoint", atol_adjoint)
@@ -462,6 +480,18 @@ class NeuralODE(nn.Module):
         if self.sensitivity == "adjoint" and t_span.requires_grad:
             raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
         return t_span
+
+
+def _solver_entry(solver: str | RungeKutta) -> tuple[Solver, RungeKutta]:
+    """The registry entry and solver object of a solver name or object (a name-less entry for objects)."""
+    if isinstance(solver, type) and issubclass(solver, RungeKutta):
+        solver = solver()
+    if isinstance(solver, RungeKutta):
+        entry = Solver(type(solver).__name__, solver.order, solver.adaptive, type(solver), "",
+                       f"user-supplied {type(solver).__name__} object")
+        return entry, solver
+    entry = get_solver(solver)
+    return entry, entry.build()
 
 
 def _optimizable_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, ...]:

@@ -1,11 +1,14 @@
-"""nodecore's ODE engine: Runge–Kutta tableaus, solver objects, step-size control, one stepping loop, ``odeint``.
+"""nodecore's ODE engine: Runge–Kutta tableaus, solver objects, step-size control, one stepping loop, ``odeint``,
+the adjoint, hypersolvers and multiple shooting.
 
 The lowest layer of the library: plain torch, importing nothing else from nodecore but its errors and checks.
 """
 
 from nodecore.numerics.control import IntegralController, PIController, initial_step
+from nodecore.numerics.hyper import HyperEuler, HyperMidpoint, HyperRungeKutta4, HyperSolver
 from nodecore.numerics.odeint import INTERPOLATORS, odeint
 from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
+from nodecore.numerics.shooting import MS_SOLVERS, MSBackward, MSZero, MultipleShootingSolver, odeint_mshooting
 from nodecore.numerics.solvers import (
     AdaptiveHeun,
     BogackiShampine32,
@@ -23,7 +26,8 @@ from nodecore.numerics.tableaus import ButcherTableau
 
 __all__ = [
     "ALIASES", "AdaptiveHeun", "BogackiShampine32", "ButcherTableau", "DormandPrince45", "DormandPrince853", "Euler",
-    "INTERPOLATORS", "IntegralController", "Midpoint", "PIController", "RungeKutta", "RungeKutta38", "RungeKutta4",
-    "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver", "initial_step", "odeint",
-    "solver_object",
+    "HyperEuler", "HyperMidpoint", "HyperRungeKutta4", "HyperSolver", "INTERPOLATORS", "IntegralController",
+    "MSBackward", "MSZero", "MS_SOLVERS", "Midpoint", "MultipleShootingSolver", "PIController", "RungeKutta",
+    "RungeKutta38", "RungeKutta4", "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver",
+    "initial_step", "odeint", "odeint_mshooting", "solver_object",
 ]

@@ -63,7 +63,7 @@ def integrate(
     name = f"the {label} solve" if label else "the solve"
     ws = None if torch.is_grad_enabled() else solver.workspace(x)
     try:
-        if not solver.adaptive or step_size is not None:
+        if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws)
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
@@ -87,10 +87,34 @@ def _kept(state: Tensor, ws: Workspace | None) -> Tensor:
     return state if ws is None else state.clone()
 
 
+def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts):
+    """For a solver whose class overrides ``step`` (a hypersolver, a torchdyn-style custom solver): an
+    ``attempt``-like function that goes through that ``step``, counting evaluations."""
+
+    def counted(t: Tensor, x: Tensor) -> Tensor:
+        counts.nfe += 1
+        return f(t, x)
+
+    class _Result:
+        __slots__ = ("y1", "last")
+
+    def attempt(y: Tensor, t: float, h: float) -> _Result:
+        result = _Result()
+        t_now = torch.tensor(t, dtype=y.dtype, device=y.device)
+        result.y1, result.last = solver.step(counted, y, t_now, h)[1], None
+        return result
+
+    return attempt
+
+
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
                     ws: Workspace | None) -> list[Tensor]:
     out, y, k0 = [x], x, None
+    overridden = type(solver).step is not RungeKutta.step
+    if overridden:
+        ws = None  # the override builds its own tensors
+        by_override = _stepped_by_override(solver, f, counts)
     for t_start, t_end in zip(times[:-1], times[1:]):
         span = t_end - t_start
         n = 1 if step_size is None else max(1, math.ceil(abs(span) / step_size - 1e-9))
@@ -98,7 +122,10 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
         t = t_start
         for i in range(n):
             _count_attempt(counts, max_steps, t, h, name)
-            attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
+            if overridden:
+                attempt = by_override(y, t, h)
+            else:
+                attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
             t = t_end if i == n - 1 else t_start + (i + 1) * h
             y, k0 = attempt.y1, attempt.last
             if ws is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nodecore.numerics import tableaus
 from nodecore.numerics.stats import StepCounts
@@ -90,8 +90,11 @@ class Workspace:
         self.current ^= 1
 
 
-class RungeKutta:
+class RungeKutta(nn.Module):
     """An explicit Runge–Kutta method given by :attr:`tableau`.
+
+    An ``nn.Module`` like torchdyn's solvers, so that solvers with learned parts (hypersolvers) expose their
+    parameters; a subclass that overrides :meth:`step` is stepped through it (at constant steps).
 
     Args:
         dtype: accepted for torchdyn compatibility (``Euler(dtype=torch.float64)``); the coefficients follow
@@ -101,12 +104,10 @@ class RungeKutta:
     tableau: ClassVar[ButcherTableau]
 
     def __init__(self, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
         self.dtype = dtype
         self._cache: dict[tuple[torch.dtype, torch.device], _Coefficients] = {}
         self._workspaces: dict[tuple, Workspace] = {}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
     # --- what the method is -----------------------------------------------------------------------------
     @property

@@ -1,0 +1,125 @@
+"""Hypersolvers and multiple shooting on nodecore's engine: exact reductions and agreement with sequential solves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from nodecore import NeuralODE
+from nodecore.numerics import (
+    HyperEuler,
+    HyperMidpoint,
+    HyperRungeKutta4,
+    MSBackward,
+    MSZero,
+    odeint,
+    odeint_mshooting,
+)
+
+F64 = torch.float64
+DAMPED = torch.tensor([[0.0, 1.0], [-1.0, -0.1]], dtype=F64)
+
+
+def damped(t: Tensor, x: Tensor) -> Tensor:
+    """A nonlinear, time-invariant field: ``x A^T + 0.1 sin(x)``."""
+    return x @ DAMPED.T + 0.1 * torch.sin(x)
+
+
+class Hypernet(nn.Module):
+    def __init__(self, zero: bool) -> None:
+        super().__init__()
+        self.layer = nn.Linear(2, 2, dtype=F64)
+        if zero:
+            nn.init.zeros_(self.layer.weight)
+            nn.init.zeros_(self.layer.bias)
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+
+HYPERSOLVERS = {HyperEuler: "euler", HyperMidpoint: "midpoint", HyperRungeKutta4: "rk4"}
+
+
+@pytest.mark.parametrize("hyper", list(HYPERSOLVERS), ids=lambda c: c.__name__)
+def test_a_zero_hypernet_equals_its_base_solver_bit_for_bit(hyper: type) -> None:
+    x, t_span = torch.randn(5, 2, dtype=F64), torch.linspace(0, 2, 9, dtype=F64)
+    corrected = odeint(damped, x, t_span, hyper(Hypernet(zero=True)), step_size=0.05)[1]
+    assert torch.equal(corrected, odeint(damped, x, t_span, HYPERSOLVERS[hyper], step_size=0.05)[1])
+
+
+@pytest.mark.parametrize("hyper", list(HYPERSOLVERS), ids=lambda c: c.__name__)
+def test_a_hypersolver_step_adds_h_to_the_order_plus_one_times_the_hypernet(hyper: type) -> None:
+    net, x, h = Hypernet(zero=False), torch.randn(3, 2, dtype=F64), 0.1
+    solver = hyper(net)
+    base = odeint(damped, x, [0.0, h], HYPERSOLVERS[hyper])[1][-1]
+    _, stepped, _ = solver.step(damped, x, torch.tensor(0.0, dtype=F64), h)
+    expected = base + h ** (solver.order + 1) * net(None, x)
+    assert torch.allclose(stepped, expected, rtol=0, atol=1e-15)
+
+
+def test_a_hypersolver_inside_neural_ode_trains_its_hypernet() -> None:
+    """The hypernet is a submodule of the model: it is in model.parameters() and gets a gradient."""
+    field = nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+    model = NeuralODE(field, HyperEuler(Hypernet(zero=False)))
+    hypernet_params = list(model.solver_module.hypernet.parameters())
+    assert all(any(p is q for q in model.parameters()) for p in hypernet_params)
+    _, trajectory = model(torch.randn(4, 2, dtype=F64), torch.linspace(0, 1, 5, dtype=F64))
+    trajectory[-1].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hypernet_params)
+    assert model.stats.steps_forward == 4 and model.solver.name == "HyperEuler"
+
+
+def test_a_solver_object_refuses_the_torchdiffeq_backend() -> None:
+    with pytest.raises(ValueError, match="backend='torchdiffeq' runs registered solvers only"):
+        NeuralODE(nn.Linear(2, 2), HyperEuler(Hypernet(zero=True)), backend="torchdiffeq")
+
+
+def _sequential(x: Tensor, t_span: Tensor, fine_steps: int) -> Tensor:
+    """The fine solver (rk4) with ``fine_steps - 1`` steps per interval, one interval after the other."""
+    step = float(t_span[1] - t_span[0]) / (fine_steps - 1)
+    return odeint(damped, x, t_span, "rk4", step_size=step)[1]
+
+
+@pytest.mark.parametrize("method", ["mszero", "msbackward"])
+def test_multiple_shooting_with_as_many_iterations_as_intervals_is_the_sequential_solve(method: str) -> None:
+    x, t_span = torch.randn(4, 2, dtype=F64), torch.linspace(0, 3, 7, dtype=F64)
+    t_eval, B = odeint_mshooting(damped, x, t_span, method, fine_steps=4, maxiter=6)
+    assert torch.equal(t_eval, t_span) and B.shape == (7, 4, 2)
+    assert torch.allclose(B, _sequential(x, t_span, 4), rtol=0, atol=1e-12)
+
+
+def test_newton_shooting_converges_faster_than_parareal() -> None:
+    x, t_span = torch.randn(4, 2, dtype=F64), torch.linspace(0, 3, 7, dtype=F64)
+    reference = _sequential(x, t_span, 4)
+    errors = {
+        method: [float((odeint_mshooting(damped, x, t_span, method, fine_steps=4, maxiter=k)[1].detach() - reference).abs().max())
+                 for k in (1, 2, 3)]
+        for method in ("mszero", "msbackward")
+    }
+    for method, errs in errors.items():
+        assert errs[0] > errs[1] > errs[2], (method, errs)
+    assert errors["msbackward"][2] < 1e-3 * errors["mszero"][2], errors
+
+
+def test_multiple_shooting_solver_objects_and_a_given_initial_guess() -> None:
+    x, t_span = torch.randn(2, 2, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    guess = x.expand(5, 2, 2).clone()
+    for solver in (MSZero(), MSBackward(coarse_method="euler", fine_method="rk4")):
+        _, B = odeint_mshooting(damped, x, t_span, solver, B0=guess, fine_steps=3, maxiter=4)
+        assert torch.allclose(B, _sequential(x, t_span, 3), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"solver": "foo"}, "multiple-shooting solver 'foo'; valid"),
+        ({"t_span": torch.tensor([0.0, 0.1, 0.5], dtype=F64)}, "equally spaced"),
+        ({"B0": torch.zeros(3, 2, 2, dtype=F64)}, "B0 must have shape"),
+        ({"fine_steps": 1}, "fine_steps"),
+    ],
+)
+def test_bad_multiple_shooting_arguments_name_the_value(kwargs: dict, message: str) -> None:
+    args = {"solver": "mszero", "t_span": torch.linspace(0, 1, 5, dtype=F64)} | kwargs
+    with pytest.raises(ValueError, match=message):
+        odeint_mshooting(damped, torch.zeros(2, 2, dtype=F64), **args)
