@@ -20,11 +20,11 @@ from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.odeint import INTERPOLATORS
 from nodecore.numerics.solvers import RungeKutta
-from nodecore.solvers import Solver, get_solver
+from nodecore.solvers import SOLVERS, Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
-Sensitivity = Literal["autograd", "adjoint"]
-SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
+Sensitivity = Literal["autograd", "adjoint", "interpolated_adjoint"]
+SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint", "interpolated_adjoint")
 # Who integrates: nodecore's own engine (nodecore.numerics) or torchdiffeq's odeint.
 BACKENDS: tuple[str, ...] = ("nodecore", "torchdiffeq")
 ORDERS: tuple[int, ...] = (1, 2)
@@ -170,13 +170,18 @@ class NeuralODE(nn.Module):
             ``model.vf(t, z)`` returns the full first-order derivative ``[v, a]`` (``2n``, for plotting).
         atol, rtol: forward tolerances of adaptive solvers (default 1e-3, torchdyn's).
         sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
-            ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps).
+            ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps);
+            ``'interpolated_adjoint'`` too, reading the state off the forward's dense output instead of
+            solving it backwards (memory grows with forward steps; adaptive solvers with dense output).
         solver_adjoint: solver for the adjoint solve; the forward solver when None.
         atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
         interpolator: None (default) steps onto every point of ``t_span``, so each is as accurate as a step
             end (torchdyn's behaviour); ``'dense'`` (or torchdyn's ``'4th'``) lets adaptive solvers step freely
             and read inner points off their dense output: fewer steps for a dense ``t_span``.
-        integral_loss: torchdyn's running loss; not implemented yet, only None is accepted.
+        integral_loss: torchdyn's running cost ``l(t, x)``. With ``sensitivity='autograd'`` the state carries it
+            in its first column (pass ``x0 = [0, x]`` on dim 1; ``trajectory[-1][:, 0]`` is ``∫ l dt``); with the
+            adjoints the backward pass adds its gradient, as if ``∫ l dt`` were part of the loss (nodecore
+            backend only).
         seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
             control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on
             (torchdyn's default is off).
@@ -232,13 +237,11 @@ class NeuralODE(nn.Module):
         if interpolator is not None:
             choice("interpolator", interpolator, INTERPOLATORS)
         self.interpolator = interpolator
-        if integral_loss is not None:
-            raise NotImplementedError(
-                f"integral_loss={integral_loss!r} is a torchdyn option nodecore does not implement yet; pass "
-                "integral_loss=None and add the running loss to the state instead"
-            )
+        if integral_loss is not None and not callable(integral_loss):
+            raise TypeError(f"integral_loss must be a callable (t, x) -> loss, got {type(integral_loss).__name__}")
+        self.integral_loss = integral_loss
         extra_params = _optimizable_params(optimizable_params)
-        if sensitivity == "adjoint" and not isinstance(vector_field, nn.Module) and not extra_params:
+        if sensitivity != "autograd" and not isinstance(vector_field, nn.Module) and not extra_params:
             raise TypeError(
                 "sensitivity='adjoint' returns gradients for the field's parameters only, so the field must be an "
                 f"nn.Module holding them (got {type(vector_field).__name__}); tensors a plain function captures "
@@ -247,6 +250,7 @@ class NeuralODE(nn.Module):
             )
         self.order = int(order)
         self.vf = VectorField(vector_field) if self.order == 1 else _SecondOrderField(vector_field)
+
         held = {id(p) for p in self.vf.parameters()}
         for k, param in enumerate(p for p in extra_params if id(p) not in held):
             self.vf.register_parameter(f"optimizable_parameter_{k}", param)
@@ -259,6 +263,14 @@ class NeuralODE(nn.Module):
             raise ValueError(
                 f"backend='torchdiffeq' runs registered solvers only, got the solver object {self.solver.name}; "
                 "use backend='nodecore' or a name from nodecore.solvers.SOLVER_NAMES"
+            )
+        if self.backend == "torchdiffeq" and (integral_loss is not None or sensitivity == "interpolated_adjoint"):
+            raise ValueError("integral_loss and sensitivity='interpolated_adjoint' need backend='nodecore'")
+        if sensitivity == "interpolated_adjoint" and not stepper.has_dense_output:
+            dense = ", ".join(name for name, entry in SOLVERS.items() if entry.cls.tableau.dense is not None)
+            raise ValueError(
+                f"sensitivity='interpolated_adjoint' reads the forward solution off its dense output, which solver "
+                f"{self.solver.name!r} has not; use one of: {dense}"
             )
         # Registry solvers are plain attributes (no state); a solver object the user passed, such as a
         # hypersolver, is a submodule, so its parameters train and move with the model.
@@ -414,11 +426,14 @@ class NeuralODE(nn.Module):
         times = t_span.tolist()
         controller = IntegralController()
 
-        def solve(x0: Tensor) -> Tensor:
+        field = func if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
+            func, self.integral_loss)
+
+        def solve(x0: Tensor, dense_steps: list | None = None) -> Tensor:
             return torch.stack(integrate(
-                func, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=controller,
+                field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=controller,
                 counts=counter.forward, max_steps=self.max_steps, interpolate=self.interpolator is not None,
-                step_size=self.step_size, label="forward",
+                step_size=self.step_size, label="forward", dense_steps=dense_steps,
             ))
 
         if self.sensitivity == "autograd":
@@ -426,6 +441,8 @@ class NeuralODE(nn.Module):
         backward = BackwardSolve(
             solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=controller,
             counts=counter.backward, max_steps=self.max_steps, step_size=self.step_size, seminorm=self.seminorm,
+            interpolated=self.sensitivity == "interpolated_adjoint", integral_loss=self.integral_loss,
+            forward_solver=self._stepper,
         )
         return odeint_adjoint(func, x, times, solve=solve, params=tuple(self.vf.parameters()), backward=backward)
 
@@ -477,9 +494,22 @@ class NeuralODE(nn.Module):
             if isinstance(t_span, Tensor):
                 self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)
         t_span = checked
-        if self.sensitivity == "adjoint" and t_span.requires_grad:
+        if self.sensitivity != "autograd" and t_span.requires_grad:
             raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
         return t_span
+
+
+def _with_running_cost(func: Callable[[Tensor, Tensor], Tensor], cost: Callable[[Tensor, Tensor], Tensor]
+                       ) -> Callable[[Tensor, Tensor], Tensor]:
+    """torchdyn's autograd integral loss: the state is ``[c, x]`` (``c`` one column on dim 1, started at 0) and
+    ``dc/dt = cost(t, x)``, so ``trajectory[-1][:, 0]`` is ``∫ cost dt``."""
+
+    def field(t: Tensor, z: Tensor) -> Tensor:
+        x = z[:, 1:]
+        running = cost(t, x)
+        return torch.cat([running.reshape(z.shape[0], -1).sum(1, keepdim=True), func(t, x)], dim=1)
+
+    return field
 
 
 def _solver_entry(solver: str | RungeKutta) -> tuple[Solver, RungeKutta]:

@@ -7,6 +7,11 @@ and the parameter-gradient integrals backwards in time (backsolve), with the sam
   backward solve, so the adaptive solver is not restarted at every point of ``t_span``.
 * With ``seminorm`` the error control looks at the state and its adjoint only, not at the parameter-gradient
   channels (Kidger, Chen & Lyons, "Hey, that's not an ODE", 2021).
+* ``interpolated`` (torchdyn's ``interpolated_adjoint``): the forward solve keeps its dense output and the
+  backward pass reads ``x(t)`` off it instead of integrating ``x`` backwards: no backward error in ``x`` and
+  a smaller backward system, for memory that grows with the forward steps (their stages are kept).
+* ``integral_loss(t, x)``: a running cost ``∫ l(t, x) dt`` whose gradient the backward pass adds
+  (``da/dt = -a ∂f/∂x - ∂l/∂x``), without integrating the cost forward.
 """
 
 from __future__ import annotations
@@ -37,36 +42,83 @@ class BackwardSolve:
     max_steps: int
     step_size: float | None = None
     seminorm: bool = True
+    interpolated: bool = False
+    integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None
+    forward_solver: RungeKutta | None = None  # whose dense output the interpolated adjoint reads
+
+
+class DenseTrajectory:
+    """The forward solve's dense output as tensors, evaluated at a 0-dim time without a host sync.
+
+    Args:
+        steps: ``(t, h, y0, stages)`` of every accepted forward step, in order.
+        solver: the solver whose interpolant they belong to.
+    """
+
+    def __init__(self, steps: list[tuple[float, float, Tensor, Tensor]], solver: RungeKutta) -> None:
+        like = steps[0][2]
+        self.shape = like.shape
+        self.direction = 1.0 if steps[0][1] > 0 else -1.0
+        # Times as direction * t, increasing, for searchsorted.
+        self.starts = torch.tensor([self.direction * t for t, *_ in steps], dtype=like.dtype, device=like.device)
+        self.sizes = torch.tensor([h for _, h, *_ in steps], dtype=like.dtype, device=like.device)
+        self.y0 = torch.stack([y.reshape(-1) for _, _, y, _ in steps])  # [M, N]
+        self.stages = torch.stack([k for *_, k in steps])  # [M, S, N]
+        self.dense = solver.coefficients(like).dense  # [S, p]
+        self.exponents = torch.arange(1, self.dense.shape[1] + 1, dtype=like.dtype, device=like.device)
+
+    def __call__(self, t: Tensor) -> Tensor:
+        """``x(t)``, shaped like the state."""
+        i = (torch.searchsorted(self.starts, self.direction * t.reshape(1), right=True) - 1).clamp_(0, len(self.starts) - 1)
+        h = self.sizes[i]
+        theta = (t.reshape(1) - self.direction * self.starts[i]) / h
+        weights = self.dense @ theta.pow(self.exponents)  # [S]
+        return (self.y0[i[0]] + h * (weights @ self.stages[i[0]])).view(self.shape)
 
 
 class _AugmentedDynamics:
-    """d/dt of the flat state ``[x, a, g]``: ``dx = f``, ``da = -a ∂f/∂x``, ``dg = -a ∂f/∂θ``."""
+    """d/dt of the flat backward state: ``[x, a, g]`` (backsolve) or ``[a, g]`` with ``x`` read off the forward
+    dense output; ``dx = f``, ``da = -a ∂f/∂x - ∂l/∂x``, ``dg = -a ∂f/∂θ - ∂l/∂θ`` (``l`` the integral loss)."""
 
-    def __init__(self, func: Field, params: tuple[Tensor, ...], state_shape: torch.Size) -> None:
+    def __init__(self, func: Field, params: tuple[Tensor, ...], state_shape: torch.Size, *,
+                 integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 dense: DenseTrajectory | None = None) -> None:
         self.func = func
         self.params = params
         self.state_shape = state_shape
         self.n = state_shape.numel()
+        self.integral_loss = integral_loss
+        self.dense = dense
 
     def __call__(self, t: Tensor, z: Tensor) -> Tensor:
         n = self.n
-        x = z[:n].view(self.state_shape)
-        a = z[n : 2 * n].view(self.state_shape)
+        if self.dense is None:
+            x, a = z[:n].view(self.state_shape), z[n : 2 * n].view(self.state_shape)
+        else:
+            x, a = self.dense(t), z[:n].view(self.state_shape)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             dx = self.func(t, x)
-            grads = torch.autograd.grad(dx, (x, *self.params), -a, allow_unused=True)
+            outputs, weights = [dx], [-a]
+            if self.integral_loss is not None:
+                loss = self.integral_loss(t, x)
+                outputs.append(loss)
+                weights.append(-torch.ones_like(loss))
+            grads = torch.autograd.grad(outputs, (x, *self.params), weights, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, (x, *self.params))]
-        return torch.cat([dx.detach().reshape(-1), *(g.reshape(-1) for g in grads)])
+        parts = [g.reshape(-1) for g in grads]
+        return torch.cat(parts if self.dense is not None else [dx.detach().reshape(-1), *parts])
 
 
 class _AdjointSolve(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, solve: Callable[[Tensor], Tensor], func: Field, backward: BackwardSolve,
+    def forward(ctx: Any, solve: Callable[[Tensor, list | None], Tensor], func: Field, backward: BackwardSolve,
                 times: list[float], x0: Tensor, *params: Tensor) -> Tensor:
+        steps: list | None = [] if backward.interpolated else None
         with torch.no_grad():
-            trajectory = solve(x0)
+            trajectory = solve(x0, steps)
         ctx.func, ctx.backward_solve, ctx.times = func, backward, times
+        ctx.dense = DenseTrajectory(steps, backward.forward_solver or backward.solver) if steps else None
         ctx.save_for_backward(trajectory, *params)
         return trajectory
 
@@ -75,8 +127,10 @@ class _AdjointSolve(torch.autograd.Function):
         trajectory, *params = ctx.saved_tensors
         opts: BackwardSolve = ctx.backward_solve
         times: list[float] = ctx.times
-        dynamics = _AugmentedDynamics(ctx.func, tuple(params), trajectory.shape[1:])
+        dynamics = _AugmentedDynamics(ctx.func, tuple(params), trajectory.shape[1:],
+                                      integral_loss=opts.integral_loss, dense=ctx.dense)
         n = dynamics.n
+        offset = 0 if ctx.dense is not None else n  # where the adjoint starts in the backward state
         adjoint = grad_trajectory[-1].reshape(-1)
         param_grads = torch.zeros(sum(p.numel() for p in params), dtype=trajectory.dtype, device=trajectory.device)
         end = len(times) - 1
@@ -85,16 +139,18 @@ class _AdjointSolve(torch.autograd.Function):
                 incoming = grad_trajectory[start]
                 if start > 0 and not incoming.any():
                     continue
-                z = torch.cat([trajectory[end].reshape(-1), adjoint, param_grads])
+                parts = [adjoint, param_grads] if ctx.dense is not None else [trajectory[end].reshape(-1), adjoint,
+                                                                              param_grads]
+                z = torch.cat(parts)
                 # The whole sub-grid backwards: fixed-step solvers step on it as the forward did.
                 z = integrate(
                     dynamics, z, times[start : end + 1][::-1], opts.solver,
                     atol=opts.atol, rtol=opts.rtol, controller=opts.controller, counts=opts.counts,
                     max_steps=opts.max_steps, step_size=opts.step_size,
-                    error_size=2 * n if opts.seminorm else None, label="backward (adjoint)",
+                    error_size=offset + n if opts.seminorm else None, label="backward (adjoint)",
                 )[-1]
-                adjoint = z[n : 2 * n] + incoming.reshape(-1)
-                param_grads = z[2 * n :]
+                adjoint = z[offset : offset + n] + incoming.reshape(-1)
+                param_grads = z[offset + n :]
                 end = start
         grads, offset = [], 0
         for p in params:
@@ -108,17 +164,18 @@ def odeint_adjoint(
     x0: Tensor,
     times: list[float],
     *,
-    solve: Callable[[Tensor], Tensor],
+    solve: Callable[[Tensor, list | None], Tensor],
     params: tuple[Tensor, ...],
     backward: BackwardSolve,
 ) -> Tensor:
-    """Run ``solve(x0) -> trajectory [T, *S]`` and differentiate it by the adjoint method.
+    """Run ``solve(x0, dense_steps) -> trajectory [T, *S]`` and differentiate it by the adjoint method.
 
     Args:
         func: the field ``func(t, x)`` the forward solve integrates.
         x0: initial state ``[*S]``.
         times: the ``T`` output times, as floats (gradients with respect to them are not computed).
-        solve: the forward solve.
+        solve: the forward solve; with ``backward.interpolated`` it must append its accepted steps to
+            ``dense_steps`` (``integrate(..., dense_steps=...)``).
         params: the tensors to return gradients for (those not requiring grad are skipped).
         backward: the backward solve's settings.
     """

@@ -39,6 +39,7 @@ def integrate(
     error_size: int | None = None,
     all_steps: list[tuple[float, Tensor]] | None = None,
     label: str = "",
+    dense_steps: list[tuple[float, float, Tensor, Tensor]] | None = None,
 ) -> list[Tensor]:
     """Solve ``dx/dt = f(t, x)`` from ``x`` at ``times[0]`` and return the state at every point of ``times``.
 
@@ -53,6 +54,8 @@ def integrate(
         error_size: error control looks at the first ``error_size`` entries of the flat state only.
         all_steps: when given, ``(t, state)`` of every accepted step is appended to it.
         label: names the solve in error messages (``'forward'``: "the forward solve exceeded ...").
+        dense_steps: when given (adaptive solvers with dense output), ``(t, h, y0, stages)`` of every accepted
+            step is appended to it, ``stages`` with any extra dense-output stages: the whole interpolant.
 
     Returns:
         the states at ``times``, ``[x, x(times[1]), ...]``.
@@ -64,10 +67,11 @@ def integrate(
     ws = None if torch.is_grad_enabled() else solver.workspace(x)
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
-            return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws)
+            return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps)
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
-                               first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws)
+                               first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws,
+                               dense_steps=dense_steps)
     finally:
         if ws is not None:
             ws.busy = False
@@ -109,7 +113,7 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts):
 
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
-                    ws: Workspace | None) -> list[Tensor]:
+                    ws: Workspace | None, dense_steps: list | None = None) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
@@ -126,6 +130,9 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
                 attempt = by_override(y, t, h)
             else:
                 attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
+                if dense_steps is not None and solver.has_dense_output:
+                    stages = solver.dense_stages(f, y, t, h, attempt.stages, counts)
+                    dense_steps.append((t, h, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
             t = t_end if i == n - 1 else t_start + (i + 1) * h
             y, k0 = attempt.y1, attempt.last
             if ws is not None:
@@ -153,6 +160,7 @@ def _adaptive_steps(
     all_steps: list | None,
     name: str,
     ws: Workspace | None,
+    dense_steps: list | None = None,
 ) -> list[Tensor]:
     direction = 1.0 if times[-1] > times[0] else -1.0
     t, y = times[0], x
@@ -183,6 +191,9 @@ def _adaptive_steps(
             elif landing:
                 out.append(_kept(attempt.y1, ws))
                 j += 1
+            if dense_steps is not None:
+                stages = solver.dense_stages(f, y, t, h_try, attempt.stages, counts)
+                dense_steps.append((t, h_try, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
             t, y, k0 = t_new, attempt.y1, attempt.last
             previous_ratio = ratio
             if ws is not None:

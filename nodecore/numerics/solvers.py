@@ -291,22 +291,25 @@ class RungeKutta(nn.Module):
         powers = torch.tensor([[th ** (j + 1) for th in thetas] for j in range(p)], dtype=torch.float64)
         return co.dense @ powers.to(co.dense.dtype).to(co.dense.device)
 
+    def dense_stages(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, counts: StepCounts) -> Tensor:
+        """``[S, N]`` all the stages the interpolant of an accepted step needs: ``stages`` plus, for methods
+        with extra dense-output stages (DOP853), those, evaluated here and counted in ``counts.nfe``."""
+        co = self.coefficients(y0)
+        if not co.extra_c:
+            return stages
+        flat = y0.reshape(-1)
+        rows = [stages[i] for i in range(stages.shape[0])]
+        for c, a in zip(co.extra_c, co.extra_a):
+            y_stage = torch.addmv(flat, torch.stack(rows, 1), a, alpha=h).view(y0.shape)
+            rows.append(f(torch.tensor(t + c * h, dtype=y0.dtype, device=y0.device), y_stage).reshape(-1))
+            counts.nfe += 1
+        return torch.stack(rows)
+
     def interpolate(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, thetas: list[float],
                     counts: StepCounts) -> list[Tensor]:
-        """The dense-output states ``y(t + θh)`` for each ``θ`` in ``thetas`` within an accepted step.
-
-        Methods with extra dense-output stages (DOP853) evaluate them here, counted in ``counts.nfe``.
-        """
-        co = self.coefficients(y0)
+        """The dense-output states ``y(t + θh)`` for each ``θ`` in ``thetas`` within an accepted step."""
         flat = y0.reshape(-1)
-        K = stages
-        if co.extra_c:
-            rows = [K[i] for i in range(K.shape[0])]
-            for c, a in zip(co.extra_c, co.extra_a):
-                y_stage = torch.addmv(flat, torch.stack(rows, 1), a, alpha=h).view(y0.shape)
-                rows.append(f(torch.tensor(t + c * h, dtype=y0.dtype, device=y0.device), y_stage).reshape(-1))
-                counts.nfe += 1
-            K = torch.stack(rows)
+        K = self.dense_stages(f, y0, t, h, stages, counts)
         W = self.dense_weights(thetas, y0)  # [S, m]
         out = torch.addmm(flat[:, None], K.t(), W, alpha=h)  # [N, m]
         return [out[:, j].view(y0.shape) for j in range(len(thetas))]

@@ -166,12 +166,6 @@ def test_options_rebuild_the_stored_t_span_and_return_t_eval() -> None:
     assert rebuilt.return_t_eval is False and list(rebuilt.t_span) == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("name", ["integral_loss"])
-def test_torchdyn_options_nodecore_lacks_raise_naming_the_option(name: str) -> None:
-    with pytest.raises(NotImplementedError, match=name):
-        NeuralODE(Decay(), **{name: lambda t, x: x})
-
-
 def test_an_unknown_interpolator_is_refused_naming_the_valid_ones() -> None:
     with pytest.raises(ValueError, match="interpolator .*valid interpolators: 4th, dense"):
         NeuralODE(Decay(), interpolator="cubic")

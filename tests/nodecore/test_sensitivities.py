@@ -1,0 +1,110 @@
+"""The interpolated adjoint and integral losses: gradients against autograd through the solver."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from nodecore import NeuralODE
+
+F64 = torch.float64
+TIGHT = dict(atol=1e-9, rtol=1e-9, atol_adjoint=1e-9, rtol_adjoint=1e-9)
+
+
+def field() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+
+
+def running_cost(t: Tensor, x: Tensor) -> Tensor:
+    return 0.1 * x.square().sum(1) + 0.05 * t * x[:, 0]
+
+
+def _gradients(model: NeuralODE, x: Tensor, t_span: Tensor, loss) -> list[Tensor]:
+    _, trajectory = model(x, t_span)
+    return list(torch.autograd.grad(loss(trajectory), [x, *model.vf.parameters()]))
+
+
+def _max_difference(a: list[Tensor], b: list[Tensor]) -> float:
+    return max(float((u - v).abs().max()) for u, v in zip(a, b))
+
+
+@pytest.mark.parametrize("sensitivity", ["adjoint", "interpolated_adjoint"])
+def test_a_loss_on_every_point_of_a_dense_t_span_gets_autograd_gradients(sensitivity: str) -> None:
+    net, x = field(), torch.randn(16, 2, dtype=F64, requires_grad=True)
+    t_span = torch.linspace(0, 1, 20, dtype=F64)
+
+    def loss(trajectory: Tensor) -> Tensor:
+        return trajectory.square().sum()
+
+    reference = _gradients(NeuralODE(net, "dopri5", sensitivity="autograd", **TIGHT), x, t_span, loss)
+    model = NeuralODE(net, "dopri5", sensitivity=sensitivity, **TIGHT)
+    assert _max_difference(_gradients(model, x, t_span, loss), reference) < 1e-8
+    assert model.stats.nfe_backward > 0
+
+
+def test_the_interpolated_adjoint_solves_a_smaller_backward_system_with_the_same_gradient() -> None:
+    """Same gradient at default tolerances within the tolerance, and no backward error in x to pay for."""
+    net, x = field(), torch.randn(64, 2, dtype=F64, requires_grad=True)
+    t_span = torch.tensor([0.0, 2.0], dtype=F64)
+
+    def loss(trajectory: Tensor) -> Tensor:
+        return trajectory[-1].square().sum()
+
+    reference = _gradients(NeuralODE(net, "dopri5", **TIGHT), x, t_span, loss)
+    errors = {}
+    for sensitivity in ("adjoint", "interpolated_adjoint"):
+        model = NeuralODE(net, "dopri5", sensitivity=sensitivity, atol=1e-6, rtol=1e-6)
+        errors[sensitivity] = _max_difference(_gradients(model, x, t_span, loss), reference)
+    assert max(errors.values()) < 1e-3, errors
+
+
+@pytest.mark.parametrize("sensitivity", ["adjoint", "interpolated_adjoint"])
+def test_an_integral_loss_adds_its_gradient_as_the_augmented_autograd_solve_does(sensitivity: str) -> None:
+    """torchdyn's convention: autograd carries ∫ l dt in a first state column; the adjoints add it implicitly."""
+    net, x = field(), torch.randn(16, 2, dtype=F64, requires_grad=True)
+    t_span = torch.linspace(0, 1, 2, dtype=F64)
+    augmented = NeuralODE(net, "dopri5", sensitivity="autograd", integral_loss=running_cost, **TIGHT)
+    _, trajectory = augmented(torch.cat([torch.zeros(16, 1, dtype=F64), x], 1), t_span)
+    cost = trajectory[-1][:, 0].sum()
+    reference = torch.autograd.grad(cost + trajectory[-1][:, 1:].square().sum(), [x, *net.parameters()])
+    model = NeuralODE(net, "dopri5", sensitivity=sensitivity, integral_loss=running_cost, **TIGHT)
+    gradients = _gradients(model, x, t_span, lambda traj: traj[-1].square().sum())
+    assert _max_difference(gradients, list(reference)) < 1e-7
+    # the cost really is in there: without it the gradient differs
+    plain = _gradients(NeuralODE(net, "dopri5", sensitivity=sensitivity, **TIGHT), x, t_span,
+                       lambda traj: traj[-1].square().sum())
+    assert _max_difference(plain, list(reference)) > 1e-3
+
+
+def test_the_augmented_autograd_integral_loss_integrates_the_cost() -> None:
+    """dx/dt = -x from x0: ∫_0^1 0.1 |x|² dt = 0.05 |x0|² (1 - e^-2)."""
+
+    class Decay(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return -x
+
+    x0 = torch.randn(5, 2, dtype=F64)
+    model = NeuralODE(Decay(), "dopri5", integral_loss=lambda t, x: 0.1 * x.square().sum(1), atol=1e-10, rtol=1e-10)
+    _, trajectory = model(torch.cat([torch.zeros(5, 1, dtype=F64), x0], 1), torch.tensor([0.0, 1.0], dtype=F64))
+    expected = 0.05 * x0.square().sum(1) * (1 - torch.exp(torch.tensor(-2.0, dtype=F64)))
+    assert torch.allclose(trajectory[-1][:, 0], expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"solver": "rk4", "sensitivity": "interpolated_adjoint"}, "dense output, which solver 'rk4' has not"),
+        ({"sensitivity": "interpolated_adjoint", "backend": "torchdiffeq"}, "need backend='nodecore'"),
+        ({"integral_loss": running_cost, "backend": "torchdiffeq"}, "need backend='nodecore'"),
+    ],
+)
+def test_unsupported_combinations_are_refused_up_front(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NeuralODE(field(), **kwargs)
+
+
+def test_a_non_callable_integral_loss_is_refused() -> None:
+    with pytest.raises(TypeError, match="integral_loss must be a callable"):
+        NeuralODE(field(), integral_loss=0.1)
