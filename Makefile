@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-env clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,8 +22,30 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) bench/tutorial_bench.py --threads 1
+# The tutorial benchmark runs in its own scratch venv, with torchdyn and torchode beside the project (never
+# dependencies of nodecore). torchdyn goes in without its declared deps (they pull torchvision and notebook
+# tooling); `from torchdyn.core import NeuralODE` needs torchcde -> torchsde -> trampoline and pytorch-lightning.
+BENCH_VENV ?= .venv-bench
+BENCH_PYTHON ?= python3.11
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	$(BENCH_PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install --quiet --upgrade pip
+	# CPU torch first, as for .venv; then the project, then the other libraries (never the project's deps).
+	$(BENCH_PY) -m pip install --quiet torch==2.13.0
+	$(BENCH_PY) -m pip install --quiet -e .
+	$(BENCH_PY) -m pip install --quiet torchode==1.0.1 pytorch-lightning==2.6.6
+	$(BENCH_PY) -m pip install --quiet --no-deps torchdyn==1.0.6 torchcde==0.2.5 torchsde==0.2.6 trampoline==0.1.2
+	$(BENCH_PY) -m pip uninstall --quiet -y torchvision 2>/dev/null || true
+	$(BENCH_PY) -c "import torch, torchode; from torchdyn.core import NeuralODE; print('torch', torch.__version__)"
+	touch $(BENCH_STAMP)
+
+bench-env: $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_PY) bench/tutorial_bench.py --threads 1
 
 clean:
 	rm -rf artifacts/* .pytest_cache

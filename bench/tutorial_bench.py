@@ -1,37 +1,77 @@
-"""Benchmark: the torchdyn moons tutorial on nodecore vs raw torchdiffeq, side by side in one process.
+"""Benchmark: the torchdyn moons tutorial job on several ODE libraries, side by side in one process.
 
-Four variants train the same network from the same initial weights with the same solver and tolerances:
-nodecore autograd vs ``torchdiffeq.odeint``, and nodecore adjoint vs ``torchdiffeq.odeint_adjoint``.
-Runs are interleaved and repeated; the median wall time of each variant gives the ratios.
+    make bench-env && .venv-bench/bin/python bench/tutorial_bench.py
+    .venv-bench/bin/python bench/tutorial_bench.py --epochs 20 --repeats 1          # a quick check
+    .venv-bench/bin/python bench/tutorial_bench.py --device cuda:0 --json artifacts/tutorial_bench.json
 
-    python bench/tutorial_bench.py                 # 200 epochs, 3 repeats, CPU
-    python bench/tutorial_bench.py --device cuda:0 --json artifacts/bench.json
+``make bench-env`` builds the scratch venv ``.venv-bench`` with torchdyn and torchode beside the project;
+neither is a dependency of nodecore. A variant whose library is missing is skipped with the reason printed.
 
-Memory: on CUDA, peak allocated memory of one training step; on CPU, the bytes autograd saves for the
-backward pass during one forward (what grows with solver steps), measured with saved-tensor hooks.
+The job (as in the torchdyn tutorial): 512 training moons, a 2-16-2 Tanh MLP as the vector field, Adam
+(lr 0.01), full batch, ``t_span = linspace(0, 1, 5)``, dopri5 with atol = rtol = 1e-3 forward and 1e-4 for the
+adjoint, cross-entropy on the final state; held-out accuracy on 2,048 fresh moons. Every variant starts from
+the same initial weights and sees the same data. Variants:
+
+- torchdyn ``NeuralODE`` with ``sensitivity='autograd'`` and ``'adjoint'``;
+- torchdiffeq ``odeint`` and ``odeint_adjoint``;
+- torchode ``AutoDiffAdjoint(Dopri5, IntegralController)``, backpropagating through the solver (torchode
+  steps every sample with its own step size, so its batched NFE counts the slowest sample's steps);
+- nodecore ``NeuralODE`` with each sensitivity, and with each ``backend=`` once nodecore has that argument.
+
+Each library is used as a tutorial user would: torchdyn and nodecore get the bare MLP (and count NFE
+themselves); torchdiffeq and torchode get a small ``f(t, x)`` module that counts its calls. The adjoint's
+seminorm is each library's default unless ``--seminorm on|off`` (nodecore: on, torchdyn and torchdiffeq: off).
+
+Measurements, interleaved round-robin over variants and repeats (after one short untimed warm-up per variant):
+
+1. Training: median wall time per variant, its ratio to torchdyn-adjoint and to torchdiffeq-odeint, NFE
+   forward/backward per training step, held-out accuracy, and memory (CUDA: peak allocated in training;
+   CPU: bytes autograd saves for the backward pass during one forward, via saved-tensor hooks).
+2. No-grad solve: one dopri5 solve of one field (the weights torchdiffeq-odeint trained, or the initial
+   ones with ``--solve-field initial``) from the 512x2 training state, per library; its time per NFE over
+   the time per call of a bare Python loop calling the MLP as often. The ratio is each library's per-step
+   overhead: 1.0 would mean the solver costs nothing beyond the network itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import importlib
+import importlib.metadata
+import inspect
+import io
 import json
+import os
+import platform
 import statistics
+import sys
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint, odeint_adjoint
 
-from nodecore import NeuralODE, ToyDataset
+import nodecore
+from nodecore import ToyDataset
 
 SOLVER, ATOL, RTOL, ATOL_ADJOINT, RTOL_ADJOINT = "dopri5", 1e-3, 1e-3, 1e-4, 1e-4
+N_TRAIN, N_TEST, NOISE, LR = 512, 2048, 0.1, 0.01
+REFERENCES = ("torchdyn-adjoint", "torchdiffeq-odeint")  # the ratio columns, in this order
+SOLVE_FIELD_FROM = "torchdiffeq-odeint"  # whose trained weights the no-grad solve uses
+
+Forward = Callable[[Tensor, Tensor], Tensor]  # (x [B, D], t_span [T]) -> final state [B, D]
 
 
-class _CountingField(nn.Module):
-    """Raw torchdiffeq's field: the same network, counting evaluations."""
+# --------------------------------------------------------------------------------------------------
+# The variants: each builds (module to optimise, forward, NFE counter) around a fresh copy of the MLP
+# --------------------------------------------------------------------------------------------------
+
+
+class CountingField(nn.Module):
+    """``f(t, x) = net(x)``, counting calls: the field handed to libraries that want ``f(t, x)``."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -43,37 +83,150 @@ class _CountingField(nn.Module):
         return self.net(x)
 
 
-@dataclass
-class Result:
-    variant: str
-    seconds: float
-    nfe_forward_per_step: float
-    nfe_backward_per_step: float
-    accuracy: float
-    peak_memory_mb: float
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    library: str  # the module that must import for the variant to run
+    sensitivity: str  # 'autograd' (backprop through the solver) or 'adjoint'
+    build: Callable[[nn.Module, bool | None], tuple[nn.Module, Forward, Callable[[], float]]]
 
 
-def _variant(name: str, net: nn.Module) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], Callable[[], int]]:
-    """Returns (module to optimise, forward(x, t) -> trajectory, total NFE counter)."""
-    if name.startswith("nodecore"):
-        sensitivity = name.split("-")[1]
-        model = NeuralODE(net, solver=SOLVER, sensitivity=sensitivity, atol=ATOL, rtol=RTOL,
-                          atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT)
-        return model, lambda x, t: model(x, t)[1], lambda: model.vf.nfe
-    field = _CountingField(net)
-    if name == "torchdiffeq-odeint":
-        forward = lambda x, t: odeint(field, x, t, method=SOLVER, rtol=RTOL, atol=ATOL)  # noqa: E731
-    else:
-        forward = lambda x, t: odeint_adjoint(field, x, t, method=SOLVER, rtol=RTOL, atol=ATOL,  # noqa: E731
-                                              adjoint_rtol=RTOL_ADJOINT, adjoint_atol=ATOL_ADJOINT)
-    return field, forward, lambda: field.nfe
+def _torchdyn(sensitivity: str) -> Callable:
+    def build(net: nn.Module, seminorm: bool | None):
+        from torchdyn.core import NeuralODE
+
+        extra = {} if seminorm is None else {"seminorm": seminorm}
+        with contextlib.redirect_stdout(io.StringIO()):  # "we've wrapped it for you" for a field without t
+            model = NeuralODE(net, sensitivity=sensitivity, solver=SOLVER, atol=ATOL, rtol=RTOL,
+                              atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT, **extra)
+        return model, lambda x, t: model(x, t)[1][-1], lambda: model.vf.nfe
+
+    return build
 
 
-def _saved_bytes(forward: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor) -> int:
+def _torchdiffeq(adjoint: bool) -> Callable:
+    def build(net: nn.Module, seminorm: bool | None):
+        from torchdiffeq import odeint, odeint_adjoint
+
+        f = CountingField(net)
+        if not adjoint:
+            return f, lambda x, t: odeint(f, x, t, method=SOLVER, rtol=RTOL, atol=ATOL)[-1], lambda: f.nfe
+        extra = {"adjoint_options": {"norm": "seminorm"}} if seminorm else {}
+
+        def forward(x: Tensor, t: Tensor) -> Tensor:
+            return odeint_adjoint(f, x, t, method=SOLVER, rtol=RTOL, atol=ATOL, adjoint_rtol=RTOL_ADJOINT,
+                                  adjoint_atol=ATOL_ADJOINT, **extra)[-1]
+
+        return f, forward, lambda: f.nfe
+
+    return build
+
+
+def _torchode(net: nn.Module, seminorm: bool | None):
+    import torchode
+
+    f = CountingField(net)
+    term = torchode.ODETerm(f)
+    solver = torchode.AutoDiffAdjoint(torchode.Dopri5(term=term),
+                                      torchode.IntegralController(atol=ATOL, rtol=RTOL, term=term))
+
+    def forward(x: Tensor, t: Tensor) -> Tensor:
+        problem = torchode.InitialValueProblem(y0=x, t_eval=t.expand(x.shape[0], -1))
+        return solver.solve(problem).ys[:, -1]
+
+    return f, forward, lambda: f.nfe
+
+
+def _nodecore(sensitivity: str, backend: str | None, interpolator: str | None = None) -> Callable:
+    def build(net: nn.Module, seminorm: bool | None):
+        extra = {} if seminorm is None else {"seminorm": seminorm}
+        if backend is not None:
+            extra["backend"] = backend
+        if interpolator is not None:
+            extra["interpolator"] = interpolator
+        model = nodecore.NeuralODE(net, solver=SOLVER, sensitivity=sensitivity, atol=ATOL, rtol=RTOL,
+                                   atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT, **extra)
+        return model, lambda x, t: model(x, t)[1][-1], lambda: model.vf.nfe
+
+    return build
+
+
+def nodecore_backends() -> tuple[str | None, ...]:
+    """``('nodecore', 'torchdiffeq')`` once ``NeuralODE`` takes ``backend=``; ``(None,)`` (no argument) before."""
+    if "backend" in inspect.signature(nodecore.NeuralODE).parameters:
+        return ("nodecore", "torchdiffeq")
+    return (None,)
+
+
+def all_variants() -> list[Variant]:
+    variants = [
+        Variant("torchdyn-autograd", "torchdyn.core", "autograd", _torchdyn("autograd")),
+        Variant("torchdyn-adjoint", "torchdyn.core", "adjoint", _torchdyn("adjoint")),
+        Variant("torchdiffeq-odeint", "torchdiffeq", "autograd", _torchdiffeq(adjoint=False)),
+        Variant("torchdiffeq-odeint_adjoint", "torchdiffeq", "adjoint", _torchdiffeq(adjoint=True)),
+        Variant("torchode-autograd", "torchode", "autograd", _torchode),
+    ]
+    for backend in nodecore_backends():
+        for sensitivity in ("autograd", "adjoint"):
+            name = "-".join(["nodecore", *([backend] if backend else []), sensitivity])
+            variants.append(Variant(name, "nodecore", sensitivity, _nodecore(sensitivity, backend)))
+    if "interpolator" in inspect.signature(nodecore.NeuralODE).parameters:
+        # nodecore's engine stepping freely and interpolating t_span's inner points, as torchdiffeq does
+        # (the default steps onto each point, as torchdyn does).
+        for sensitivity in ("autograd", "adjoint"):
+            variants.append(Variant(f"nodecore-dense-{sensitivity}", "nodecore", sensitivity,
+                                    _nodecore(sensitivity, "nodecore", "dense")))
+    return variants
+
+
+def missing_library(module: str) -> str | None:
+    """Why ``module`` cannot be imported, or None when it can."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - any import failure means "skip this variant"
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def cpu_model() -> str:
+    """The processor's name: ``platform.processor()``, else /proc/cpuinfo's model name (Linux)."""
+    if platform.processor():
+        return platform.processor()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def library_versions() -> dict[str, str | None]:
+    versions = {}
+    for dist in ("torch", "nodecore", "torchdiffeq", "torchdyn", "torchode"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _saved_bytes(forward: Forward, x: Tensor, t: Tensor) -> int:
+    """Bytes of the distinct storages autograd saves for backward during one forward."""
     seen: dict[tuple[int, int], int] = {}
 
     def pack(tensor: Tensor) -> Tensor:
-        seen[(tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())] = tensor.untyped_storage().nbytes()
+        storage = tensor.untyped_storage()
+        seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -81,87 +234,240 @@ def _saved_bytes(forward: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tens
     return sum(seen.values())
 
 
-def run_variant(name: str, init: nn.Module, data: tuple[Tensor, ...], epochs: int, device: torch.device) -> Result:
+@dataclass
+class TrainRun:
+    variant: str
+    seconds: float
+    nfe_forward_per_step: float
+    nfe_backward_per_step: float
+    accuracy: float
+    memory_mb: float
+    trained: nn.Module = field(repr=False)
+
+
+def train(variant: Variant, init: nn.Module, data: tuple[Tensor, ...], t_span: Tensor, epochs: int,
+          seminorm: bool | None, device: torch.device) -> TrainRun:
+    """Train a fresh copy of ``init`` for ``epochs`` full-batch steps; time it, count NFE, test it."""
     X, y, X_test, y_test = data
-    module, forward, nfe = _variant(name, copy.deepcopy(init).to(device))
-    t_span = torch.linspace(0, 1, 5, device=device)
-    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    net = copy.deepcopy(init).to(device)
+    module, forward, nfe = variant.build(net, seminorm)
+    optimizer = torch.optim.Adam(module.parameters(), lr=LR)
     loss_fn = nn.CrossEntropyLoss()
-    nfe_fwd = nfe_bwd = 0
+    nfe_fwd = nfe_bwd = 0.0
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for _ in range(epochs):
         before = nfe()
-        loss = loss_fn(forward(X, t_span)[-1], y)
+        loss = loss_fn(forward(X, t_span), y)
         after_forward = nfe()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         nfe_fwd += after_forward - before
         nfe_bwd += nfe() - after_forward
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _sync(device)
     seconds = time.perf_counter() - started
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
+        memory = torch.cuda.max_memory_allocated(device)
     else:
-        peak = _saved_bytes(forward, X, t_span)
+        memory = _saved_bytes(forward, X, t_span)
     with torch.no_grad():
-        accuracy = (forward(X_test, t_span)[-1].argmax(1) == y_test).float().mean().item()
-    return Result(name, seconds, nfe_fwd / epochs, nfe_bwd / epochs, accuracy, peak / 2**20)
+        accuracy = (forward(X_test, t_span).argmax(1) == y_test).float().mean().item()
+    return TrainRun(variant.name, seconds, nfe_fwd / epochs, nfe_bwd / epochs, accuracy, memory / 2**20, net)
 
 
-VARIANTS = ("torchdiffeq-odeint", "nodecore-autograd", "torchdiffeq-odeint_adjoint", "nodecore-adjoint")
-PAIRS = {"nodecore-autograd": "torchdiffeq-odeint", "nodecore-adjoint": "torchdiffeq-odeint_adjoint"}
+def time_solve(variant: Variant, net: nn.Module, x: Tensor, t_span: Tensor,
+               device: torch.device) -> tuple[float, float]:
+    """(seconds, NFE) of one no-grad solve of ``net`` from ``x`` with ``variant``'s library."""
+    _, forward, nfe = variant.build(copy.deepcopy(net), None)
+    with torch.no_grad():
+        forward(x, t_span)  # warm-up (first-call checks, caches)
+        before = nfe()
+        _sync(device)
+        started = time.perf_counter()
+        forward(x, t_span)
+        _sync(device)
+        seconds = time.perf_counter() - started
+    return seconds, nfe() - before
+
+
+def time_bare_loop(net: nn.Module, x: Tensor, calls: int, device: torch.device) -> float:
+    """Seconds for a plain Python loop calling ``net(x)`` ``calls`` times, no grad."""
+    with torch.no_grad():
+        net(x)
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(calls):
+            net(x)
+        _sync(device)
+    return time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------------
+
+
+def training_rows(runs: dict[str, list[TrainRun]]) -> list[dict]:
+    rows = []
+    for repeats in runs.values():
+        first = asdict(repeats[0])
+        first.pop("trained")
+        rows.append(first | {"seconds": statistics.median(r.seconds for r in repeats),
+                             "all_seconds": [r.seconds for r in repeats]})
+    medians = {row["variant"]: row["seconds"] for row in rows}
+    for row in rows:
+        row["ratios"] = {ref: row["seconds"] / medians[ref] if ref in medians else None for ref in REFERENCES}
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_training(rows: list[dict]) -> None:
+    refs = "".join(f" {'/ ' + ref:>22}" for ref in REFERENCES)
+    print(f"{'variant':30} {'seconds':>8}{refs} {'nfe fwd':>8} {'nfe bwd':>8} {'accuracy':>9} {'mem MB':>7}")
+    for row in rows:
+        ratios = "".join(f" {_ratio(row['ratios'][ref]):>22}" for ref in REFERENCES)
+        print(f"{row['variant']:30} {row['seconds']:8.2f}{ratios} {row['nfe_forward_per_step']:8.1f} "
+              f"{row['nfe_backward_per_step']:8.1f} {row['accuracy']:9.4f} {row['memory_mb']:7.3f}")
+
+
+def solve_rows(samples: dict[str, list[tuple[float, float, float]]]) -> list[dict]:
+    """Per library: median times, and the overhead ratio as the median of each repeat's paired ratio
+    (solve and bare loop ran back to back, so drift on a loaded machine cancels)."""
+    rows = []
+    for name, repeats in samples.items():
+        seconds = statistics.median(s for s, _, _ in repeats)
+        bare = statistics.median(b for _, _, b in repeats)
+        nfe = repeats[0][1]
+        rows.append({"variant": name, "nfe": nfe, "seconds": seconds, "bare_loop_seconds": bare,
+                     "seconds_per_nfe": seconds / nfe, "bare_seconds_per_call": bare / nfe,
+                     "overhead_ratio": statistics.median(s / b for s, _, b in repeats),
+                     "all_seconds": [s for s, _, _ in repeats], "all_bare_loop_seconds": [b for _, _, b in repeats]})
+    return rows
+
+
+def print_solve(rows: list[dict]) -> None:
+    print(f"{'library (no-grad solve)':30} {'nfe':>5} {'ms/solve':>9} {'us/nfe':>8} {'bare us/call':>13} "
+          f"{'per-NFE / bare':>15}")
+    for row in rows:
+        print(f"{row['variant']:30} {row['nfe']:5.0f} {1e3 * row['seconds']:9.2f} "
+              f"{1e6 * row['seconds_per_nfe']:8.1f} {1e6 * row['bare_seconds_per_call']:13.1f} "
+              f"{row['overhead_ratio']:15.2f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=200, help="full-batch training steps (>= 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved training repeats per variant")
+    parser.add_argument("--warmup-epochs", type=int, default=2, help="untimed epochs per variant first")
+    parser.add_argument("--solve-repeats", type=int, default=20, help="interleaved no-grad solves per library")
+    parser.add_argument("--solve-field", choices=("trained", "initial"), default="trained")
+    parser.add_argument("--seminorm", choices=("default", "on", "off"), default="default",
+                        help="adjoint step control over the parameter gradients too ('off') or not ('on')")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--variants", nargs="*", default=None, help="only these variant names")
+    parser.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    return parser.parse_args()
+
+
+def available_variants(only: list[str] | None) -> list[Variant]:
+    variants, reasons = [], {}
+    unknown = sorted(set(only or ()) - {v.name for v in all_variants()})
+    if unknown:
+        sys.exit(f"unknown variant(s) {unknown}; the variants: {[v.name for v in all_variants()]}")
+    for variant in all_variants():
+        if only is not None and variant.name not in only:
+            continue
+        if variant.library not in reasons:
+            reasons[variant.library] = missing_library(variant.library)
+        if reasons[variant.library]:
+            print(f"skipping {variant.name}: cannot import {variant.library} ({reasons[variant.library]})")
+        else:
+            variants.append(variant)
+    if "backend" not in inspect.signature(nodecore.NeuralODE).parameters:
+        print("note: nodecore.NeuralODE has no backend= argument yet; nodecore runs once per sensitivity")
+    return variants
+
+
+def make_data(device: torch.device) -> tuple[Tensor, ...]:
+    X, y = ToyDataset().generate(N_TRAIN, "moons", noise=NOISE, seed=0)
+    X_test, y_test = ToyDataset().generate(N_TEST, "moons", noise=NOISE, seed=1)
+    return tuple(t.to(device) for t in (X, y, X_test, y_test))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="also write the results as JSON to this path")
-    args = parser.parse_args()
+    args = parse_args()
+    if args.epochs < 1 or args.repeats < 1 or args.solve_repeats < 1:
+        sys.exit("--epochs, --repeats and --solve-repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    seminorm = {"default": None, "on": True, "off": False}[args.seminorm]
+    variants = available_variants(args.variants)
+    if not variants:
+        sys.exit("no variant can run")
 
-    X, y = ToyDataset().generate(512, "moons", noise=0.1, seed=0)
-    X_test, y_test = ToyDataset().generate(2048, "moons", noise=0.1, seed=1)
-    data = tuple(t.to(device) for t in (X, y, X_test, y_test))
+    data = make_data(device)
+    t_span = torch.linspace(0, 1, 5, device=device)
     torch.manual_seed(0)
     init = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
 
-    runs: dict[str, list[Result]] = {name: [] for name in VARIANTS}
+    for variant in variants if args.warmup_epochs > 0 else ():  # untimed: first-call costs hit no timed run
+        train(variant, init, data, t_span, args.warmup_epochs, seminorm, device)
+    runs: dict[str, list[TrainRun]] = {v.name: [] for v in variants}
     for _ in range(args.repeats):
-        for name in VARIANTS:  # interleaved, so drift on a noisy machine hits every variant alike
-            runs[name].append(run_variant(name, init, data, args.epochs, device))
+        for variant in variants:  # interleaved, so drift on a noisy machine hits every variant alike
+            runs[variant.name].append(train(variant, init, data, t_span, args.epochs, seminorm, device))
+    train_table = training_rows(runs)
 
-    rows = []
-    for name in VARIANTS:
-        median = statistics.median(r.seconds for r in runs[name])
-        row = asdict(runs[name][0]) | {"seconds": median, "all_seconds": [r.seconds for r in runs[name]]}
-        rows.append(row)
-    by_name = {row["variant"]: row for row in rows}
-    ratios = {f"{ours} / {raw}": by_name[ours]["seconds"] / by_name[raw]["seconds"] for ours, raw in PAIRS.items()}
+    trained = runs.get(SOLVE_FIELD_FROM, next(iter(runs.values())))[0].trained
+    solve_net = copy.deepcopy(init if args.solve_field == "initial" else trained).to(device)
+    solvers = [v for v in variants if v.sensitivity == "autograd"]
+    samples: dict[str, list[tuple[float, float, float]]] = {v.name: [] for v in solvers}
+    for _ in range(args.solve_repeats):
+        for variant in solvers:
+            seconds, nfe = time_solve(variant, solve_net, data[0], t_span, device)
+            samples[variant.name].append((seconds, nfe, time_bare_loop(solve_net, data[0], int(nfe), device)))
+    solve_table = solve_rows(samples)
 
-    print(f"moons tutorial, {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, adjoint atol=rtol={ATOL_ADJOINT}, "
-          f"device {device}, median of {args.repeats}")
-    print(f"{'variant':28} {'seconds':>8} {'nfe fwd/step':>13} {'nfe bwd/step':>13} {'accuracy':>9} {'peak MB':>8}")
-    for row in rows:
-        print(f"{row['variant']:28} {row['seconds']:8.2f} {row['nfe_forward_per_step']:13.1f} "
-              f"{row['nfe_backward_per_step']:13.1f} {row['accuracy']:9.4f} {row['peak_memory_mb']:8.3f}")
-    for pair, ratio in ratios.items():
-        print(f"time ratio {pair}: {ratio:.3f}")
-    report = {"epochs": args.epochs, "repeats": args.repeats, "device": str(device), "solver": SOLVER,
-              "torch": torch.__version__, "results": rows, "ratios": ratios}
-    print(json.dumps(report))
+    print(f"\nmoons tutorial: {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, adjoint atol=rtol={ATOL_ADJOINT}, "
+          f"seminorm {args.seminorm}, device {device}, {torch.get_num_threads()} thread(s), "
+          f"median of {args.repeats}; ratios are wall time over the named variant's")
+    print_training(train_table)
+    print(f"\nno-grad {SOLVER} solve of the {args.solve_field} field on a {tuple(data[0].shape)} state, "
+          f"median of {args.solve_repeats}")
+    print_solve(solve_table)
+
+    report = {
+        "job": {"epochs": args.epochs, "repeats": args.repeats, "warmup_epochs": args.warmup_epochs,
+                "solver": SOLVER, "atol": ATOL, "rtol": RTOL, "atol_adjoint": ATOL_ADJOINT,
+                "rtol_adjoint": RTOL_ADJOINT, "seminorm": args.seminorm, "n_train": N_TRAIN, "n_test": N_TEST,
+                "noise": NOISE, "lr": LR, "t_span": t_span.tolist()},
+        "training": train_table,
+        "solve": {"field": args.solve_field, "state_shape": list(data[0].shape),
+                  "repeats": args.solve_repeats, "results": solve_table},
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+                        "processor": cpu_model(), "machine": platform.machine(),
+                        "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                        "python": platform.python_version(), "versions": library_versions(),
+                        "nodecore_path": os.path.dirname(nodecore.__file__),
+                        "nodecore_backends": [b for b in nodecore_backends() if b]},
+    }
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
+        print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

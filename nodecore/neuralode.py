@@ -18,7 +18,7 @@ from nodecore.fields import Time, VectorField
 from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
-from nodecore.numerics.odeint import INTERPOLATORS
+from nodecore.numerics.odeint import interpolates
 from nodecore.numerics.solvers import RungeKutta
 from nodecore.solvers import SOLVERS, Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
@@ -175,9 +175,10 @@ class NeuralODE(nn.Module):
             solving it backwards (memory grows with forward steps; adaptive solvers with dense output).
         solver_adjoint: solver for the adjoint solve; the forward solver when None.
         atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
-        interpolator: None (default) steps onto every point of ``t_span``, so each is as accurate as a step
-            end (torchdyn's behaviour); ``'dense'`` (or torchdyn's ``'4th'``) lets adaptive solvers step freely
-            and read inner points off their dense output: fewer steps for a dense ``t_span``.
+        interpolator: None (default), ``'dense'`` or torchdyn's ``'4th'``: adaptive solvers step freely and
+            read the inner points of ``t_span`` off their own dense output (as torchdiffeq does; within the
+            tolerance, and far fewer steps for a dense ``t_span``). ``'step'`` steps onto every point, so
+            each is a step end: torchdyn's behaviour for ``interpolator=None``.
         integral_loss: torchdyn's running cost ``l(t, x)``. With ``sensitivity='autograd'`` the state carries it
             in its first column (pass ``x0 = [0, x]`` on dim 1; ``trajectory[-1][:, 0]`` is ``∫ l dt``); with the
             adjoints the backward pass adds its gradient, as if ``∫ l dt`` were part of the loss (nodecore
@@ -234,8 +235,7 @@ class NeuralODE(nn.Module):
         max_steps = integer("max_steps", max_steps, minimum=1)
         return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
         self.backend = choice("backend", backend, BACKENDS)
-        if interpolator is not None:
-            choice("interpolator", interpolator, INTERPOLATORS)
+        self._interpolate = interpolates(interpolator)
         self.interpolator = interpolator
         if integral_loss is not None and not callable(integral_loss):
             raise TypeError(f"integral_loss must be a callable (t, x) -> loss, got {type(integral_loss).__name__}")
@@ -432,7 +432,7 @@ class NeuralODE(nn.Module):
         def solve(x0: Tensor, dense_steps: list | None = None) -> Tensor:
             return torch.stack(integrate(
                 field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=controller,
-                counts=counter.forward, max_steps=self.max_steps, interpolate=self.interpolator is not None,
+                counts=counter.forward, max_steps=self.max_steps, interpolate=self._interpolate,
                 step_size=self.step_size, label="forward", dense_steps=dense_steps,
             ))
 

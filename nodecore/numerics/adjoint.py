@@ -142,9 +142,11 @@ class _AdjointSolve(torch.autograd.Function):
                 parts = [adjoint, param_grads] if ctx.dense is not None else [trajectory[end].reshape(-1), adjoint,
                                                                               param_grads]
                 z = torch.cat(parts)
-                # The whole sub-grid backwards: fixed-step solvers step on it as the forward did.
+                # Fixed steps retrace the forward's grid (the whole sub-grid); adaptive steps need only its ends.
+                constant = not opts.solver.adaptive or opts.step_size is not None
+                span = times[start : end + 1][::-1] if constant else [times[end], times[start]]
                 z = integrate(
-                    dynamics, z, times[start : end + 1][::-1], opts.solver,
+                    dynamics, z, span, opts.solver,
                     atol=opts.atol, rtol=opts.rtol, controller=opts.controller, counts=opts.counts,
                     max_steps=opts.max_steps, step_size=opts.step_size,
                     error_size=offset + n if opts.seminorm else None, label="backward (adjoint)",

@@ -15,8 +15,18 @@ from nodecore.numerics.solvers import RungeKutta
 from nodecore.numerics.stats import StepCounts
 
 TSpan = Union[Tensor, Sequence[float]]
-# torchdyn's interpolator names; every one means "the solver's own dense output".
-INTERPOLATORS: tuple[str, ...] = ("4th", "dense")
+# How output times are produced: "dense" (the default, also None, and torchdyn's "4th") reads inner points
+# off the solver's dense output; "step" steps onto every point (what torchdyn does with interpolator=None).
+INTERPOLATORS: tuple[str, ...] = ("dense", "4th", "step")
+
+
+def interpolates(interpolator: str | None) -> bool:
+    """Whether ``interpolator`` (None or one of :data:`INTERPOLATORS`) reads inner points off the dense output.
+
+    Raises:
+        ValueError: an unknown value; the message lists the valid ones.
+    """
+    return interpolator is None or choice("interpolator", interpolator, INTERPOLATORS) != "step"
 DEFAULT_MAX_STEPS = 10_000
 
 
@@ -46,10 +56,12 @@ def odeint(
     The arguments up to ``seminorm`` are torchdyn's, in its order; the rest are nodecore's. Differentiable by
     autograd (backpropagation through the steps); for the adjoint use ``NeuralODE(..., sensitivity='adjoint')``.
 
-    Output points: by default (``interpolator=None``) every point of ``t_span`` is stepped onto, so each is
-    as accurate as a step end (torchdyn's behaviour). With ``interpolator='dense'`` (or torchdyn's ``'4th'``)
-    adaptive solvers step freely and read inner points off their dense output: far fewer steps when
-    ``t_span`` is dense, at the interpolant's accuracy (order 4 for dopri5/tsit5, 3 for bosh3, 7 for dopri8).
+    Output points: by default (``interpolator=None``, ``'dense'`` or torchdyn's ``'4th'``) adaptive solvers
+    step freely and read the inner points of ``t_span`` off their dense output: far fewer steps when
+    ``t_span`` is dense, at the interpolant's accuracy (order 4 for dopri5/tsit5, 3 for bosh3, 7 for dopri8,
+    within the tolerance on smooth problems). ``interpolator='step'`` steps onto every point instead, so each
+    is a step end: what torchdyn does with ``interpolator=None``, costlier for a dense ``t_span``. Fixed-step
+    solvers always step onto every point.
 
     Args:
         f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor.
@@ -58,7 +70,7 @@ def odeint(
         solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object.
         atol, rtol: tolerances of adaptive solvers.
         t_stops, verbose, args: torchdyn options; ``t_stops`` and non-empty ``args`` are not supported.
-        interpolator: None, ``'dense'`` or ``'4th'``.
+        interpolator: None (= ``'dense'``), ``'dense'``, ``'4th'`` or ``'step'``.
         return_all_eval: also return the state at every accepted step (then ``t_eval`` lists those times).
         save_at: points of ``t_span`` to return (all when empty).
         seminorm: ``(True, n)`` measures the error on the first ``n`` entries of the flat state only.
@@ -78,8 +90,7 @@ def odeint(
         raise NotImplementedError("t_stops is not supported; put the stop times into t_span instead")
     if args:
         raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the field instead")
-    if interpolator is not None:
-        choice("interpolator", interpolator, INTERPOLATORS)
+    interpolate = interpolates(interpolator)
     solver = solver_object(solver)
     t_span = _checked_t_span(t_span, x)
     keep = _save_at(save_at, t_span)
@@ -91,7 +102,7 @@ def odeint(
         f, x, times, solver,
         atol=positive("atol", atol), rtol=positive("rtol", rtol),
         controller=controller or IntegralController(), counts=counts,
-        max_steps=integer("max_steps", max_steps, minimum=1), interpolate=interpolator is not None,
+        max_steps=integer("max_steps", max_steps, minimum=1), interpolate=interpolate,
         step_size=None if step_size is None else positive("step_size", step_size),
         first_step=first_step, error_size=error_size, all_steps=all_steps,
     )

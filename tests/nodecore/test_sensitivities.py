@@ -27,7 +27,9 @@ def _gradients(model: NeuralODE, x: Tensor, t_span: Tensor, loss) -> list[Tensor
 
 
 def _max_difference(a: list[Tensor], b: list[Tensor]) -> float:
-    return max(float((u - v).abs().max()) for u, v in zip(a, b))
+    """The largest entry-wise difference, relative to the largest entry of ``b``."""
+    scale = max(float(v.abs().max()) for v in b)
+    return max(float((u - v).abs().max()) for u, v in zip(a, b)) / scale
 
 
 @pytest.mark.parametrize("sensitivity", ["adjoint", "interpolated_adjoint"])
@@ -40,6 +42,8 @@ def test_a_loss_on_every_point_of_a_dense_t_span_gets_autograd_gradients(sensiti
 
     reference = _gradients(NeuralODE(net, "dopri5", sensitivity="autograd", **TIGHT), x, t_span, loss)
     model = NeuralODE(net, "dopri5", sensitivity=sensitivity, **TIGHT)
+    # autograd differentiates the discrete solve (and its interpolant), the adjoints the continuous
+    # problem: both are within the 1e-9 tolerances of the true gradient, so of each other.
     assert _max_difference(_gradients(model, x, t_span, loss), reference) < 1e-8
     assert model.stats.nfe_backward > 0
 
