@@ -171,11 +171,11 @@ def all_variants() -> list[Variant]:
             name = "-".join(["nodecore", *([backend] if backend else []), sensitivity])
             variants.append(Variant(name, "nodecore", sensitivity, _nodecore(sensitivity, backend)))
     if "interpolator" in inspect.signature(nodecore.NeuralODE).parameters:
-        # nodecore's engine stepping freely and interpolating t_span's inner points, as torchdiffeq does
-        # (the default steps onto each point, as torchdyn does).
+        # nodecore's engine stepping onto each point of t_span, as torchdyn does (its default interpolates
+        # the inner points off the dense output, as torchdiffeq does).
         for sensitivity in ("autograd", "adjoint"):
-            variants.append(Variant(f"nodecore-dense-{sensitivity}", "nodecore", sensitivity,
-                                    _nodecore(sensitivity, "nodecore", "dense")))
+            variants.append(Variant(f"nodecore-step-{sensitivity}", "nodecore", sensitivity,
+                                    _nodecore(sensitivity, "nodecore", "step")))
     return variants
 
 
