@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from nodecore.errors import StepSizeUnderflowError, TooManyStepsError
+from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import PIController, initial_step
 from nodecore.numerics.solvers import RungeKutta, Workspace
 from nodecore.numerics.stats import StepCounts
@@ -48,8 +48,9 @@ def integrate(
         counts: incremented in place (evaluations, attempts, rejections).
         interpolate: adaptive solvers with dense output step freely and interpolate at inner ``times``
             (fewer steps when ``times`` is dense); otherwise every point of ``times`` is stepped onto.
-        step_size: constant steps of this size (the last one in each interval shortened to land on the
-            next time); an adaptive solver then takes them without error control.
+        step_size: constant steps no longer than this, without error control. With ``interpolate`` and a
+            solver with dense output they run from ``times[0]`` to ``times[-1]`` and inner times are
+            interpolated; otherwise each interval between times is split into equal steps.
         first_step: the first adaptive step; Hairer's estimate when None.
         error_size: error control looks at the first ``error_size`` entries of the flat state only.
         all_steps: when given, ``(t, state)`` of every accepted step is appended to it.
@@ -67,7 +68,8 @@ def integrate(
     ws = None if torch.is_grad_enabled() else solver.workspace(x)
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
-            return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps)
+            return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
+                                   interpolate)
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
                                first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws,
@@ -113,13 +115,20 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts):
 
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
-                    ws: Workspace | None, dense_steps: list | None = None) -> list[Tensor]:
+                    ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False
+                    ) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
         ws = None  # the override builds its own tensors
         by_override = _stepped_by_override(solver, f, counts)
-    for t_start, t_end in zip(times[:-1], times[1:]):
+    # With a step size and a dense output, one grid spans the whole solve and inner times are interpolated;
+    # otherwise each interval between output times is split into equal steps no longer than step_size.
+    dense = interpolate and step_size is not None and solver.has_dense_output and not overridden
+    intervals = [(times[0], times[-1])] if dense else list(zip(times[:-1], times[1:]))
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    j = 1
+    for t_start, t_end in intervals:
         span = t_end - t_start
         n = 1 if step_size is None else max(1, math.ceil(abs(span) / step_size - 1e-9))
         h = span / n
@@ -133,13 +142,16 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
                 if dense_steps is not None and solver.has_dense_output:
                     stages = solver.dense_stages(f, y, t, h, attempt.stages, counts)
                     dense_steps.append((t, h, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
-            t = t_end if i == n - 1 else t_start + (i + 1) * h
-            y, k0 = attempt.y1, attempt.last
+            t_new = t_end if i == n - 1 else t_start + (i + 1) * h
+            if dense:
+                j = _emit_interpolated(f, solver, out, times, j, t, h, t_new, y, attempt, counts, direction, ws)
+            t, y, k0 = t_new, attempt.y1, attempt.last
             if ws is not None:
                 ws.swap()
             if all_steps is not None:
                 all_steps.append((t, _kept(y, ws)))
-        out.append(_kept(y, ws))
+        if not dense:
+            out.append(_kept(y, ws))
     return out
 
 
@@ -169,6 +181,11 @@ def _adaptive_steps(
     if first_step is None:
         h = initial_step(f, t, y, k0, solver.order, atol, rtol, direction, error_size)
         counts.nfe += 1
+        if not math.isfinite(h):
+            raise NonFiniteError(
+                f"{name} cannot start: the field returned NaN or Inf at t={t:.6g} (or soon after); check the field, "
+                "its parameters and the inputs"
+            )
     else:
         h = direction * abs(first_step)
     h = math.copysign(min(max(abs(h), controller.min_step), controller.max_step), direction)
@@ -203,7 +220,7 @@ def _adaptive_steps(
         else:
             counts.rejected += 1
         h = controller.next_step(h_try, ratio, previous_ratio, exponent, accepted)
-        if abs(h) <= 16 * _EPS * max(abs(t), 1e-300) or h == 0.0:
+        if not abs(h) > 16 * _EPS * max(abs(t), abs(times[-1] - times[0]) * 1e-3):  # NaN too
             cause = "the field returned NaN or Inf" if not math.isfinite(ratio) else "the dynamics are too stiff"
             raise StepSizeUnderflowError(
                 f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} ({cause}); check the field and "

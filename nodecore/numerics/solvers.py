@@ -375,7 +375,8 @@ class DormandPrince853(RungeKutta):
     """DOP853: Dormand–Prince 8(5,3), adaptive, with Hairer's 7th-order continuous extension.
 
     The error estimate combines the 5th- and 3rd-order estimators as Hairer's ``dop853.f`` does, and the step
-    size follows an order-7 rule; dense output costs 3 more field evaluations on each step that interpolates.
+    size follows its order-7 rule (exponent 1/8, not the 1/6 of the embedded order 5); dense output costs 3
+    more field evaluations on each step that interpolates.
     """
 
     tableau = tableaus.DORMAND_PRINCE853

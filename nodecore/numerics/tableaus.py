@@ -285,7 +285,7 @@ def _dormand_prince853() -> ButcherTableau:
         b=tuple(b[:13]),
         order=8,
         b_error=tuple(_dop853.E5),
-        error_order=7,
+        error_order=5,
         fsal=True,
         dense=_nested_dense(rows),
         dense_order=7,
