@@ -36,7 +36,9 @@ from nodecore.errors import (
 from nodecore.classifiers import ODEClassifier
 from nodecore.fields import Augmenter, DepthAware, DepthCat, VectorField
 from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
-from nodecore.neuralode import ORDERS, SENSITIVITIES, NeuralODE
+from nodecore.neuralode import BACKENDS, ORDERS, SENSITIVITIES, NeuralODE
+from nodecore.numerics import odeint, odeint_mshooting
+from nodecore.problems import MultipleShootingLayer, ODEProblem
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
 from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
 from nodecore.plotting import (
@@ -53,6 +55,11 @@ from nodecore.training import EpochStats, History, Metrics, accuracy, evaluate, 
 
 __all__ = [
     "__version__",
+    "BACKENDS",
+    "odeint",
+    "odeint_mshooting",
+    "MultipleShootingLayer",
+    "ODEProblem",
     "accuracy",
     "ACTIVATIONS",
     "Augmenter",

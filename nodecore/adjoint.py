@@ -1,4 +1,7 @@
-"""The adjoint method on top of plain ``torchdiffeq.odeint``: O(1) memory in the number of solver steps.
+"""The adjoint method on top of plain ``torchdiffeq.odeint`` (``NeuralODE(..., backend='torchdiffeq')``).
+
+nodecore's own engine has its own, :mod:`nodecore.numerics.adjoint`; this one keeps the torchdiffeq backend's
+memory O(1) in the number of solver steps.
 
 Compared with ``torchdiffeq.odeint_adjoint`` it makes two choices that save backward work at the same
 tolerances:

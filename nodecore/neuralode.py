@@ -37,6 +37,7 @@ DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL_ADJOINT = 1e-4
 DEFAULT_RTOL_ADJOINT = 1e-4
 DEFAULT_MAX_STEPS = 10_000
+_CONTROLLER = IntegralController()  # torchdiffeq's step-size rule, so both backends take similar steps
 # A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
 BLOWUP_GROWTH = 1e8
 
@@ -57,13 +58,17 @@ class _SolveFunc:
         adaptive_forward: bool,
         adaptive_backward: bool,
         count: bool = True,
+        checked: bool = False,
     ) -> None:
         self.vf = vf
         self.counter = counter
         # nodecore's engine counts evaluations itself; torchdiffeq's needs the field to.
         self.phase: _PhaseCounts = counter.forward if count else _PhaseCounts()
         self.max_steps = int(max_steps)
-        self._shape_checked = False
+        # checked: an earlier solve already saw the field take and return states of this shape.
+        self._shape_checked = checked
+        if checked:
+            self._choose_evaluate()
         # torchdiffeq warns about callbacks a solver cannot call, so only offer the ones it can.
         if adaptive_forward:
             self.callback_reject_step = self._reject_forward
@@ -87,11 +92,14 @@ class _SolveFunc:
                 "for an augmented state, put an Augmenter before the NeuralODE"
             )
         self._shape_checked = True
-        # Later evaluations skip the wrapper module's call machinery unless someone hooked the wrapper.
+        self._choose_evaluate()
+        return dx
+
+    def _choose_evaluate(self) -> None:
+        """Evaluations skip the wrapper module's call machinery unless someone hooked the wrapper."""
         wrapper = self.vf
         hooked = wrapper._forward_hooks or wrapper._forward_pre_hooks or nn.modules.module._global_forward_hooks
         self._evaluate = wrapper if hooked else wrapper.forward
-        return dx
 
     def _attempt(self, phase: _PhaseCounts, name: str) -> None:
         phase.attempts += 1
@@ -291,6 +299,7 @@ class NeuralODE(nn.Module):
         self.t_span = t_span
         self._counter = StepCounter()
         self._checked_t_span: tuple = (None, None, None, None, None)
+        self._field_checked_for: tuple | None = None
 
     def extra_repr(self) -> str:
         return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
@@ -365,6 +374,7 @@ class NeuralODE(nn.Module):
         self._counter = counter
         # Gradients with respect to t_span need torchdiffeq: nodecore's engine keeps times on the host.
         backend = "torchdiffeq" if t_span.requires_grad else self.backend
+        shape_key = (x.shape, x.dtype, x.device)
         func = _SolveFunc(
             self.vf,
             counter,
@@ -372,6 +382,7 @@ class NeuralODE(nn.Module):
             adaptive_forward=self.solver.adaptive,
             adaptive_backward=self.solver_adjoint.adaptive,
             count=backend == "torchdiffeq",
+            checked=self._field_checked_for == shape_key,
         )
         try:
             if backend == "nodecore":
@@ -382,6 +393,8 @@ class NeuralODE(nn.Module):
             raise translate_solver_assertion(err) from err
         if backend == "torchdiffeq":
             func.phase = counter.backward  # any later evaluation belongs to the backward pass
+        if func._shape_checked:
+            self._field_checked_for = shape_key
         # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
         # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf, or on a
         # finite but exploded state.
@@ -424,7 +437,7 @@ class NeuralODE(nn.Module):
 
     def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor) -> Tensor:
         times = t_span.tolist()
-        controller = IntegralController()
+        controller = _CONTROLLER
 
         field = func if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
             func, self.integral_loss)

@@ -69,7 +69,7 @@ class Workspace:
     so the accepted step's state and stages stay intact while the next step is tried.
     """
 
-    def __init__(self, stages: int, like: Tensor) -> None:
+    def __init__(self, stages: int, like: Tensor, a: list[Tensor] | None = None) -> None:
         n, shape = like.numel(), like.shape
         self.stages = [torch.empty(stages, n, dtype=like.dtype, device=like.device) for _ in range(2)]
         states = [torch.empty(stages + 1, n, dtype=like.dtype, device=like.device) for _ in range(2)]
@@ -83,6 +83,12 @@ class Workspace:
         self.mats = [[K[:i].t() for i in range(stages + 1)] for K in self.stages]
         self.flat_inputs = [[Y[i] for i in range(stages + 1)] for Y in states]
         self.inputs = [[Y[i].view(shape) for i in range(stages + 1)] for Y in states]
+        # Per buffer, what stage i >= 1 needs, in one tuple: (a_i, mats[i], flat input, input, row, time).
+        self.plans = [
+            [(a[i], self.mats[b][i], self.flat_inputs[b][i], self.inputs[b][i], self.shaped_rows[b][i],
+              self.time_views[i]) for i in range(1, stages)]
+            for b in range(2)
+        ] if a is not None else None
         self.current = 0
         self.busy = False
 
@@ -162,7 +168,7 @@ class RungeKutta(nn.Module):
         key = (like.shape, like.dtype, like.device)
         ws = self._workspaces.get(key)
         if ws is None or ws.busy:
-            ws = Workspace(self.tableau.stages, like)
+            ws = Workspace(self.tableau.stages, like, self.coefficients(like).a)
             if len(self._workspaces) < 8:
                 self._workspaces.setdefault(key, ws)
         ws.busy = True
@@ -247,16 +253,16 @@ class RungeKutta(nn.Module):
         rows, mats, inputs, flat_inputs = ws.shaped_rows[b], ws.mats[b], ws.inputs[b], ws.flat_inputs[b]
         flat = y.reshape(-1)
         torch.mul(co.c, h, out=ws.times).add_(t)
-        times = ws.time_views
         if k0 is None:
-            rows[0].copy_(f(times[0], y))
+            rows[0].copy_(f(ws.time_views[0], y))
             counts.nfe += 1
         else:
             rows[0].copy_(k0)
-        for i in range(1, len(times)):
-            torch.addmv(flat, mats[i], co.a[i], alpha=h, out=flat_inputs[i])
-            rows[i].copy_(f(times[i], inputs[i]))
-            counts.nfe += 1
+        addmv = torch.addmv
+        for a_i, mat, flat_in, stage_in, row, t_i in ws.plans[b]:
+            addmv(flat, mat, a_i, alpha=h, out=flat_in)
+            row.copy_(f(t_i, stage_in))
+        counts.nfe += len(ws.plans[b])
         K = ws.stages[b]
         if self.tableau.fsal:
             y1, last = inputs[-2], rows[-1]

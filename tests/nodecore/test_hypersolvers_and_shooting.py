@@ -123,3 +123,31 @@ def test_bad_multiple_shooting_arguments_name_the_value(kwargs: dict, message: s
     args = {"solver": "mszero", "t_span": torch.linspace(0, 1, 5, dtype=F64)} | kwargs
     with pytest.raises(ValueError, match=message):
         odeint_mshooting(damped, torch.zeros(2, 2, dtype=F64), **args)
+
+
+def test_ode_problem_has_torchdyn_defaults_and_equals_the_same_neural_ode() -> None:
+    from nodecore import ODEProblem
+
+    field = nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+    problem = ODEProblem(field, "dopri5", None, 1, 1e-4, 1e-4, "adjoint")
+    assert (problem.atol, problem.atol_adjoint, problem.seminorm, problem.sensitivity) == (1e-4, 1e-6, False, "adjoint")
+    x, t_span = torch.randn(3, 2, dtype=F64), torch.linspace(0, 1, 4, dtype=F64)
+    same = NeuralODE(field, "dopri5", atol=1e-4, rtol=1e-4, sensitivity="adjoint", atol_adjoint=1e-6,
+                     rtol_adjoint=1e-6, seminorm=False)
+    t_eval, solution = problem.odeint(x, t_span)
+    assert torch.equal(t_eval, t_span) and torch.equal(solution, same(x, t_span)[1])
+
+
+def test_a_multiple_shooting_layer_trains_and_matches_the_sequential_solve() -> None:
+    from nodecore import MultipleShootingLayer
+
+    field = nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+    layer = MultipleShootingLayer(field, "mszero", maxiter=4, fine_steps=3)
+    x, t_span = torch.randn(3, 2, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    _, B = layer(x, t_span)
+    sequential = odeint(lambda t, z: field(z), x, t_span, "rk4", step_size=0.125)[1]
+    assert torch.allclose(B, sequential, rtol=0, atol=1e-12)
+    B[-1].square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.parameters())
+    with pytest.raises(ValueError, match="sensitivities: autograd"):
+        MultipleShootingLayer(field, "mszero", sensitivity="adjoint")

@@ -1,0 +1,92 @@
+"""torchdyn's problem classes: ``ODEProblem`` (a field, a solver and a sensitivity) and ``MultipleShootingLayer``."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Mapping
+
+from torch import Tensor, nn
+
+from nodecore._checks import choice, integer
+from nodecore.fields import VectorField
+from nodecore.neuralode import NeuralODE, TSpan
+from nodecore.numerics.shooting import MS_SOLVERS, MultipleShootingSolver, odeint_mshooting
+from nodecore.numerics.solvers import RungeKutta
+
+
+class ODEProblem(NeuralODE):
+    """An ODE ``dx/dt = f(t, x)`` with its solver and sensitivity, in torchdyn's argument order and defaults.
+
+    The same model as :class:`~nodecore.neuralode.NeuralODE` (its keyword-only options are accepted too), with
+    torchdyn's ``ODEProblem`` signature: ``solver`` required, ``interpolator`` third, ``atol = rtol = 1e-4``,
+    ``atol_adjoint = rtol_adjoint = 1e-6``, ``seminorm=False``; ``odeint(x, t_span)`` returns
+    ``(t_eval, solution)``.
+    """
+
+    def __init__(
+        self,
+        vector_field: nn.Module | Callable[..., Tensor],
+        solver: str | RungeKutta,
+        interpolator: str | None = None,
+        order: int = 1,
+        atol: float = 1e-4,
+        rtol: float = 1e-4,
+        sensitivity: str = "autograd",
+        solver_adjoint: str | RungeKutta | None = None,
+        atol_adjoint: float = 1e-6,
+        rtol_adjoint: float = 1e-6,
+        seminorm: bool = False,
+        integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        optimizable_params: Iterable[nn.Parameter] = (),
+        **options: object,
+    ) -> None:
+        super().__init__(vector_field, solver, order, atol, rtol, sensitivity, solver_adjoint, atol_adjoint,
+                         rtol_adjoint, interpolator, integral_loss, seminorm, True, optimizable_params, **options)
+
+    def odeint(self, x: Tensor, t_span: TSpan, save_at: TSpan = (), args: Mapping[str, object] | None = None
+               ) -> tuple[Tensor, Tensor]:
+        """``(t_eval, solution)`` of the solve from ``x`` over ``t_span``."""
+        return self.forward(x, t_span, save_at, args)
+
+
+class MultipleShootingLayer(nn.Module):
+    """A Neural ODE solved by multiple shooting (:func:`~nodecore.numerics.shooting.odeint_mshooting`).
+
+    Args:
+        vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``; it must not depend on ``t``.
+        solver: ``'mszero'`` (Parareal) or ``'msbackward'`` (Newton), or a multiple-shooting solver object.
+        sensitivity: ``'autograd'`` only (gradients flow through the iterations).
+        maxiter: shooting iterations; ``fine_steps``: points per interval of the fine solver.
+        solver_adjoint, atol_adjoint, rtol_adjoint, seminorm, integral_loss: torchdyn's adjoint options; the
+            adjoint of multiple shooting is not implemented, so only their defaults are accepted.
+
+    Raises:
+        ValueError: an unknown solver or sensitivity; NotImplementedError: the adjoint options.
+    """
+
+    def __init__(
+        self,
+        vector_field: nn.Module | Callable[..., Tensor],
+        solver: str | MultipleShootingSolver,
+        sensitivity: str = "autograd",
+        maxiter: int = 4,
+        fine_steps: int = 4,
+        solver_adjoint: None = None,
+        atol_adjoint: float = 1e-6,
+        rtol_adjoint: float = 1e-6,
+        seminorm: bool = False,
+        integral_loss: None = None,
+    ) -> None:
+        super().__init__()
+        choice("sensitivity", sensitivity, ("autograd",), plural="sensitivities")
+        if solver_adjoint is not None or integral_loss is not None:
+            raise NotImplementedError("the adjoint of multiple shooting is not implemented; use sensitivity='autograd'")
+        if isinstance(solver, str):
+            choice("multiple-shooting solver", solver, tuple(MS_SOLVERS))
+        self.vf = VectorField(vector_field)
+        self.solver = solver
+        self.maxiter = integer("maxiter", maxiter, minimum=0)
+        self.fine_steps = integer("fine_steps", fine_steps, minimum=2)
+
+    def forward(self, x: Tensor, t_span: TSpan, B0: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(t_eval [N+1], solution [N+1, *x.shape])`` over the equally spaced ``t_span``."""
+        return odeint_mshooting(self.vf, x, t_span, self.solver, B0, self.fine_steps, self.maxiter)
