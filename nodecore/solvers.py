@@ -5,7 +5,7 @@ Importing this module also registers nodecore's ``tsit5`` with torchdiffeq for `
 
 from __future__ import annotations
 
-from nodecore import tsit5 as _tsit5  # noqa: F401  (registers tsit5 with torchdiffeq)
+import nodecore.tsit5  # noqa: F401  (registers tsit5 with torchdiffeq)
 from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
 
 __all__ = ["ALIASES", "SOLVER_NAMES", "SOLVERS", "Solver", "get_solver", "solver_object"]
