@@ -93,3 +93,18 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     fake = tmp_path / "stage.py"
     fake.write_text("def f():\n    from flows.config import PipelineConfig\n")
     assert [_layer(t) for m, n in _imports(fake) for t in _target(m, n)] == ["flows"]
+
+
+NUMERICS_MAY_IMPORT = {"nodecore.numerics", "nodecore.errors", "nodecore._checks"}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "nodecore" / "numerics").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_the_numerics_engine_is_nodecores_lowest_layer(path: Path) -> None:
+    """nodecore.numerics imports only itself, nodecore's errors and its argument checks (plus torch and NumPy)."""
+    upward = [
+        module for module, _ in _imports(path)
+        if module.split(".")[0] == "nodecore" and not any(module == m or module.startswith(m + ".")
+                                                         for m in NUMERICS_MAY_IMPORT)
+    ]
+    assert not upward, f"{path.relative_to(REPO)} imports {upward}"
