@@ -94,14 +94,16 @@ def initial_step(
     """
     with torch.no_grad():
         y, k = y0.reshape(-1), f0.reshape(-1)
-        size = y.numel() if error_size is None else error_size
-        root_n = math.sqrt(max(size, 1))
-        scale = y[:size].abs().mul_(rtol).add_(atol)
-        d0, d1 = (torch.linalg.vector_norm(torch.stack([y[:size], k[:size]]).div_(scale), dim=1) / root_n).tolist()
+        y_n, k_n = (y, k) if error_size is None else (y[:error_size], k[:error_size])
+        root_n = math.sqrt(max(y_n.numel(), 1))
+        scale = y_n.abs().mul_(rtol).add_(atol)
+        d0, d1 = (x / root_n for x in torch.linalg.vector_norm(torch.stack([y_n, k_n]).div_(scale), dim=1).tolist())
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         y1 = torch.add(y, k, alpha=direction * h0).view_as(y0)
         f1 = f(torch.tensor(t0 + direction * h0, dtype=y0.dtype, device=y0.device), y1).reshape(-1)
-        d2 = float(torch.linalg.vector_norm((f1[:size] - k[:size]).div_(scale))) / root_n / h0
+        if error_size is not None:
+            f1 = f1[:error_size]
+        d2 = float(torch.linalg.vector_norm(f1.sub(k_n).div_(scale))) / root_n / h0
         dmax = max(d1, d2)
         h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))
     return direction * min(100 * h0, h1)

@@ -287,8 +287,10 @@ class RungeKutta(nn.Module):
         co = self.coefficients(y0)
         if size is not None:
             stages_t, y0, y1 = stages_t[:size], y0[:size], y1[:size]
-        err = torch.mv(stages_t, co.b_error)
-        return torch.linalg.vector_norm(err.div_(_scale(y0, y1, atol, rtol)))
+        # err / (atol + rtol m) = (err / rtol) / (atol / rtol + m): 1/rtol rides on the addmv (beta=0 ignores y0).
+        err = torch.addmv(y0, stages_t, co.b_error, beta=0, alpha=1.0 / rtol)
+        scale = torch.maximum(y0.abs(), y1.abs()).add_(atol / rtol)
+        return torch.linalg.vector_norm(err.div_(scale))
 
     def dense_weights(self, thetas: list[float], like: Tensor) -> Tensor:
         """``[S, m]`` stage weights ``P_i(θ)`` of the interpolant at each ``θ`` in ``thetas``."""
