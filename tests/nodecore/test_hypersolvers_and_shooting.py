@@ -151,3 +151,16 @@ def test_a_multiple_shooting_layer_trains_and_matches_the_sequential_solve() -> 
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.parameters())
     with pytest.raises(ValueError, match="sensitivities: autograd"):
         MultipleShootingLayer(field, "mszero", sensitivity="adjoint")
+
+
+def test_torchdyn_import_paths_for_the_core_and_numerics_names() -> None:
+    """``from torchdyn.core import ...`` and ``from torchdyn.numerics import ...`` become nodecore's by a word swap."""
+    from nodecore.core import MultipleShootingLayer as MSL, NeuralODE as Node, ODEProblem as Problem
+    from nodecore.numerics import (  # noqa: F401  (importable under torchdyn's names)
+        DormandPrince45, Euler, HyperEuler, MSZero, RungeKutta4, Tsitouras45, odeint, odeint_mshooting,
+    )
+    import nodecore
+
+    assert (Node, Problem, MSL) == (nodecore.NeuralODE, nodecore.ODEProblem, nodecore.MultipleShootingLayer)
+    t_eval, solution = odeint(damped, torch.ones(1, 2, dtype=F64), torch.linspace(0, 1, 3, dtype=F64), Tsitouras45())
+    assert solution.shape == (3, 1, 2) and torch.equal(t_eval, torch.linspace(0, 1, 3, dtype=F64))
