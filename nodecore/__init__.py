@@ -34,7 +34,7 @@ from nodecore.errors import (
     TooManyStepsError,
 )
 from nodecore.classifiers import ODEClassifier
-from nodecore.fields import Augmenter, DepthAware, DepthCat, VectorField
+from nodecore.fields import Augmenter, DataControl, DepthAware, DepthCat, VectorField
 from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
 from nodecore.neuralode import BACKENDS, ORDERS, SENSITIVITIES, NeuralODE
 from nodecore.numerics import odeint, odeint_mshooting
@@ -59,6 +59,7 @@ __all__ = [
     "odeint",
     "odeint_mshooting",
     "MultipleShootingLayer",
+    "DataControl",
     "ODEProblem",
     "accuracy",
     "ACTIVATIONS",

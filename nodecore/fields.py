@@ -53,6 +53,31 @@ class DepthCat(nn.Module):
         return torch.cat([x, t.expand(shape)], dim=self.idx_cat)
 
 
+class DataControl(nn.Module):
+    """Concatenates the solve's initial state ``x0`` to its input: a data-controlled field (torchdyn's).
+
+    Used inside a vector field, e.g. ``nn.Sequential(DataControl(), nn.Linear(2 * D, 16), ...)`` for a
+    ``D``-dimensional state; the :class:`~nodecore.neuralode.NeuralODE` that solves the field sets ``u = x0`` at
+    the start of every solve, so each sample's dynamics depend on where it started. Gradients flow into
+    ``x0`` through ``u`` with every sensitivity.
+
+    Attributes:
+        u: the control, ``[B, D]``; None until a NeuralODE (or the user) sets it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.u: Tensor | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, D] -> [B, D + D_u]``."""
+        if self.u is None:
+            raise RuntimeError("DataControl has no control u: call the field through NeuralODE, or set .u")
+        if self.u.shape[0] != x.shape[0]:
+            raise ValueError(f"DataControl's control u has batch {self.u.shape[0]} but the state has {x.shape[0]}")
+        return torch.cat([x, self.u.to(x)], 1)
+
+
 class Augmenter(nn.Module):
     """Adds ``augment_dims`` state dimensions (zeros, or a learned map of ``x``) before an ODE.
 
@@ -172,7 +197,9 @@ class VectorField(nn.Module):
         self.vf = vf
         self.takes_time = _takes_time(vf)
         modules = vf.modules() if isinstance(vf, nn.Module) else ()
+        modules = list(modules)
         self._depth_layers = [m for m in modules if isinstance(m, (DepthCat, DepthAware))]
+        self.control_layers = [m for m in modules if isinstance(m, DataControl)]
         self._nfe = [0]
 
     # A plain list behind a property: nn.Module's __setattr__ is measurable overhead at every evaluation.

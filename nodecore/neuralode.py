@@ -370,6 +370,8 @@ class NeuralODE(nn.Module):
             )
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
         keep = None if _is_empty(save_at) else _save_at_indices(save_at, t_span)
+        for layer in self.vf.control_layers:  # DataControl: the field sees where each sample started
+            layer.u = x
         counter = StepCounter()
         self._counter = counter
         # Gradients with respect to t_span need torchdiffeq: nodecore's engine keeps times on the host.
@@ -457,7 +459,11 @@ class NeuralODE(nn.Module):
             interpolated=self.sensitivity == "interpolated_adjoint", integral_loss=self.integral_loss,
             forward_solver=self._stepper,
         )
-        return odeint_adjoint(func, x, times, solve=solve, params=tuple(self.vf.parameters()), backward=backward)
+        # A data-controlled field depends on x0 through its control too: the adjoint returns that gradient as
+        # for a parameter, and autograd adds it to the one through the initial state.
+        controls = (x,) if self.vf.control_layers and x.requires_grad else ()
+        return odeint_adjoint(func, x, times, solve=solve, params=(*self.vf.parameters(), *controls),
+                              backward=backward)
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
         options = _solver_options(self.solver, self.step_size, t_span)
@@ -469,7 +475,7 @@ class NeuralODE(nn.Module):
             t_span,
             solve=lambda x0, t: odeint(func, x0, t, rtol=self.rtol, atol=self.atol, method=self.solver.method,
                                        options=options),
-            params=tuple(self.vf.parameters()),
+            params=(*self.vf.parameters(), *((x,) if self.vf.control_layers and x.requires_grad else ())),
             method=self.solver_adjoint.method,
             adaptive=self.solver_adjoint.adaptive,
             options=_solver_options(self.solver_adjoint, self.step_size, t_span),
