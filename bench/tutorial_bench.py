@@ -16,7 +16,8 @@ the same initial weights and sees the same data. Variants:
 - torchdiffeq ``odeint`` and ``odeint_adjoint``;
 - torchode ``AutoDiffAdjoint(Dopri5, IntegralController)``, backpropagating through the solver (torchode
   steps every sample with its own step size, so its batched NFE counts the slowest sample's steps);
-- nodecore ``NeuralODE`` with each sensitivity, and with each ``backend=`` once nodecore has that argument.
+- nodecore ``NeuralODE`` with each sensitivity on each ``backend=``, and on its own engine with
+  ``interpolator='step'`` (stepping onto every point of ``t_span``, as torchdyn does).
 
 Each library is used as a tutorial user would: torchdyn and nodecore get the bare MLP (and count NFE
 themselves); torchdiffeq and torchode get a small ``f(t, x)`` module that counts its calls. The adjoint's
@@ -40,7 +41,6 @@ import contextlib
 import copy
 import importlib
 import importlib.metadata
-import inspect
 import io
 import json
 import os
@@ -137,25 +137,15 @@ def _torchode(net: nn.Module, seminorm: bool | None):
     return f, forward, lambda: f.nfe
 
 
-def _nodecore(sensitivity: str, backend: str | None, interpolator: str | None = None) -> Callable:
+def _nodecore(sensitivity: str, backend: str, interpolator: str | None = None) -> Callable:
     def build(net: nn.Module, seminorm: bool | None):
         extra = {} if seminorm is None else {"seminorm": seminorm}
-        if backend is not None:
-            extra["backend"] = backend
-        if interpolator is not None:
-            extra["interpolator"] = interpolator
         model = nodecore.NeuralODE(net, solver=SOLVER, sensitivity=sensitivity, atol=ATOL, rtol=RTOL,
-                                   atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT, **extra)
+                                   atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT, backend=backend,
+                                   interpolator=interpolator, **extra)
         return model, lambda x, t: model(x, t)[1][-1], lambda: model.vf.nfe
 
     return build
-
-
-def nodecore_backends() -> tuple[str | None, ...]:
-    """``('nodecore', 'torchdiffeq')`` once ``NeuralODE`` takes ``backend=``; ``(None,)`` (no argument) before."""
-    if "backend" in inspect.signature(nodecore.NeuralODE).parameters:
-        return ("nodecore", "torchdiffeq")
-    return (None,)
 
 
 def all_variants() -> list[Variant]:
@@ -166,16 +156,15 @@ def all_variants() -> list[Variant]:
         Variant("torchdiffeq-odeint_adjoint", "torchdiffeq", "adjoint", _torchdiffeq(adjoint=True)),
         Variant("torchode-autograd", "torchode", "autograd", _torchode),
     ]
-    for backend in nodecore_backends():
+    for backend in nodecore.BACKENDS:
         for sensitivity in ("autograd", "adjoint"):
-            name = "-".join(["nodecore", *([backend] if backend else []), sensitivity])
-            variants.append(Variant(name, "nodecore", sensitivity, _nodecore(sensitivity, backend)))
-    if "interpolator" in inspect.signature(nodecore.NeuralODE).parameters:
-        # nodecore's engine stepping onto each point of t_span, as torchdyn does (its default interpolates
-        # the inner points off the dense output, as torchdiffeq does).
-        for sensitivity in ("autograd", "adjoint"):
-            variants.append(Variant(f"nodecore-step-{sensitivity}", "nodecore", sensitivity,
-                                    _nodecore(sensitivity, "nodecore", "step")))
+            variants.append(Variant(f"nodecore-{backend}-{sensitivity}", "nodecore", sensitivity,
+                                    _nodecore(sensitivity, backend)))
+    # nodecore's engine stepping onto each point of t_span, as torchdyn does (its default interpolates the
+    # inner points off the dense output, as torchdiffeq does).
+    for sensitivity in ("autograd", "adjoint"):
+        variants.append(Variant(f"nodecore-step-{sensitivity}", "nodecore", sensitivity,
+                                _nodecore(sensitivity, "nodecore", "step")))
     return variants
 
 
@@ -395,8 +384,6 @@ def available_variants(only: list[str] | None) -> list[Variant]:
             print(f"skipping {variant.name}: cannot import {variant.library} ({reasons[variant.library]})")
         else:
             variants.append(variant)
-    if "backend" not in inspect.signature(nodecore.NeuralODE).parameters:
-        print("note: nodecore.NeuralODE has no backend= argument yet; nodecore runs once per sensitivity")
     return variants
 
 
@@ -462,7 +449,7 @@ def main() -> None:
                         "platform": platform.platform(), "cpu_count": os.cpu_count(),
                         "python": platform.python_version(), "versions": library_versions(),
                         "nodecore_path": os.path.dirname(nodecore.__file__),
-                        "nodecore_backends": [b for b in nodecore_backends() if b]},
+                        "nodecore_backends": list(nodecore.BACKENDS)},
     }
     if args.json:
         with open(args.json, "w") as handle:

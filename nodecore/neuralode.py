@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Iterable, Literal, Mapping, Sequence, Union
+from typing import Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.odeint import interpolates
 from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.solvers import SOLVERS, Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
@@ -28,7 +29,6 @@ SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint", "interpolated_adjoint")
 # Who integrates: nodecore's own engine (nodecore.numerics) or torchdiffeq's odeint.
 BACKENDS: tuple[str, ...] = ("nodecore", "torchdiffeq")
 ORDERS: tuple[int, ...] = (1, 2)
-TSpan = Union[Tensor, Sequence[float]]
 
 # Defaults shared with the pipeline's config (one home for them).
 DEFAULT_SOLVER = "dopri5"
@@ -211,8 +211,11 @@ class NeuralODE(nn.Module):
             torchdyn code does, e.g. ``model.t_span = torch.linspace(1, 0, 2)`` to run a CNF backwards).
 
     Raises:
-        ValueError: unknown solver, sensitivity or order (the message lists the valid ones), bad tolerances.
-        NotImplementedError: an ``interpolator`` or ``integral_loss`` other than None.
+        ValueError: unknown solver, sensitivity, order, interpolator or backend (the message lists the valid
+            ones), bad tolerances, or options the torchdiffeq backend cannot run (a solver object,
+            ``integral_loss``, ``'interpolated_adjoint'``, ``interpolator='step'``).
+        TypeError: an ``integral_loss`` that is not callable; ``'adjoint'`` with a plain function holding no
+            parameters.
     """
 
     def __init__(
@@ -227,7 +230,7 @@ class NeuralODE(nn.Module):
         atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
         interpolator: str | None = None,
-        integral_loss: None = None,
+        integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         seminorm: bool = True,
         return_t_eval: bool = True,
         optimizable_params: Iterable[nn.Parameter] = (),
@@ -267,13 +270,9 @@ class NeuralODE(nn.Module):
             self.solver_adjoint, stepper_adjoint = self.solver, stepper
         else:
             self.solver_adjoint, stepper_adjoint = _solver_entry(solver_adjoint)
-        if self.backend == "torchdiffeq" and not (self.solver.method and self.solver_adjoint.method):
-            raise ValueError(
-                f"backend='torchdiffeq' runs registered solvers only, got the solver object {self.solver.name}; "
-                "use backend='nodecore' or a name from nodecore.solvers.SOLVER_NAMES"
-            )
-        if self.backend == "torchdiffeq" and (integral_loss is not None or sensitivity == "interpolated_adjoint"):
-            raise ValueError("integral_loss and sensitivity='interpolated_adjoint' need backend='nodecore'")
+        self.sensitivity = sensitivity
+        if self.backend == "torchdiffeq":
+            self._check_torchdiffeq_can_run("backend='torchdiffeq'")
         if sensitivity == "interpolated_adjoint" and not stepper.has_dense_output:
             dense = ", ".join(name for name, entry in SOLVERS.items() if entry.cls.tableau.dense is not None)
             raise ValueError(
@@ -288,7 +287,6 @@ class NeuralODE(nn.Module):
             self.solver_module = solver
         if isinstance(solver_adjoint, RungeKutta) and solver_adjoint is not solver:
             self.solver_adjoint_module = solver_adjoint
-        self.sensitivity = sensitivity
         self.atol, self.rtol = positive("atol", atol), positive("rtol", rtol)
         self.atol_adjoint = positive("atol_adjoint", atol_adjoint)
         self.rtol_adjoint = positive("rtol_adjoint", rtol_adjoint)
@@ -300,6 +298,19 @@ class NeuralODE(nn.Module):
         self._counter = StepCounter()
         self._checked_t_span: tuple = (None, None, None, None, None)
         self._field_checked_for: tuple | None = None
+
+    def _check_torchdiffeq_can_run(self, why: str) -> None:
+        """Raise when this model's options need nodecore's engine; ``why`` says what asked for torchdiffeq."""
+        if not (self.solver.method and self.solver_adjoint.method):
+            raise ValueError(
+                f"{why} runs registered solvers only, got the solver object {self.solver.name}; use a name from "
+                "nodecore.solvers.SOLVER_NAMES"
+            )
+        if self.integral_loss is not None or self.sensitivity == "interpolated_adjoint" or self.interpolator == "step":
+            raise ValueError(
+                f"{why}: integral_loss, sensitivity='interpolated_adjoint' and interpolator='step' need nodecore's "
+                "engine (backend='nodecore' and a t_span that does not require grad)"
+            )
 
     def extra_repr(self) -> str:
         return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
@@ -369,13 +380,15 @@ class NeuralODE(nn.Module):
                 "supported; capture them in the field (e.g. as module attributes) instead"
             )
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
-        keep = None if _is_empty(save_at) else _save_at_indices(save_at, t_span)
+        keep = save_at_indices(save_at, t_span)
         for layer in self.vf.control_layers:  # DataControl: the field sees where each sample started
             layer.u = x
         counter = StepCounter()
         self._counter = counter
         # Gradients with respect to t_span need torchdiffeq: nodecore's engine keeps times on the host.
         backend = "torchdiffeq" if t_span.requires_grad else self.backend
+        if backend != self.backend:
+            self._check_torchdiffeq_can_run("a t_span that requires grad (solved by torchdiffeq)")
         shape_key = (x.shape, x.dtype, x.device)
         func = _SolveFunc(
             self.vf,
@@ -439,14 +452,12 @@ class NeuralODE(nn.Module):
 
     def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor) -> Tensor:
         times = t_span.tolist()
-        controller = _CONTROLLER
-
         field = func if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
             func, self.integral_loss)
 
         def solve(x0: Tensor, dense_steps: list | None = None) -> Tensor:
             return torch.stack(integrate(
-                field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=controller,
+                field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=_CONTROLLER,
                 counts=counter.forward, max_steps=self.max_steps, interpolate=self._interpolate,
                 step_size=self.step_size, label="forward", dense_steps=dense_steps,
             ))
@@ -454,7 +465,7 @@ class NeuralODE(nn.Module):
         if self.sensitivity == "autograd":
             return solve(x)
         backward = BackwardSolve(
-            solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=controller,
+            solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=_CONTROLLER,
             counts=counter.backward, max_steps=self.max_steps, step_size=self.step_size, seminorm=self.seminorm,
             interpolated=self.sensitivity == "interpolated_adjoint", integral_loss=self.integral_loss,
             forward_solver=self._stepper,
@@ -509,7 +520,7 @@ class NeuralODE(nn.Module):
         seen, version, device, dtype, checked = self._checked_t_span
         if not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
                 and (device, dtype) == (x.device, x.dtype)):
-            checked = _check_t_span(t_span, x)
+            checked = check_t_span(t_span, x)
             if isinstance(t_span, Tensor):
                 self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)
         t_span = checked
@@ -553,51 +564,3 @@ def _optimizable_params(params: Iterable[nn.Parameter]) -> tuple[nn.Parameter, .
                 "wrap a tensor as nn.Parameter(tensor)"
             )
     return params
-
-
-def _is_empty(points: TSpan) -> bool:
-    """Whether ``save_at`` is empty (torchdyn's default ``()``: save at every point of ``t_span``)."""
-    return points.numel() == 0 if isinstance(points, Tensor) else len(points) == 0
-
-
-def _save_at_indices(save_at: TSpan, t_span: Tensor) -> Tensor:
-    """The index in ``t_span`` of each point of ``save_at`` (matched with ``torch.isclose``), as a ``[S]`` tensor.
-
-    Raises:
-        ValueError: ``save_at`` is not 1-D, or one of its points is not in ``t_span`` exactly once.
-    """
-    points = torch.as_tensor(save_at, dtype=t_span.dtype, device=t_span.device)
-    if points.ndim != 1:
-        raise ValueError(f"save_at must be 1-D, got shape {tuple(points.shape)}")
-    matches = torch.isclose(points[:, None], t_span.detach()[None, :])
-    counts = matches.sum(dim=1)
-    if not bool((counts == 1).all()):
-        raise ValueError(
-            f"every point of save_at must be a point of t_span (once): save_at={points.tolist()}, "
-            f"t_span={t_span.tolist()}; add the points to t_span"
-        )
-    return matches.to(torch.uint8).argmax(dim=1)
-
-
-def _check_t_span(t_span: TSpan | None, x: Tensor) -> Tensor:
-    if t_span is None:
-        return torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
-    if not isinstance(t_span, Tensor):
-        t_span = torch.as_tensor(t_span, dtype=x.dtype, device=x.device)
-    if t_span.device != x.device:
-        raise ValueError(
-            f"t_span is on {t_span.device} but x is on {x.device}; move it with t_span.to(x.device)"
-        )
-    if t_span.ndim != 1 or t_span.numel() < 2:
-        raise ValueError(f"t_span must be 1-D with at least 2 depths, got shape {tuple(t_span.shape)}")
-    if not t_span.is_floating_point():
-        t_span = t_span.to(x.dtype)
-    if not torch.isfinite(t_span).all():
-        raise ValueError(f"t_span must be finite, got {t_span.tolist()}")
-    steps = t_span.diff()
-    if not ((steps > 0).all() or (steps < 0).all()):
-        raise ValueError(
-            "t_span must be strictly increasing, or strictly decreasing for a backward solve, "
-            f"got {t_span.tolist()}"
-        )
-    return t_span

@@ -56,8 +56,9 @@ class MultipleShootingLayer(nn.Module):
         solver: ``'mszero'`` (Parareal) or ``'msbackward'`` (Newton), or a multiple-shooting solver object.
         sensitivity: ``'autograd'`` only (gradients flow through the iterations).
         maxiter: shooting iterations; ``fine_steps``: points per interval of the fine solver.
-        solver_adjoint, atol_adjoint, rtol_adjoint, seminorm, integral_loss: torchdyn's adjoint options; the
-            adjoint of multiple shooting is not implemented, so only their defaults are accepted.
+        solver_adjoint, atol_adjoint, rtol_adjoint, seminorm, integral_loss: torchdyn's adjoint options. The
+            adjoint of multiple shooting is not implemented: a ``solver_adjoint`` or ``integral_loss`` is
+            refused; the tolerances and ``seminorm`` are accepted for torchdyn's signature and unused.
 
     Raises:
         ValueError: an unknown solver or sensitivity; NotImplementedError: the adjoint options.

@@ -118,7 +118,8 @@ class _AdjointSolve(torch.autograd.Function):
         with torch.no_grad():
             trajectory = solve(x0, steps)
         ctx.func, ctx.backward_solve, ctx.times = func, backward, times
-        ctx.dense = DenseTrajectory(steps, backward.forward_solver or backward.solver) if steps else None
+        dense_solver = backward.solver if backward.forward_solver is None else backward.forward_solver
+        ctx.dense = DenseTrajectory(steps, dense_solver) if steps else None
         ctx.save_for_backward(trajectory, *params)
         return trajectory
 
@@ -134,6 +135,8 @@ class _AdjointSolve(torch.autograd.Function):
         adjoint = grad_trajectory[-1].reshape(-1)
         param_grads = torch.zeros(sum(p.numel() for p in params), dtype=trajectory.dtype, device=trajectory.device)
         end = len(times) - 1
+        # Fixed steps retrace the forward's grid (the whole sub-grid); adaptive steps need only its ends.
+        constant = not opts.solver.adaptive or opts.step_size is not None
         with torch.no_grad():
             for start in range(end - 1, -1, -1):
                 incoming = grad_trajectory[start]
@@ -142,8 +145,6 @@ class _AdjointSolve(torch.autograd.Function):
                 parts = [adjoint, param_grads] if ctx.dense is not None else [trajectory[end].reshape(-1), adjoint,
                                                                               param_grads]
                 z = torch.cat(parts)
-                # Fixed steps retrace the forward's grid (the whole sub-grid); adaptive steps need only its ends.
-                constant = not opts.solver.adaptive or opts.step_size is not None
                 span = times[start : end + 1][::-1] if constant else [times[end], times[start]]
                 z = integrate(
                     dynamics, z, span, opts.solver,
@@ -154,10 +155,7 @@ class _AdjointSolve(torch.autograd.Function):
                 adjoint = z[offset : offset + n] + incoming.reshape(-1)
                 param_grads = z[offset + n :]
                 end = start
-        grads, offset = [], 0
-        for p in params:
-            grads.append(param_grads[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
+        grads = [g.view_as(p) for g, p in zip(param_grads.split([p.numel() for p in params]), params)]
         return (None, None, None, None, adjoint.view(trajectory.shape[1:]), *grads)
 
 

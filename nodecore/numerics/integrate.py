@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import PIController, initial_step
-from nodecore.numerics.solvers import RungeKutta, Workspace
+from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace
 from nodecore.numerics.stats import StepCounts
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -93,24 +93,27 @@ def _kept(state: Tensor, ws: Workspace | None) -> Tensor:
     return state if ws is None else state.clone()
 
 
-def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts):
-    """For a solver whose class overrides ``step`` (a hypersolver, a torchdyn-style custom solver): an
-    ``attempt``-like function that goes through that ``step``, counting evaluations."""
+def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts) -> Callable[[Tensor, float, float], Tensor]:
+    """For a solver whose class overrides ``step`` (a hypersolver, a torchdyn-style custom solver): a function
+    ``(y, t, h) -> y1`` that goes through that ``step``, counting evaluations."""
 
     def counted(t: Tensor, x: Tensor) -> Tensor:
         counts.nfe += 1
         return f(t, x)
 
-    class _Result:
-        __slots__ = ("y1", "last")
+    def step(y: Tensor, t: float, h: float) -> Tensor:
+        return solver.step(counted, y, torch.tensor(t, dtype=y.dtype, device=y.device), h)[1]
 
-    def attempt(y: Tensor, t: float, h: float) -> _Result:
-        result = _Result()
-        t_now = torch.tensor(t, dtype=y.dtype, device=y.device)
-        result.y1, result.last = solver.step(counted, y, t_now, h)[1], None
-        return result
+    return step
 
-    return attempt
+
+def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Tensor, t: float, h: float,
+                  attempt: Attempt, counts: StepCounts, ws: Workspace | None) -> None:
+    """Append an accepted step's whole interpolant ``(t, h, y0, stages)`` to ``dense_steps`` (when asked)."""
+    if dense_steps is None or not solver.has_dense_output:
+        return
+    stages = solver.dense_stages(f, y, t, h, attempt.stages, counts)
+    dense_steps.append((t, h, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
 
 
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
@@ -135,17 +138,15 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
         t = t_start
         for i in range(n):
             _count_attempt(counts, max_steps, t, h, name)
+            t_new = t_end if i == n - 1 else t_start + (i + 1) * h
             if overridden:
-                attempt = by_override(y, t, h)
+                t, y = t_new, by_override(y, t, h)
             else:
                 attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
-                if dense_steps is not None and solver.has_dense_output:
-                    stages = solver.dense_stages(f, y, t, h, attempt.stages, counts)
-                    dense_steps.append((t, h, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
-            t_new = t_end if i == n - 1 else t_start + (i + 1) * h
-            if dense:
-                j = _emit_interpolated(f, solver, out, times, j, t, h, t_new, y, attempt, counts, direction, ws)
-            t, y, k0 = t_new, attempt.y1, attempt.last
+                _record_dense(dense_steps, solver, f, y, t, h, attempt, counts, ws)
+                if dense:
+                    j = _emit_interpolated(f, solver, out, times, j, t, h, t_new, y, attempt, counts, direction, ws)
+                t, y, k0 = t_new, attempt.y1, attempt.last
             if ws is not None:
                 ws.swap()
             if all_steps is not None:
@@ -208,9 +209,7 @@ def _adaptive_steps(
             elif landing:
                 out.append(_kept(attempt.y1, ws))
                 j += 1
-            if dense_steps is not None:
-                stages = solver.dense_stages(f, y, t, h_try, attempt.stages, counts)
-                dense_steps.append((t, h_try, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
+            _record_dense(dense_steps, solver, f, y, t, h_try, attempt, counts, ws)
             t, y, k0 = t_new, attempt.y1, attempt.last
             previous_ratio = ratio
             if ws is not None:
@@ -230,7 +229,7 @@ def _adaptive_steps(
 
 
 def _emit_interpolated(f: Field, solver: RungeKutta, out: list[Tensor], times: list[float], j: int, t: float,
-                       h: float, t_new: float, y: Tensor, attempt, counts: StepCounts, direction: float,
+                       h: float, t_new: float, y: Tensor, attempt: Attempt, counts: StepCounts, direction: float,
                        ws: Workspace | None) -> int:
     """Append the dense-output states of every ``times[j:]`` inside the accepted step ``[t, t_new]``."""
     inner: list[float] = []

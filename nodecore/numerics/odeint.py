@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence, Union
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -12,9 +12,9 @@ from nodecore.numerics.control import IntegralController, PIController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.registry import solver_object
 from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
 
-TSpan = Union[Tensor, Sequence[float]]
 # How output times are produced: "dense" (the default, also None, and torchdyn's "4th") reads inner points
 # off the solver's dense output; "step" steps onto every point (what torchdyn does with interpolator=None).
 INTERPOLATORS: tuple[str, ...] = ("dense", "4th", "step")
@@ -92,8 +92,10 @@ def odeint(
         raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the field instead")
     interpolate = interpolates(interpolator)
     solver = solver_object(solver)
-    t_span = _checked_t_span(t_span, x)
-    keep = _save_at(save_at, t_span)
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    t_span = check_t_span(t_span, x)
+    keep = save_at_indices(save_at, t_span)
     counts = StepCounts()
     error_size = int(seminorm[1]) if seminorm[0] and seminorm[1] is not None else None
     all_steps: list | None = [] if return_all_eval else None
@@ -114,28 +116,3 @@ def odeint(
         if keep is not None:
             t_eval, solution = t_eval[keep], solution[keep]
     return (t_eval, solution, counts) if return_stats else (t_eval, solution)
-
-
-def _checked_t_span(t_span: TSpan, x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
-    t = torch.as_tensor(t_span, dtype=x.dtype, device=x.device) if not isinstance(t_span, Tensor) else t_span
-    if t.ndim != 1 or t.numel() < 2:
-        raise ValueError(f"t_span must be 1-D with at least 2 times, got shape {tuple(t.shape)}")
-    if not torch.isfinite(t).all():
-        raise ValueError(f"t_span must be finite, got {t.tolist()}")
-    steps = t.diff()
-    if not ((steps > 0).all() or (steps < 0).all()):
-        raise ValueError(f"t_span must be strictly increasing or strictly decreasing, got {t.tolist()}")
-    return t
-
-
-def _save_at(save_at: TSpan, t_span: Tensor) -> Tensor | None:
-    points = torch.as_tensor(save_at, dtype=t_span.dtype, device=t_span.device)
-    if points.numel() == 0:
-        return None
-    matches = torch.isclose(points.reshape(-1)[:, None], t_span[None, :])
-    if not bool((matches.sum(dim=1) == 1).all()):
-        raise ValueError(f"every point of save_at must be a point of t_span: save_at={points.tolist()}, "
-                         f"t_span={t_span.tolist()}")
-    return matches.to(torch.uint8).argmax(dim=1)

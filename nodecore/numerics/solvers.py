@@ -69,11 +69,10 @@ class Workspace:
     so the accepted step's state and stages stay intact while the next step is tried.
     """
 
-    def __init__(self, stages: int, like: Tensor, a: list[Tensor] | None = None) -> None:
+    def __init__(self, stages: int, like: Tensor, a: list[Tensor]) -> None:
         n, shape = like.numel(), like.shape
         self.stages = [torch.empty(stages, n, dtype=like.dtype, device=like.device) for _ in range(2)]
         states = [torch.empty(stages + 1, n, dtype=like.dtype, device=like.device) for _ in range(2)]
-        self.rows = [[K[i] for i in range(stages)] for K in self.stages]
         self.shaped_rows = [[K[i].view(shape) for i in range(stages)] for K in self.stages]
         # The stage times, as 0-dim views of one buffer rewritten at every attempt: a field that keeps ``t``
         # beyond its call must copy it (no-grad solves only; with a graph every time is a fresh tensor).
@@ -88,7 +87,7 @@ class Workspace:
             [(a[i], self.mats[b][i], self.flat_inputs[b][i], self.inputs[b][i], self.shaped_rows[b][i],
               self.time_views[i]) for i in range(1, stages)]
             for b in range(2)
-        ] if a is not None else None
+        ]
         self.current = 0
         self.busy = False
 

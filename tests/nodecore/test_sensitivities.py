@@ -100,13 +100,22 @@ def test_the_augmented_autograd_integral_loss_integrates_the_cost() -> None:
     ("kwargs", "message"),
     [
         ({"solver": "rk4", "sensitivity": "interpolated_adjoint"}, "dense output, which solver 'rk4' has not"),
-        ({"sensitivity": "interpolated_adjoint", "backend": "torchdiffeq"}, "need backend='nodecore'"),
-        ({"integral_loss": running_cost, "backend": "torchdiffeq"}, "need backend='nodecore'"),
+        ({"sensitivity": "interpolated_adjoint", "backend": "torchdiffeq"}, "need nodecore's engine"),
+        ({"integral_loss": running_cost, "backend": "torchdiffeq"}, "need nodecore's engine"),
+        ({"interpolator": "step", "backend": "torchdiffeq"}, "need nodecore's engine"),
     ],
 )
 def test_unsupported_combinations_are_refused_up_front(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         NeuralODE(field(), **kwargs)
+
+
+def test_a_t_span_requiring_grad_refuses_options_torchdiffeq_would_ignore() -> None:
+    """Gradients in t_span send the solve to torchdiffeq, which has no integral loss: refused, not ignored."""
+    model = NeuralODE(field(), "dopri5", integral_loss=running_cost)
+    t_span = torch.tensor([0.0, 1.0], dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match="a t_span that requires grad .*need nodecore's engine"):
+        model(torch.zeros(3, 3, dtype=F64), t_span)
 
 
 def test_a_non_callable_integral_loss_is_refused() -> None:
