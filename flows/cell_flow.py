@@ -2,8 +2,8 @@
 
 The training flow dispatches cells here when ``run.executor`` is ``deployments``: a cell for ``cuda:N``
 goes to the GPU pool's deployment with ``CUDA_VISIBLE_DEVICES=N``, CPU cells to the CPU pools in turn.
-The cell's stage outputs are written as JSON to ``result_path`` (in the shared artifacts folder), where
-the dispatching flow reads them.
+The cell's stage outputs are written as JSON to ``result_path`` in the artifacts store (a shared folder or
+an object store), where the dispatching flow reads them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tasks.config import PipelineConfig
 from tasks.grid import Cell
 from flows.stages import Stages, resolve_cells
-from nodecore.files import atomic_write
-from tasks.cache import StageOutput, read_manifest
+from tasks.cache import StageOutput, read_stage
+from tasks.store import ArtifactStore
 
 CELL_FLOW_NAME = "nodecore-cell"
 
@@ -32,33 +32,37 @@ def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOu
               result_path: str | None = None, model: str = "node",
               run_device: str | None = None) -> dict[str, StageOutput]:
     """Train, evaluate, integrate and render one (model, solver, device) cell from the grid's dataset and
-    the field stage's output for that model."""
+    the field stage's output for that model; ``result_path`` is relative to the artifacts store."""
     stages = Stages(config)
     cell = Cell(solver=solver, device=device, model=model)
     outputs = resolve_cells([stages.submit_cell(cell, dataset, field, run_device=run_device)])[0]
     if result_path:
-        with atomic_write(result_path) as handle:
-            handle.write(json.dumps({k: v.model_dump(mode="json") for k, v in outputs.items()}).encode())
+        stages.store.write_bytes(result_path, json.dumps({k: v.model_dump(mode="json")
+                                                          for k, v in outputs.items()}).encode())
     return outputs
 
 
-def read_cell_result(path: str | Path, root: str | Path) -> dict[str, StageOutput]:
-    """The stage outputs a dispatched :func:`cell_flow` wrote to ``path``, each re-read from its verified manifest.
+def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
+    """The stage outputs a dispatched :func:`cell_flow` wrote to ``path`` in ``store``, each re-read from its
+    verified manifest.
 
-    The file only says which stage folders under ``root`` hold the cell's outputs; what is returned comes from
-    their signed, verified manifests, so an edited result file can point at nothing but real outputs.
+    The file only says which stage folders hold the cell's outputs; what is returned comes from their signed,
+    verified manifests, so an edited result file can point at nothing but real outputs.
 
     Raises:
         ValueError: the file is not a cell result, or names an output without a verified manifest.
     """
-    root = Path(root)
     try:
-        claimed = {k: StageOutput.model_validate(v) for k, v in json.loads(Path(path).read_text()).items()}
+        blob = store.read_bytes(path)
+        if blob is None:
+            raise FileNotFoundError(f"no such object in {store.location}")
+        claimed = {k: StageOutput.model_validate(v) for k, v in json.loads(blob).items()}
     except (OSError, ValueError) as err:
         raise ValueError(f"cell result {str(path)!r} is unreadable: {err}") from err
     outputs = {}
     for name, output in claimed.items():
-        verified = read_manifest(root / output.stage / output.key, root) if output.key.isalnum() else None
+        plain = output.key.isalnum() and output.stage.replace("-", "").isalnum()
+        verified = read_stage(store, output.stage, output.key) if plain else None
         if verified is None:
             raise ValueError(f"cell result {str(path)!r} names {output.stage}/{output.key}, which has no "
                              "verified manifest")

@@ -30,7 +30,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import BaseSettings, CliApp, CliSettingsSource, SettingsConfigDict, SettingsError
 
-__all__ = ["HINT", "NONE_WORD", "ConfigParser", "check_writable_folder", "cli_source", "format_validation_error",
+__all__ = ["HINT", "NONE_WORD", "ConfigParser", "check_artifacts_store", "check_writable_folder", "cli_source", "format_validation_error",
            "parse_config"]
 
 M = TypeVar("M", bound=BaseModel)
@@ -172,3 +172,24 @@ def check_writable_folder(path: str | os.PathLike[str]) -> Path:
         action = "written" if existing == target else f"created in {str(existing)!r}"
         raise ValueError(f"{str(path)!r} cannot be {action}: {err.strerror or err}") from err
     return target
+
+
+def check_artifacts_store(location: str) -> str:
+    """Check that the artifacts store ``location`` (a folder or fsspec URL) can be written; return its one spelling.
+
+    A folder is checked as :func:`check_writable_folder` does; a remote store gets a probe object written and
+    deleted, so an unknown protocol, a missing driver or bucket, or bad credentials show before any work starts.
+
+    Raises:
+        ValueError: naming the store and what is wrong.
+    """
+    from tasks.store import artifact_store, check_location, normalise
+
+    check_location(location)
+    store = artifact_store(location)
+    if store.is_local:
+        check_writable_folder(store.location)
+    else:
+        store.check_writable()
+    return normalise(location)
+

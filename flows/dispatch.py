@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import get_client, task
@@ -15,6 +14,7 @@ from flows.cell_flow import CELL_FLOW_NAME, read_cell_result
 from tasks.config import PipelineConfig
 from tasks.grid import Cell
 from tasks.cache import StageOutput
+from tasks.store import artifact_store
 
 
 def cell_deployment_name(pool: str) -> str:
@@ -42,11 +42,11 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     Raises:
         RuntimeError: the cell's flow run did not complete (its state and id are in the message).
     """
-    root = Path(config.run.artifacts_dir).resolve()
-    result_path = root / "cells" / f"{uuid.uuid4().hex}.json"
+    store = artifact_store(config.run.artifacts_dir)
+    result_path = f"cells/{uuid.uuid4().hex}.json"  # in the store, where the cell's host writes it
     parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": cell.device,
                                   "run_device": device, "dataset": dataset, "field": field,
-                                  "result_path": str(result_path), "model": cell.model}
+                                  "result_path": result_path, "model": cell.model}
     flow_run = run_deployment(
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,
@@ -64,6 +64,6 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {kind} (flow run {flow_run.id}): "
                            f"{state.message if state else ''}; is a worker polling pool {pool!r}?")
     try:
-        return read_cell_result(result_path, root)
+        return read_cell_result(result_path, store)
     finally:
-        result_path.unlink(missing_ok=True)
+        store.remove(result_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from prefect.context import FlowRunContext
@@ -17,6 +16,7 @@ from tasks.evaluate import evaluate_cell
 from tasks.grid import Cell
 from tasks.records import ManifestRecords, saved_records, stage_result_options
 from tasks.render import render_plots
+from tasks.store import ArtifactStore, artifact_store
 from tasks.train import train_cell
 from tasks.trajectories import integrate_trajectories
 
@@ -28,15 +28,15 @@ class Stages:
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
-        self.root = Path(config.run.artifacts_dir).resolve()
-        self.common = {"root": str(self.root), "refresh": config.run.refresh}
+        self.store: ArtifactStore = artifact_store(config.run.artifacts_dir)
+        self.common = {"root": self.store.location, "refresh": config.run.refresh}
         self._records: ManifestRecords | None = None
 
     @property
     def records(self) -> ManifestRecords:
         """The stages' Prefect cache records (their manifests), saved on the server on first use."""
         if self._records is None:
-            self._records = saved_records(self.root)
+            self._records = saved_records(self.store.location)
         return self._records
 
     def options(self, *, retryable: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from tasks.config import PipelineConfig
 from tasks.grid import Cell, grid_cells, resolve_devices
 from flows.stages import Stages, mark_cached, resolve, resolve_cells
 from tasks.cache import StageOutput
-from flows.cli import check_writable_folder
+from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
 from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
@@ -56,9 +56,9 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     remote = config.run.executor == "deployments"
     devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count(), check=not remote)
     cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder)
-    check_writable_folder(config.run.artifacts_dir)  # a run started by Prefect skipped main()'s pre-flight
+    check_artifacts_store(config.run.artifacts_dir)  # a run started by Prefect skipped main()'s pre-flight
     stages = Stages(config)
-    stages.root.mkdir(parents=True, exist_ok=True)
+    stages.store.local_root.mkdir(parents=True, exist_ok=True)
 
     dataset = stages(generate_dataset, retryable=True).submit(dataset=config.dataset, **stages.common)
     fields = {kind: stages(build_vector_field, name=f"build-{kind}").submit(
@@ -81,7 +81,7 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
                 config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset_output,
                 field=field_by_kind[cell.model]))
         results = resolve(futures)
-    return publish_report.submit(str(stages.root), results).result()
+    return publish_report.submit(stages.store.location, results).result()
 
 
 def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
@@ -101,7 +101,7 @@ def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flows.cli import check_writable_folder, cli_source, parse_config
+    from flows.cli import check_artifacts_store, cli_source, parse_config
     from flows.server import ensure_server, prefect_settings_context
     from tasks.faults import validate_faults
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight = {
         "--devices: ": lambda: resolve_devices(config.devices, cuda_count=torch.cuda.device_count(),
                                                check=config.run.executor != "deployments"),
-        "--run.artifacts_dir: ": lambda: check_writable_folder(config.run.artifacts_dir),
+        "--run.artifacts_dir: ": lambda: check_artifacts_store(config.run.artifacts_dir),
         "": validate_faults,  # its message names NODECORE_FAULTS
     }
     for option, check in preflight.items():
@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     import shlex
 
     from flows.server import exit_if_api_lost
+    from tasks.store import normalise
 
     rerun = shlex.join(["python", "flows/train_flow.py", *(sys.argv[1:] if argv is None else argv)])
     lost = (f"lost the Prefect API at {server.api_url} (server stopped?); checkpoints are kept in "
-            f"{Path(config.run.artifacts_dir).resolve()}; rerun: {rerun}")
+            f"{normalise(config.run.artifacts_dir)}; rerun: {rerun}")
     with prefect_settings_context(server):
         with exit_if_api_lost(server, lost):  # one line and exit status 3, not minutes of client retries
             state = train_flow(config, return_state=True)

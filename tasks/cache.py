@@ -1,6 +1,7 @@
-"""Stages as cached, retried Prefect tasks whose outputs are files under the artifacts folder.
+"""Stages as cached, retried Prefect tasks whose outputs are files in the artifacts store.
 
-Each stage writes into ``<root>/<stage>/<key>/``; the key digests everything that determines the output:
+The store is a local folder or any fsspec URL (:mod:`tasks.store`). Each stage writes into
+``<root>/<stage>/<key>/``; the key digests everything that determines the output:
 the stage's inputs (configs and the digests of upstream outputs) and its code version (see
 :mod:`tasks.code_version`). A ``manifest.json`` written last, atomically, lists the files with their
 SHA-256; a folder without a valid manifest is never taken as a result, so a killed run leaves nothing that
@@ -30,9 +31,10 @@ from prefect.cache_policies import CachePolicy
 from prefect.serializers import Serializer
 from pydantic import BaseModel, ConfigDict, Field
 
-from nodecore.files import atomic_write, file_digest
+from nodecore.files import file_digest
 from tasks import signing
 from tasks.code_version import code_digest
+from tasks.store import ArtifactStore, artifact_store
 
 MANIFEST = "manifest.json"
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
@@ -88,10 +90,41 @@ class StageOutputSerializer(Serializer):  # type: ignore[type-arg]
 
 @dataclass(frozen=True)
 class StageContext:
-    """Where a stage runs: its own output ``folder`` and the artifacts ``root`` its inputs live under."""
+    """Where a stage runs: its own local output ``folder`` and the local ``root`` its inputs were fetched into.
+
+    With a remote store both are in the store's local working copy; :meth:`share` and :meth:`restore` move
+    files that must outlive this process (a training's resume checkpoints) to and from the store itself.
+    """
 
     folder: Path
     root: Path
+    store: ArtifactStore | None = None
+
+    def _relative(self, path: Path) -> str:
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def share(self, *paths: Path) -> None:
+        """Upload files of this stage's folder to the store now, before the stage's manifest exists."""
+        if self.store is not None:
+            for path in paths:
+                self.store.put(path, self._relative(path))
+
+    def unshare(self, *paths: Path) -> None:
+        """Delete files of this stage's folder from the store (their local copies too)."""
+        if self.store is not None:
+            for path in paths:
+                self.store.remove(self._relative(path))
+
+    def shared(self) -> list[Path]:
+        """The files of this stage's folder that the store holds (as paths in :attr:`folder`)."""
+        if self.store is None:
+            return []
+        return [self.folder / name for name in self.store.names(self._relative(self.folder))]
+
+    def restore(self) -> None:
+        """Copy into :attr:`folder` what the store holds in this stage's folder (e.g. another host's checkpoints)."""
+        if self.store is not None and not self.store.is_local:
+            self.store.download_folder(self._relative(self.folder))
 
 
 @dataclass(frozen=True)
@@ -152,38 +185,93 @@ def _signed_payload(output: StageOutput) -> bytes:
     return json.dumps(output.model_dump(mode="json"), sort_keys=True).encode()
 
 
-def read_manifest(folder: Path, root: Path) -> StageOutput | None:
-    """The stage output recorded in ``folder``, or None unless it is signed, the folder's own, and intact.
-
-    "Signed" means under this host's key (an edited manifest is not trusted); "its own" that it names this
-    folder's stage and key; "intact" that every listed file lies inside ``root`` with the recorded SHA-256.
-    """
+def _verified(blob: bytes | None, stage: str, key: str, fetch: Callable[[str, str], bool]) -> StageOutput | None:
+    """The stage output in manifest bytes ``blob`` if it is signed, names ``stage``/``key``, and every file it
+    lists passes ``fetch(relative, digest)``; else None."""
+    if blob is None:
+        return None
     try:
-        manifest = _SignedManifest.model_validate_json((folder / MANIFEST).read_bytes())
-    except (OSError, ValueError):
+        manifest = _SignedManifest.model_validate_json(blob)
+    except ValueError:
         return None
     output = manifest.output
     if not signing.verify(_signed_payload(output), manifest.signature):
         return None
-    if (output.stage, output.key) != (folder.parent.name, folder.name) or set(output.files) != set(output.digests):
+    if (output.stage, output.key) != (stage, key) or set(output.files) != set(output.digests):
         return None
-    for name, relative in output.files.items():
-        try:
-            path = confined(root, relative)
-        except ValueError:
-            return None
-        if not path.is_file() or file_digest(path) != output.digests[name]:
-            return None
+    if not all(fetch(relative, output.digests[name]) for name, relative in output.files.items()):
+        return None
     return output
 
 
-def _write_manifest(folder: Path, root: Path, stage: str, key: str, built: Built) -> StageOutput:
+def read_manifest(folder: Path, root: Path) -> StageOutput | None:
+    """The stage output recorded in the local ``folder``, or None unless it is signed, the folder's own, and intact.
+
+    "Signed" means under this host's key (an edited manifest is not trusted); "its own" that it names this
+    folder's stage and key; "intact" that every listed file lies inside ``root`` with the recorded SHA-256.
+    """
+
+    def intact(relative: str, digest: str) -> bool:
+        try:
+            path = confined(root, relative)
+        except ValueError:
+            return False
+        return path.is_file() and file_digest(path) == digest
+
+    try:
+        blob = (folder / MANIFEST).read_bytes()
+    except OSError:
+        return None
+    return _verified(blob, folder.parent.name, folder.name, intact)
+
+
+def read_stage(store: ArtifactStore, stage: str, key: str) -> StageOutput | None:
+    """The verified output of ``stage``/``key`` in ``store``, its files present in the store's local root.
+
+    For a remote store the manifest is read from the store and each file is checked (and if need be
+    downloaded) against the digest it records: see :meth:`ArtifactStore.fetch`.
+    """
+    if store.is_local:
+        return read_manifest(store.local_root / stage / key, store.local_root)
+
+    def fetched(relative: str, digest: str) -> bool:
+        try:
+            confined(store.local_root, relative)
+        except ValueError:
+            return False
+        return store.fetch(relative, digest) is not None
+
+    return _verified(store.read_bytes(f"{stage}/{key}/{MANIFEST}"), stage, key, fetched)
+
+
+def fetch_inputs(store: ArtifactStore, inputs: Mapping[str, Any]) -> None:
+    """Bring the files of every upstream :class:`StageOutput` in ``inputs`` into the store's local root, verified.
+
+    Raises:
+        ValueError: an upstream file is missing from the store or does not have its recorded digest.
+    """
+    for value in inputs.values():
+        outputs = value if isinstance(value, (list, tuple)) else [value]
+        for output in outputs:
+            if not isinstance(output, StageOutput):
+                continue
+            for name, relative in output.files.items():
+                confined(store.local_root, relative)
+                if store.fetch(relative, output.digests[name]) is None:
+                    raise ValueError(f"{output.stage} output {name!r} ({store.url(relative)}) is missing from the "
+                                     "store or does not match its manifest's digest; rerun with --run.refresh")
+
+
+def _write_manifest(store: ArtifactStore, stage: str, key: str, built: Built) -> StageOutput:
+    """Upload the built files (a remote store), then write the signed manifest: last, so it vouches for them."""
+    root = store.local_root
     files = {name: Path(path).resolve().relative_to(root.resolve()).as_posix() for name, path in built.files.items()}
     digests = {name: file_digest(root / relative) for name, relative in files.items()}
+    for relative in files.values():
+        store.put(root / relative, relative)
     output = StageOutput(stage=stage, key=key, files=files, digests=digests, data=dict(built.data))
     manifest = _SignedManifest(output=output, signature=signing.sign(_signed_payload(output)))
-    with atomic_write(folder / MANIFEST) as handle:
-        handle.write(manifest.model_dump_json(indent=2).encode())
+    store.write_bytes(f"{stage}/{key}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
     return output
 
 
@@ -196,13 +284,18 @@ class ArtifactCachePolicy(CachePolicy):
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any],
                     **kwargs: Any) -> str | None:
-        return stage_key(self.stage, code_digest(Path(self.code_file)), inputs)
+        return record_key(self.stage, stage_key(self.stage, code_digest(Path(self.code_file)), inputs))
+
+
+def record_key(stage: str, key: str) -> str:
+    """Prefect's cache key of a stage run: ``<stage>.<key>``, so the record's manifest is found in one read."""
+    return f"{stage}.{key}"
 
 
 def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built]], Any]:
     """Turn ``build(ctx: StageContext, *, <inputs>) -> Built`` into a Prefect task returning a :class:`StageOutput`.
 
-    The task takes ``root`` (the artifacts folder) and ``refresh`` (recompute even if cached) besides the
+    The task takes ``root`` (the artifacts store: a folder or URL) and ``refresh`` (recompute even if cached) besides the
     build function's keyword inputs. Retries, names and the like go in ``task_options``.
     """
 
@@ -220,15 +313,17 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
             bound = signature.bind(**kwargs)
             bound.apply_defaults()
             inputs = dict(bound.arguments)
-            root = Path(inputs.pop("root"))
+            store = artifact_store(inputs.pop("root"))
             refresh = inputs.pop("refresh")
             key = stage_key(stage, code_digest(Path(code_file)), inputs)
-            folder = root / stage / key
-            if not refresh and (cached := read_manifest(folder, root)) is not None:
+            if not refresh and (cached := read_stage(store, stage, key)) is not None:
                 return cached.model_copy(update={"reused": True})
+            store.remove(f"{stage}/{key}/{MANIFEST}")  # a rebuild never leaves the old manifest vouching for it
+            fetch_inputs(store, inputs)
+            folder = store.local_root / stage / key
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / MANIFEST).unlink(missing_ok=True)
-            return _write_manifest(folder, root, stage, key, build(StageContext(folder, root), **inputs))
+            context = StageContext(folder, store.local_root, store)
+            return _write_manifest(store, stage, key, build(context, **inputs))
 
         run.__signature__ = signature  # type: ignore[attr-defined]
         run.__name__ = build.__name__

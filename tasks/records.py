@@ -11,6 +11,7 @@ already written ``<root>/<stage>/<key>/manifest.json``. Asked for the record of 
 that manifest, verified file by file (:func:`tasks.cache.read_manifest`), and hands Prefect bytes it built
 itself, encoded with :class:`StageOutputSerializer` (plain JSON validated as a :class:`StageOutput`). No byte of
 the store reaches a Prefect deserializer, and a manifest that no longer verifies is simply a cache miss.
+The root may be any store :mod:`tasks.store` takes (a folder or an fsspec URL).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from prefect._internal.result_records import ResultRecord, ResultRecordMetadata
 from prefect.filesystems import WritableFileSystem
 from pydantic import Field
 
-from tasks.cache import MANIFEST, StageOutputSerializer, read_manifest
+from tasks.cache import StageOutputSerializer, read_stage
+from tasks.store import artifact_store
 
-_KEY = re.compile(r"^[0-9a-f]{24}$")
+_RECORD = re.compile(r"^(?P<stage>[a-z][a-z-]*)\.(?P<key>[0-9a-f]{24})$")  # tasks.cache.record_key
 
 
 class ManifestRecords(WritableFileSystem):
@@ -39,7 +41,7 @@ class ManifestRecords(WritableFileSystem):
     _block_type_name = "nodecore manifest records"
     _description = "Cache records of nodecore's pipeline stages: their verified manifests, never pickles."
 
-    root: str = Field(description="the artifacts folder whose stage manifests are the records")
+    root: str = Field(description="the artifacts store (folder or URL) whose stage manifests are the records")
 
     def read_path(self, path: str, _sync: bool | None = None) -> bytes:
         """The record of cache key ``path``, rebuilt from its stage's verified manifest.
@@ -47,15 +49,13 @@ class ManifestRecords(WritableFileSystem):
         Raises:
             ValueError: no verified manifest for that key (Prefect takes it as a cache miss).
         """
-        key = Path(path).name
-        if not _KEY.match(key):
+        match = _RECORD.match(Path(path).name)
+        if match is None:
             raise ValueError(f"not a stage cache key: {path!r}")
-        root = Path(self.root)
-        # Keys digest the stage's name, so at most one stage folder holds this one.
-        folders = [stage / key for stage in root.iterdir() if (stage / key / MANIFEST).is_file()]
-        output = read_manifest(folders[0], root) if len(folders) == 1 else None
+        output = read_stage(artifact_store(self.root), match["stage"], match["key"])
         if output is None:
-            raise ValueError(f"no verified manifest for cache key {key} under {self.root}")
+            raise ValueError(f"no verified manifest for cache key {match['key']} of stage {match['stage']} "
+                             f"under {self.root}")
         metadata = ResultRecordMetadata(storage_key=path, serializer=StageOutputSerializer())
         return ResultRecord(metadata=metadata, result=output.model_copy(update={"reused": True})).serialize()
 
@@ -70,8 +70,8 @@ class ManifestRecords(WritableFileSystem):
         return self.write_path(path, content)
 
 
-def saved_records(root: Path) -> ManifestRecords:
-    """The :class:`ManifestRecords` block of ``root``, saved on the Prefect server (needs an API connection)."""
+def saved_records(root: Path | str) -> ManifestRecords:
+    """The :class:`ManifestRecords` block of the store ``root``, saved on the Prefect server (needs an API connection)."""
     block = ManifestRecords(root=str(root))
     block.save(f"artifacts-{hashlib.sha256(str(root).encode()).hexdigest()[:16]}", overwrite=True)
     return block

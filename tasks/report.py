@@ -1,4 +1,4 @@
-"""The join: a comparison of every grid cell, written to the artifacts folder and published to Prefect.
+"""The join: a comparison of every grid cell, written to the artifacts store and published to Prefect.
 
 Every run writes its own ``reports/<UTC time>-<flow run id>/report.md`` and ``summary.json``, which no
 other run touches; ``report.md`` and ``summary.json`` at the artifacts root are copies of the latest
@@ -19,9 +19,9 @@ from prefect import runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from nodecore.files import atomic_write
-from tasks.cache import StageOutput
+from tasks.cache import StageOutput, fetch_inputs
 from tasks.grid import artifact_key
+from tasks.store import artifact_store
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds", "queue_seconds", "cached")
@@ -139,41 +139,47 @@ def run_folder_name(flow_run_id: str | None, *, now: float | None = None) -> str
     return f"{stamp}-{(flow_run_id or 'local')[:8]}"
 
 
-def _write(path: Path, text: str) -> None:
-    with atomic_write(path) as handle:
-        handle.write(text.encode())
-
-
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, Any]:
     """Write this run's report and summary (and the latest copies at ``root``); create the Prefect artifacts.
 
+    ``root`` is the artifacts store (a folder or URL); links and the returned locations are its URLs
+    (``file://`` ones for a folder).
+
     Returns:
-        The rows, this run's ``report`` and ``summary`` paths, and the ``latest_report`` copy at the root.
+        The rows, this run's ``report`` and ``summary`` locations, and the ``latest_report`` copy at the root.
     """
-    root_path = Path(root)
+    store = artifact_store(root)
+    fetch_inputs(store, {"plots": [cell["plots"] for cell in cells]})  # read for the inline thumbnails
     rows = comparison_rows(cells)
-    run_folder = root_path / "reports" / run_folder_name(runtime.flow_run.id)
+    run_folder = f"reports/{run_folder_name(runtime.flow_run.id)}"
     warnings = chance_warnings(cells)
     summary = json.dumps({"rows": rows, "flow_run_id": runtime.flow_run.id, "warnings": warnings,
                           "index": stage_index(cells),
                           "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]}, indent=2)
-    report_path, summary_path = run_folder / "report.md", run_folder / "summary.json"
-    _write(report_path, render_report(rows, cells, root_path, inline=False, link_prefix="../../"))
-    _write(summary_path, summary)
-    latest_report = root_path / "report.md"
-    _write(latest_report, render_report(rows, cells, root_path, inline=False))
-    _write(root_path / "summary.json", summary)
-    _write(root_path / "reports" / "LATEST", run_folder.name + "\n")
+    written = {
+        f"{run_folder}/report.md": render_report(rows, cells, store.local_root, inline=False, link_prefix="../../"),
+        f"{run_folder}/summary.json": summary,
+        "report.md": render_report(rows, cells, store.local_root, inline=False),
+        "summary.json": summary,
+        "reports/LATEST": run_folder.rsplit("/", 1)[1] + "\n",
+    }
+    for relative, text in written.items():
+        store.write_bytes(relative, text.encode())
+
+    def shown(relative: str) -> str:  # what the console prints: a local path, or the store's URL
+        return str(store.local_root / relative) if store.is_local else store.url(relative)
 
     create_table_artifact(key="nodecore-grid", table=display_rows(rows),
                           description="one row per (model, solver, device) cell; every column in summary.json")
-    create_markdown_artifact(key="nodecore-report", markdown=render_report(rows, cells, root_path, inline=True),
+    create_markdown_artifact(key="nodecore-report",
+                             markdown=render_report(rows, cells, store.local_root, inline=True),
                              description="comparison report with plots")
-    create_link_artifact(key="nodecore-report-file", link=report_path.resolve().as_uri(), link_text=str(report_path))
+    create_link_artifact(key="nodecore-report-file", link=store.url(f"{run_folder}/report.md"),
+                         link_text=shown(f"{run_folder}/report.md"))
     for row, cell in zip(rows, cells):
-        checkpoint = cell["trained"].path(root_path, "checkpoint").resolve()
-        create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]), link=checkpoint.as_uri(),
+        create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]),
+                             link=store.url(cell["trained"].files["checkpoint"]),
                              link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
-    return {"rows": rows, "report": str(report_path), "summary": str(summary_path),
-            "latest_report": str(latest_report), "warnings": warnings}
+    return {"rows": rows, "report": shown(f"{run_folder}/report.md"), "summary": shown(f"{run_folder}/summary.json"),
+            "latest_report": shown("report.md"), "warnings": warnings}

@@ -1,7 +1,8 @@
 """Stage 3: train one grid cell's NeuralODE on its assigned device, resumably.
 
 Every ``checkpoint_every`` epochs the training writes ``resume-<epoch>.pt`` into its stage folder and then
-records its SHA-256 and epoch in ``resume.json`` (each written atomically). A rerun resumes only from a
+records its SHA-256 and epoch in ``resume.json`` (each written atomically; with a remote store both are
+uploaded at once, so a retry on another host resumes from them). A rerun resumes only from a
 checkpoint whose bytes still have the recorded digest; any other one (flipped bytes, truncated, missing,
 never recorded) is discarded with a warning in the run log, and the run falls back to the one before it:
 two generations are kept, so one damaged file costs ``checkpoint_every`` epochs, not the whole training.
@@ -26,6 +27,7 @@ from nodecore.checkpoints import Checkpoint, build_model, load_checkpoint, load_
 from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write, file_digest
 from nodecore.training import EpochStats, History, depth_grid, train
+from tasks import signing
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
@@ -48,17 +50,27 @@ def _resume_name(epoch: int) -> str:
     return f"resume-{epoch:06d}.pt"
 
 
+def _record_payload(folder: Path, entries: list[dict[str, Any]]) -> bytes:
+    """What a resume record's signature covers: its entries and the stage folder (key) they belong to."""
+    return json.dumps({"folder": folder.name, "checkpoints": entries}, sort_keys=True).encode()
+
+
 def _write_resume_record(folder: Path, entries: list[dict[str, Any]]) -> None:
+    """Write ``resume.json``, signed like a manifest, so a record planted in a shared store is not resumed from."""
+    record = {"checkpoints": entries, "signature": signing.sign(_record_payload(folder, entries))}
     with atomic_write(folder / RESUME) as handle:
-        handle.write(json.dumps({"checkpoints": entries}, indent=1).encode())
+        handle.write(json.dumps(record, indent=1).encode())
 
 
 def _read_resume_record(folder: Path, log: Log) -> list[dict[str, Any]]:
     """The recorded resume checkpoints, newest first; none (with a warning) if the record is unreadable."""
     path = folder / RESUME
     try:
+        record = json.loads(path.read_text())
         entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
-                   for e in json.loads(path.read_text())["checkpoints"]]
+                   for e in record["checkpoints"]]
+        if not signing.verify(_record_payload(folder, entries), str(record.get("signature", ""))):
+            raise ValueError("not signed with this host's artifacts key, or signed for another stage folder")
         for entry in entries:  # the name follows from the epoch: a record never points outside the folder
             if entry["file"] != _resume_name(entry["epoch"]):
                 raise ValueError(f"file {entry['file']!r} is not {_resume_name(entry['epoch'])!r}")
@@ -191,6 +203,7 @@ def train_cell(
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
+    ctx.restore()  # another host's resume checkpoints, when the store is remote
     resume = load_resume(ctx.folder, logger)
     if resume is not None:
         load_weights(classifier, resume.state_dict, source=ctx.folder / "resume")
@@ -227,6 +240,7 @@ def train_cell(
                 update_progress_artifact(progress_id, progress(done))
             if done % training.checkpoint_every == 0 and done < training.epochs:
                 save_resume(ctx.folder, classifier, optimizer, config=config, epoch=done, history=history, log=logger)
+                ctx.share(*sorted(ctx.folder.glob("resume-*.pt")), ctx.folder / RESUME)  # the record last
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
@@ -242,6 +256,7 @@ def train_cell(
     with atomic_write(history_path) as handle:
         handle.write(json.dumps(history.to_dict()).encode())
     clear_resume(ctx.folder)
+    ctx.unshare(*(path for path in ctx.shared() if path.name.startswith("resume")))
     last = history.epochs[-1] if history.epochs else None
     return Built(
         files={"checkpoint": checkpoint, "history": history_path},

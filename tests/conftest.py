@@ -67,3 +67,48 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerI
         os.environ.clear()
         os.environ.update(saved_env)
         prefect.context.GLOBAL_SETTINGS_CONTEXT = saved_settings
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 API on loopback for the session (moto's server mode), its endpoint URL yielded.
+
+    fsspec reads ``FSSPEC_S3_*`` variables only when it is imported, so this process is pointed at the
+    server through ``fsspec.config.conf``; subprocesses get ``FSSPEC_S3_ENDPOINT_URL`` and test credentials
+    through ``os.environ``. Both are restored afterwards.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import fsspec.config
+
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("s3") / "moto.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    saved_env, saved_conf = dict(os.environ), dict(fsspec.config.conf)
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint})
+    fsspec.config.conf["s3"] = {"endpoint_url": endpoint}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the S3 server did not start (exit {process.poll()}); see {log.name}")
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        fsspec.config.conf.clear()
+        fsspec.config.conf.update(saved_conf)

@@ -112,21 +112,23 @@ def test_forged_metrics_in_a_manifest_are_not_reported(prefect_server: ServerInf
     assert "0.123" not in (store / "report.md").read_text()
 
 
-def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path, tmp_path: Path) -> None:
+def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path) -> None:
     from flows.cell_flow import read_cell_result
+    from tasks.store import artifact_store
 
     summary = json.loads((store / "summary.json").read_text())
     cell = {name: StageOutput.model_validate(output) for name, output in summary["cells"][0].items()}
-    result = tmp_path / "cell.json"
+    result, artifacts = store / "cells" / "cell.json", artifact_store(store)
+    result.parent.mkdir()
     result.write_text(json.dumps({name: output.model_dump(mode="json") for name, output in cell.items()}))
-    assert read_cell_result(result, store) == cell  # the control: a true result reads back
+    assert read_cell_result("cells/cell.json", artifacts) == cell  # the control: a true result reads back
 
     forged = cell["metrics"].model_copy(update={"data": {**cell["metrics"].data, "test_accuracy": 0.123}})
     result.write_text(json.dumps({**{n: o.model_dump(mode="json") for n, o in cell.items()},
                                   "metrics": forged.model_dump(mode="json")}))
-    assert read_cell_result(result, store)["metrics"] == cell["metrics"]  # re-read from the real manifest
+    assert read_cell_result("cells/cell.json", artifacts)["metrics"] == cell["metrics"]  # from the real manifest
 
     elsewhere = cell["metrics"].model_copy(update={"key": "0" * 24})
     result.write_text(json.dumps({"metrics": elsewhere.model_dump(mode="json")}))
     with pytest.raises(ValueError, match="no verified manifest"):
-        read_cell_result(result, store)
+        read_cell_result("cells/cell.json", artifacts)

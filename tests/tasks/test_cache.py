@@ -191,7 +191,7 @@ def test_cache_policy_keys_like_the_stage_body(root: Path) -> None:
     policy = toy_stage.cache_policy
     assert isinstance(policy, ArtifactCachePolicy)
     inputs = {"root": str(root), "dataset": DatasetConfig(), "refresh": False}
-    assert policy.compute_key(None, inputs, {}) == _run(root).key
+    assert policy.compute_key(None, inputs, {}) == f"toy.{_run(root).key}"  # the stage names the record
 
 
 # --- manifests that were edited, forged or point elsewhere ----------------------------------------------

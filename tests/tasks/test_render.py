@@ -20,6 +20,7 @@ from nodecore.trajectory_io import write_trajectory
 from nodecore.training import depth_grid, train
 from tasks.cache import StageOutput
 from tasks.config import ModelConfig, OutputConfig
+from nodecore.files import file_digest
 from tasks.render import augmented_dims, render_plots
 from tasks.signing import KEY_ENV
 
@@ -29,7 +30,8 @@ OUTPUT = OutputConfig(trajectory_points=20, trajectory_samples=64, plot_samples=
 
 def _output(root: Path, stage: str, data: dict[str, Any], **files: Path) -> StageOutput:
     relative = {name: path.relative_to(root).as_posix() for name, path in files.items()}
-    return StageOutput(stage=stage, key="k" * 24, files=relative, digests={name: "-" for name in files}, data=data)
+    digests = {name: file_digest(path) for name, path in files.items()}  # the stage checks its inputs' digests
+    return StageOutput(stage=stage, key="k" * 24, files=relative, digests=digests, data=data)
 
 
 def trained_cell(root: Path, *, kind: str = "node", dataset_type: str = "moons", epochs: int = 2,

@@ -17,7 +17,8 @@ from torch import nn
 
 import tasks.faults
 from flows.server import ServerInfo, prefect_settings_context
-from nodecore.checkpoints import load_checkpoint
+from nodecore.checkpoints import load_checkpoint, save_checkpoint
+from nodecore.files import file_digest
 from nodecore.training import EpochStats, History
 from tasks.cache import StageOutput
 from tasks.config import PipelineConfig
@@ -124,6 +125,32 @@ def test_an_unreadable_or_missing_record_trusts_nothing(
     warnings = _warnings(caplog)
     assert any("resume-000002.pt" in w and "not recorded" in w for w in warnings), warnings
     assert not list(tmp_path.glob("resume-*.pt"))
+
+
+def _forge(folder: Path, model: nn.Module) -> None:
+    """What a writer to a shared store could plant: its own weights, with a digest that matches them."""
+    with torch.no_grad():
+        model.weight.fill_(99.0)
+    save_checkpoint(folder / "resume-000008.pt", model, config={"kind": "test"}, epoch=8)
+    record = json.loads((folder / RESUME).read_text())
+    record["checkpoints"].insert(0, {"file": "resume-000008.pt", "epoch": 8,
+                                     "sha256": file_digest(folder / "resume-000008.pt")})
+    (folder / RESUME).write_text(json.dumps(record))  # the old signature, which no longer covers the entries
+
+
+def test_a_forged_or_moved_resume_record_is_not_resumed_from(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / ("a" * 24)
+    folder.mkdir()
+    _forge(folder, _save(folder, 2))
+    assert load_resume(folder, LOG) is None  # neither the planted checkpoint nor anything the record lists
+    assert any("not signed" in w for w in _warnings(caplog)), _warnings(caplog)
+
+    elsewhere = tmp_path / ("b" * 24)
+    elsewhere.mkdir()
+    _save(folder, 2)
+    for path in folder.iterdir():  # a true record of another stage folder, copied in
+        (elsewhere / path.name).write_bytes(path.read_bytes())
+    assert load_resume(folder, LOG).epoch == 2 and load_resume(elsewhere, LOG) is None
 
 
 # --- inside the train stage ----------------------------------------------------------------------------
