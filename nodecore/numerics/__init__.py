@@ -5,6 +5,7 @@ The lowest layer of the library: plain torch, importing nothing else from nodeco
 """
 
 from nodecore.numerics.control import IntegralController, PIController, initial_step
+from nodecore.numerics.hybrid import EventCallback, StochasticEventCallback, odeint_hybrid
 from nodecore.numerics.hyper import HyperEuler, HyperMidpoint, HyperRungeKutta4, HyperSolver
 from nodecore.numerics.odeint import INTERPOLATORS, odeint
 from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
@@ -22,6 +23,8 @@ from nodecore.numerics.solvers import (
     Tsitouras45,
 )
 from nodecore.numerics.stats import StepCounts
+from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
+from nodecore.numerics.systems import Lorenz, VanDerPol
 from nodecore.numerics.tableaus import ButcherTableau
 
 __all__ = [
@@ -30,4 +33,6 @@ __all__ = [
     "MSBackward", "MSZero", "MS_SOLVERS", "Midpoint", "MultipleShootingSolver", "PIController", "RungeKutta",
     "RungeKutta38", "RungeKutta4", "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver",
     "initial_step", "odeint", "odeint_mshooting", "solver_object",
+    "AsynchronousLeapfrog", "EventCallback", "Lorenz", "SYMPLECTIC_SOLVERS", "StochasticEventCallback", "VanDerPol",
+    "odeint_hybrid", "odeint_symplectic",
 ]
