@@ -37,7 +37,8 @@ from nodecore.classifiers import ODEClassifier
 from nodecore.fields import Augmenter, DataControl, DepthAware, DepthCat, VectorField
 from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
 from nodecore.neuralode import BACKENDS, ORDERS, SENSITIVITIES, NeuralODE
-from nodecore.numerics import odeint, odeint_mshooting
+from nodecore.models import CNF, GNF, HNN, LNN, NeuralSDE, autograd_trace, hutch_trace
+from nodecore.numerics import odeint, odeint_hybrid, odeint_mshooting, odeint_symplectic, root_find
 from nodecore.problems import MultipleShootingLayer, ODEProblem
 from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
 from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
@@ -57,7 +58,17 @@ __all__ = [
     "__version__",
     "BACKENDS",
     "odeint",
+    "odeint_hybrid",
     "odeint_mshooting",
+    "odeint_symplectic",
+    "root_find",
+    "CNF",
+    "GNF",
+    "HNN",
+    "LNN",
+    "NeuralSDE",
+    "autograd_trace",
+    "hutch_trace",
     "MultipleShootingLayer",
     "DataControl",
     "ODEProblem",

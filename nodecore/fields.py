@@ -200,6 +200,11 @@ class VectorField(nn.Module):
         modules = list(modules)
         self._depth_layers = [m for m in modules if isinstance(m, (DepthCat, DepthAware))]
         self.control_layers = [m for m in modules if isinstance(m, DataControl)]
+        # torchdyn's per-solve hooks: a module's before_odeint(x0) runs before each solve (a CNF draws its
+        # Hutchinson noise there), and each module with a trace_estimator (a CNF) owns one leading state
+        # column (its log-density change) that a DataControl's control leaves out.
+        self.before_solve_hooks = [m.before_odeint for m in modules if callable(getattr(m, "before_odeint", None))]
+        self.excess_dims = sum(hasattr(m, "trace_estimator") for m in modules)
         self._nfe = [0]
 
     # A plain list behind a property: nn.Module's __setattr__ is measurable overhead at every evaluation.

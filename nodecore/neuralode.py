@@ -381,8 +381,11 @@ class NeuralODE(nn.Module):
             )
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
         keep = save_at_indices(save_at, t_span)
+        for hook in self.vf.before_solve_hooks:  # e.g. a CNF draws this solve's Hutchinson noise
+            hook(x)
+        excess = self.vf.excess_dims
         for layer in self.vf.control_layers:  # DataControl: the field sees where each sample started
-            layer.u = x
+            layer.u = x[:, excess:] if excess else x  # without a CNF's log-density column (torchdyn's rule)
         counter = StepCounter()
         self._counter = counter
         # Gradients with respect to t_span need torchdiffeq: nodecore's engine keeps times on the host.

@@ -9,6 +9,7 @@ from nodecore.numerics.hybrid import EventCallback, StochasticEventCallback, ode
 from nodecore.numerics.hyper import HyperEuler, HyperMidpoint, HyperRungeKutta4, HyperSolver
 from nodecore.numerics.odeint import INTERPOLATORS, odeint
 from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
+from nodecore.numerics.root import root_find
 from nodecore.numerics.shooting import MS_SOLVERS, MSBackward, MSZero, MultipleShootingSolver, odeint_mshooting
 from nodecore.numerics.solvers import (
     AdaptiveHeun,
@@ -34,5 +35,5 @@ __all__ = [
     "RungeKutta38", "RungeKutta4", "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver",
     "initial_step", "odeint", "odeint_mshooting", "solver_object",
     "AsynchronousLeapfrog", "EventCallback", "Lorenz", "SYMPLECTIC_SOLVERS", "StochasticEventCallback", "VanDerPol",
-    "odeint_hybrid", "odeint_symplectic",
+    "odeint_hybrid", "odeint_symplectic", "root_find",
 ]

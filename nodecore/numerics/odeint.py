@@ -9,11 +9,14 @@ from torch import Tensor
 
 from nodecore._checks import choice, integer, positive
 from nodecore.numerics.control import IntegralController, PIController
+from nodecore.numerics.hybrid import odeint_hybrid  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.registry import solver_object
+from nodecore.numerics.shooting import odeint_mshooting  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.solvers import RungeKutta
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
+from nodecore.numerics.symplectic import odeint_symplectic  # noqa: F401  (torchdyn's import path)
 
 # How output times are produced: "dense" (the default, also None, and torchdyn's "4th") reads inner points
 # off the solver's dense output; "step" steps onto every point (what torchdyn does with interpolator=None).

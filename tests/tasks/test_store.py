@@ -153,3 +153,16 @@ def test_a_stage_killed_in_the_middle_of_its_upload_is_recomputed(bucket: str) -
     output = _run(bucket)
     assert output.key == key and not output.reused and BUILDS == [512]  # recomputed in this process
     assert read_stage(store, "toy", key) == output
+
+
+def test_an_in_memory_store_works_like_any_other(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "working-copy"))
+    BUILDS.clear()
+    location = f"memory://nodecore-{uuid.uuid4().hex[:8]}/run"
+    first = _run(location)
+    store = artifact_store(location)
+    assert not store.is_local and store.read_bytes(first.files["a"]) == b"n_train=512"
+    url = store.url(first.files["a"])  # fsspec spells memory paths from "/": memory:///bucket/...
+    assert url.startswith("memory://") and url.endswith(f"{location[len('memory://'):]}/{first.files['a']}")
+    again = _run(location)
+    assert again.reused and again.key == first.key and BUILDS == [512]

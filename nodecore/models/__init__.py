@@ -1,0 +1,40 @@
+"""torchdyn's ``torchdyn.models`` names: ``from nodecore.models import CNF, HNN, NeuralODE`` works as in torchdyn.
+
+The flows, energy fields and SDEs live in :mod:`nodecore.models.cnf`, :mod:`nodecore.models.energy` and
+:mod:`nodecore.models.sde`; the Neural ODE
+classes torchdyn re-exports here in :mod:`nodecore.neuralode` and :mod:`nodecore.problems`; nodecore's own models
+(DEQs, the ODE classifier, physics systems) in their modules. This package only gathers them.
+"""
+
+from nodecore.classifiers import ODEClassifier
+from nodecore.deq import DEQ, DEQCell, DEQClassifier
+from nodecore.models.cnf import CNF, REQUIRES_NOISE, autograd_trace, hutch_trace
+from nodecore.models.energy import GNF, HNN, LNN, ConservativeLinearSNF
+from nodecore.models.sde import NeuralSDE, SDEFunc, SDEProblem
+from nodecore.neuralode import NeuralODE
+from nodecore.problems import MultipleShootingLayer, ODEProblem
+from nodecore.systems import DampedPendulum, HybridField, LotkaVolterra
+
+__all__ = [
+    "CNF",
+    "DEQ",
+    "GNF",
+    "HNN",
+    "LNN",
+    "REQUIRES_NOISE",
+    "ConservativeLinearSNF",
+    "DEQCell",
+    "DEQClassifier",
+    "DampedPendulum",
+    "HybridField",
+    "LotkaVolterra",
+    "MultipleShootingLayer",
+    "NeuralODE",
+    "NeuralSDE",
+    "SDEFunc",
+    "SDEProblem",
+    "ODEClassifier",
+    "ODEProblem",
+    "autograd_trace",
+    "hutch_trace",
+]

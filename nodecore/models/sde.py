@@ -1,0 +1,552 @@
+"""Neural SDEs: torchdyn's ``NeuralSDE`` and ``SDEProblem``, integrated by torchsde.
+
+``dx = f(t, x) ds + g(t, x) dW`` with a learned drift ``f`` and diffusion ``g``. torchsde does the stepping
+(``torchsde.sdeint``, or ``torchsde.sdeint_adjoint`` for ``sensitivity='adjoint'``); this module checks the
+options and shapes before any work starts and wraps the user's modules in torchsde's SDE interface.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+import torchsde
+from torch import Tensor, nn
+
+from nodecore._checks import choice, integer, positive
+from nodecore._shapes import explained_shapes
+from nodecore.fields import Time, VectorField
+
+NoiseType = Literal["diagonal", "general", "scalar", "additive"]
+SDEType = Literal["ito", "stratonovich"]
+SDESensitivity = Literal["autograd", "adjoint"]
+SSpan = Tensor | Sequence[float]
+
+# torchsde's noise types: the shape the diffusion returns for a state [B, D] (m: Brownian channels).
+NOISE_TYPES: tuple[str, ...] = ("diagonal", "general", "scalar", "additive")
+_DIFFUSION_SHAPES: Mapping[str, str] = MappingProxyType({
+    "diagonal": "[B, D] (one Brownian channel per state dimension)",
+    "general": "[B, D, m] (m Brownian channels)",
+    "scalar": "[B, D, 1] (one Brownian channel shared by all dimensions)",
+    "additive": "[B, D, m], independent of the state x",
+})
+SDE_TYPES: tuple[str, ...] = ("ito", "stratonovich")
+SDE_SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
+SDE_ORDERS: tuple[int, ...] = (1,)
+
+_ALL_NOISE = NOISE_TYPES
+_NO_GENERAL = ("diagonal", "scalar", "additive")
+_ANY_LEVY = ("none", "space-time", "davie", "foster")
+
+
+class SDEAccuracyWarning(RuntimeWarning):
+    """An SDE solve will converge, but more slowly than its solver's order promises."""
+
+
+@dataclass(frozen=True)
+class SDESolver:
+    """A torchsde solver and what it can solve.
+
+    Attributes:
+        name: torchsde's method name (``NeuralSDE(..., solver=name)``).
+        sde_types: the SDE types it solves (``'ito'``, ``'stratonovich'``).
+        noise_types: the noise types it solves.
+        levy_areas: the Lévy-area approximations its Brownian motion may carry; the first is the one
+            nodecore's own Brownian motion is built with.
+        description: one line for reports.
+    """
+
+    name: str
+    sde_types: tuple[str, ...]
+    noise_types: tuple[str, ...]
+    levy_areas: tuple[str, ...]
+    description: str
+
+
+# The SDE solvers torchsde 0.2.6 offers for forward solves (its 'adjoint_reversible_heun' is the backward half
+# of 'reversible_heun' and is not listed). A test checks this table against torchsde's own solver classes.
+SDE_SOLVERS: Mapping[str, SDESolver] = MappingProxyType({s.name: s for s in (
+    SDESolver("euler", ("ito",), _ALL_NOISE, _ANY_LEVY, "Euler–Maruyama (strong order 0.5; 1.0 for additive noise)"),
+    SDESolver("milstein", SDE_TYPES, _NO_GENERAL, _ANY_LEVY, "Milstein (strong order 1.0)"),
+    SDESolver("srk", ("ito",), _NO_GENERAL, ("space-time", "davie", "foster"),
+              "stochastic Runge–Kutta of Rößler (strong order 1.5; torchdyn's default)"),
+    SDESolver("midpoint", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "midpoint (strong order 1.0; 0.5 general)"),
+    SDESolver("heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "Heun (strong order 1.0; 0.5 general)"),
+    SDESolver("euler_heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "Euler–Heun (strong order 1.0; 0.5 general)"),
+    SDESolver("reversible_heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY,
+              "reversible Heun (strong order 0.5; 1.0 additive); exact gradients with sensitivity='adjoint'"),
+    SDESolver("log_ode", ("stratonovich",), _ALL_NOISE, ("foster", "davie"),
+              "log-ODE midpoint (strong order 1.0; 0.5 general)"),
+)})
+SDE_SOLVER_NAMES: tuple[str, ...] = tuple(SDE_SOLVERS)
+# Solvers whose diagonal-noise step uses the diffusion's derivative (see SDEProblem._uses_diffusion_derivative).
+_DERIVATIVE_SOLVERS: tuple[str, ...] = ("milstein", "srk")
+
+
+def check_sde_options(solver: str, noise_type: str, sde_type: str) -> SDESolver:
+    """The registry entry of ``solver``, checked to solve ``sde_type`` SDEs with ``noise_type`` noise.
+
+    Raises:
+        ValueError: an unknown solver, noise type or SDE type, or a solver that cannot solve this SDE; the
+        message lists the valid values (for the mismatch: the solvers that can).
+    """
+    noise_type = choice("noise_type", noise_type, NOISE_TYPES)
+    sde_type = choice("sde_type", sde_type, SDE_TYPES)
+    entry = SDE_SOLVERS[choice("solver", solver, SDE_SOLVER_NAMES)]
+    if sde_type not in entry.sde_types or noise_type not in entry.noise_types:
+        fits = [s.name for s in SDE_SOLVERS.values() if sde_type in s.sde_types and noise_type in s.noise_types]
+        raise ValueError(
+            f"solver {solver!r} cannot solve an {sde_type!r} SDE with {noise_type!r} noise (it solves "
+            f"{'/'.join(entry.sde_types)} SDEs with {', '.join(entry.noise_types)} noise); valid solvers for "
+            f"sde_type={sde_type!r}, noise_type={noise_type!r}: {', '.join(fits)}"
+        )
+    return entry
+
+
+class SDEFunc(nn.Module):
+    """A drift and a diffusion as torchsde's SDE: ``f(t, x)``, ``g(t, x)``, ``noise_type``, ``sde_type``.
+
+    Each may be an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``; :class:`~nodecore.fields.DepthCat`
+    and :class:`~nodecore.fields.DepthAware` layers inside receive ``t`` before each call.
+
+    Args:
+        f: the drift, ``x [B, D] -> [B, D]``.
+        g: the diffusion, ``x [B, D] ->`` the shape of ``noise_type`` (``[B, D]`` diagonal, ``[B, D, m]``
+            general or additive, ``[B, D, 1]`` scalar).
+        order: 1 (the only order implemented).
+        noise_type, sde_type: torchsde's, see :data:`NOISE_TYPES` and :data:`SDE_TYPES`.
+
+    Attributes:
+        drift, diffusion: the :class:`~nodecore.fields.VectorField` wrappers (``drift.vf`` is ``f``).
+        nfe: drift evaluations (torchdyn counts these); ``nfe_diffusion``: diffusion evaluations.
+    """
+
+    def __init__(
+        self,
+        f: nn.Module | Callable[..., Tensor],
+        g: nn.Module | Callable[..., Tensor],
+        order: int = 1,
+        *,
+        noise_type: NoiseType = "diagonal",
+        sde_type: SDEType = "ito",
+    ) -> None:
+        super().__init__()
+        self.order = _check_order(order)
+        self.noise_type = choice("noise_type", noise_type, NOISE_TYPES)
+        self.sde_type = choice("sde_type", sde_type, SDE_TYPES)
+        self.drift = VectorField(f)
+        self.diffusion = VectorField(g)
+        self.control_layers = [*self.drift.control_layers, *self.diffusion.control_layers]
+
+    @property
+    def f_func(self) -> nn.Module | Callable[..., Tensor]:
+        """The user's drift (torchdyn's name)."""
+        return self.drift.vf
+
+    @property
+    def g_func(self) -> nn.Module | Callable[..., Tensor]:
+        """The user's diffusion (torchdyn's name)."""
+        return self.diffusion.vf
+
+    @property
+    def nfe(self) -> int:
+        return self.drift.nfe
+
+    @nfe.setter
+    def nfe(self, value: int) -> None:
+        self.drift.nfe = value
+        self.diffusion.nfe = value
+
+    @property
+    def nfe_diffusion(self) -> int:
+        return self.diffusion.nfe
+
+    def f(self, t: Time, x: Tensor) -> Tensor:
+        """The drift ``f(t, x)``: ``x [B, D] -> [B, D]``."""
+        return self.drift(t, x)
+
+    def g(self, t: Time, x: Tensor) -> Tensor:
+        """The diffusion ``g(t, x)``: ``x [B, D] -> [B, D]`` (diagonal) or ``[B, D, m]``."""
+        return self.diffusion(t, x)
+
+    def forward(self, t: Time, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(t, x), g(t, x))``."""
+        return self.f(t, x), self.g(t, x)
+
+    def extra_repr(self) -> str:
+        return f"noise_type={self.noise_type!r}, sde_type={self.sde_type!r}"
+
+
+class SDEProblem(nn.Module):
+    """An SDE ``dx = f(t, x) ds + g(t, x) dW`` with its solver and sensitivity, solved by torchsde.
+
+    torchdyn 1.0.6 declares ``SDEProblem`` but its constructor only raises ``NotImplementedError``; this one
+    takes the arguments torchdyn's ``NeuralSDE`` passes it.
+
+    Args:
+        func: torchsde's SDE: an object with ``f(t, x) -> [B, D]``, ``g(t, x)`` (shaped by its noise type) and
+            the attributes ``noise_type`` and ``sde_type`` (e.g. :class:`SDEFunc`, or a ``torchsde.SDEIto``
+            subclass). An ``nn.Module`` for ``sensitivity='adjoint'`` (its parameters get the gradients).
+        order: 1 (higher orders raise ``NotImplementedError``, as in torchdyn).
+        sensitivity: ``'autograd'`` backpropagates through the solver (``torchsde.sdeint``); ``'adjoint'``
+            solves the adjoint SDE backwards (``torchsde.sdeint_adjoint``, memory flat in the number of steps).
+        s_span: ``[T]`` strictly increasing times; ``forward`` integrates from ``s_span[0]`` to ``s_span[-1]``.
+            None means ``[0, 1]``.
+        solver: a name from :data:`SDE_SOLVER_NAMES` that solves this SDE type and noise type.
+        atol, rtol: tolerances of adaptive stepping; unused unless ``adaptive`` (torchdyn never steps adaptively).
+        ds: the step size (torchsde's ``dt``); the initial step when ``adaptive``.
+        adaptive: adaptive time-stepping (off, as in torchdyn, where it is the attribute ``adaptive``).
+
+    Raises:
+        ValueError: unknown or incompatible sensitivity, solver, noise type or SDE type (the message lists the
+            valid ones), bad tolerances, step size or ``s_span``.
+        NotImplementedError: ``order`` > 1.
+        TypeError: ``func`` lacks ``f``/``g``; ``'adjoint'`` with a ``func`` that is not an ``nn.Module``.
+    """
+
+    def __init__(
+        self,
+        func: nn.Module,
+        order: int = 1,
+        sensitivity: SDESensitivity = "autograd",
+        s_span: SSpan | None = None,
+        solver: str = "srk",
+        atol: float = 1e-4,
+        rtol: float = 1e-4,
+        *,
+        ds: float = 1e-3,
+        adaptive: bool = False,
+    ) -> None:
+        super().__init__()
+        self.order = _check_order(order)
+        for name in ("f", "g", "noise_type", "sde_type"):
+            if not hasattr(func, name) or (name in ("f", "g") and not callable(getattr(func, name))):
+                what = f"method {name}(t, x)" if name in ("f", "g") else f"attribute {name}"
+                raise TypeError(
+                    f"func must be torchsde's SDE: methods f(t, x) (drift) and g(t, x) (diffusion), attributes "
+                    f"noise_type and sde_type; {type(func).__name__} has no {what}. Build one with "
+                    "NeuralSDE(drift, diffusion)"
+                )
+        self.defunc = func
+        self.sensitivity, self.solver = sensitivity, solver
+        self._options()  # checks them, with the SDE's noise and SDE types
+        self.atol = positive("atol", atol)
+        self.rtol = positive("rtol", rtol)
+        self.ds = positive("ds", ds)
+        self.adaptive = choice("adaptive", adaptive, (False, True), plural="values")
+        self.s_span = torch.linspace(0, 1, 2) if s_span is None else _as_span(s_span, None)
+        _check_span(self.s_span)
+        self._checked_for: tuple | None = None
+        self._noise_channels = 0
+
+    def _options(self) -> SDESolver:
+        """The solver's registry entry, after checking the options (they are attributes torchdyn code may set)."""
+        sensitivity = choice("sensitivity", self.sensitivity, SDE_SENSITIVITIES, plural="sensitivities")
+        if sensitivity == "adjoint" and not isinstance(self.defunc, nn.Module):
+            raise TypeError(
+                "sensitivity='adjoint' returns gradients for an nn.Module's parameters, got "
+                f"{type(self.defunc).__name__}; make the SDE an nn.Module or use sensitivity='autograd'"
+            )
+        return check_sde_options(self.solver, self.defunc.noise_type, self.defunc.sde_type)
+
+    def extra_repr(self) -> str:
+        return (f"solver={self.solver!r}, sensitivity={self.sensitivity!r}, ds={self.ds}, "
+                f"adaptive={self.adaptive}, atol={self.atol}, rtol={self.rtol}")
+
+    def forward(self, x: Tensor, *, bm: torchsde.BaseBrownian | None = None) -> Tensor:
+        """The state at ``s_span[-1]`` of the solve from ``x`` at ``s_span[0]``.
+
+        Args:
+            x: initial state ``[B, D]``, floating point.
+            bm: the Brownian motion to drive the solve with, shaped ``[B, m]`` (e.g. a
+                ``torchsde.BrownianInterval`` over ``s_span`` with a fixed ``entropy``, to repeat a sample path);
+                None draws a new path, seeded from torch's global generator (``torch.manual_seed`` repeats it).
+
+        Returns:
+            ``x(s_span[-1])`` ``[B, D]`` (torchdyn's ``forward`` returns the final state only).
+
+        Raises:
+            TypeError, ValueError: bad ``x``, ``s_span`` or ``bm``, or a drift/diffusion that returns the wrong
+            shape for the noise type (:class:`~nodecore.errors.InputShapeError` when it cannot take ``x``).
+        """
+        return self._solve(x, self.s_span, bm)[-1]
+
+    def trajectory(self, x: Tensor, s_span: SSpan, *, bm: torchsde.BaseBrownian | None = None) -> Tensor:
+        """The states ``[T, B, D]`` at the ``T`` times of ``s_span`` (``trajectory[0]`` is ``x``); see ``forward``."""
+        return self._solve(x, s_span, bm)
+
+    def _solve(self, x: Tensor, s_span: SSpan, bm: torchsde.BaseBrownian | None) -> Tensor:
+        entry = self._options()
+        span = self._check_inputs(x, s_span)
+        for layer in getattr(self.defunc, "control_layers", ()):  # DataControl: the control is each solve's x0
+            layer.u = x
+        channels = self._check_func(x, span[0])
+        if bm is None:
+            bm = self._brownian(x, span, channels, entry)
+        else:
+            self._check_bm(bm, x, channels, entry)
+        options = {"bm": bm, "method": self.solver, "dt": self.ds, "adaptive": self.adaptive, "rtol": self.rtol,
+                   "atol": self.atol}
+        if self.sensitivity == "autograd":
+            return torchsde.sdeint(self.defunc, x, span, **options)
+        params = tuple(self.defunc.parameters())
+        if getattr(self.defunc, "control_layers", ()) and x.requires_grad:
+            params = (*params, x)  # a data-controlled SDE depends on x0 through its control too
+        return torchsde.sdeint_adjoint(self.defunc, x, span, adjoint_params=params, **options)
+
+    def _check_inputs(self, x: Tensor, s_span: SSpan) -> Tensor:
+        """``s_span`` as a tensor on ``x``'s device and dtype, after checking ``x`` and it."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
+        if x.ndim != 2 or x.numel() == 0:
+            raise ValueError(
+                f"x must be a non-empty state [batch, dim] (torchsde's layout), got shape {tuple(x.shape)}"
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("x contains NaN or Inf; the initial state must be finite")
+        param = next(self.defunc.parameters(), None) if isinstance(self.defunc, nn.Module) else None
+        if param is not None and (param.device != x.device or param.dtype != x.dtype):
+            raise ValueError(
+                f"x is {x.dtype} on {x.device} but the SDE's parameters are {param.dtype} on {param.device}; "
+                "move one to the other, e.g. model.to(x.device, x.dtype)"
+            )
+        span = _as_span(s_span, x)
+        _check_span(span)
+        return span
+
+    def _check_func(self, x: Tensor, t0: Tensor) -> int:
+        """Evaluate drift and diffusion once per state shape, checking their shapes; the Brownian channels."""
+        key = (x.shape, x.dtype, x.device, self.defunc.noise_type, self.defunc.sde_type, self.solver,
+               self.sensitivity)
+        if self._checked_for == key:
+            return self._noise_channels
+        func = self.defunc
+        counted = isinstance(func, SDEFunc)
+        nfe = (func.drift.nfe, func.diffusion.nfe) if counted else None
+        try:
+            channels = self._check_shapes(x, t0)
+        finally:
+            if counted:  # the checks' evaluations are not part of the solve
+                func.drift.nfe, func.diffusion.nfe = nfe
+        self._checked_for, self._noise_channels = key, channels
+        return channels
+
+    def _check_shapes(self, x: Tensor, t0: Tensor) -> int:
+        func, noise_type = self.defunc, self.defunc.noise_type
+        with torch.no_grad():
+            with explained_shapes("the drift", {"the state x": x}, getattr(func, "f_func", func)):
+                drift = func.f(t0, x)
+            with explained_shapes("the diffusion", {"the state x": x}, getattr(func, "g_func", func)):
+                diffusion = func.g(t0, x)
+        if not isinstance(drift, Tensor) or drift.shape != x.shape:
+            got = tuple(drift.shape) if isinstance(drift, Tensor) else type(drift).__name__
+            raise ValueError(f"the drift must return a tensor shaped like the state {tuple(x.shape)}, got {got}")
+        batch, dim = x.shape
+        got = tuple(diffusion.shape) if isinstance(diffusion, Tensor) else type(diffusion).__name__
+        if noise_type == "diagonal":
+            fits, channels = got == (batch, dim), dim
+        else:
+            fits = isinstance(diffusion, Tensor) and diffusion.ndim == 3 and got[:2] == (batch, dim) and got[2] >= 1
+            channels = got[2] if fits else 0
+            fits = fits and (noise_type != "scalar" or channels == 1)
+        if not fits:
+            raise ValueError(
+                f"with noise_type={noise_type!r} the diffusion must return {_DIFFUSION_SHAPES[noise_type]} for a "
+                f"state [B, D] = {[batch, dim]}, got {got}; pick the noise_type that matches the diffusion "
+                f"(valid noise_types: {', '.join(NOISE_TYPES)})"
+            )
+        if noise_type == "diagonal" and self._uses_diffusion_derivative() and not _elementwise(func, t0, x):
+            self._refuse_mixing_diffusion()
+        return channels
+
+    def _uses_diffusion_derivative(self) -> bool:
+        """Whether this solve takes a diagonal diffusion ``g_i`` to depend on ``x_i`` alone.
+
+        With diagonal noise, torchsde's Milstein and SRK steps and its Itô adjoint compute the correction
+        ``g_i dg_i/dx_i`` as ``((dg/dx)^T g)_i``; the two agree only when ``dg/dx`` is diagonal.
+        """
+        return self.solver in _DERIVATIVE_SOLVERS or (self.sensitivity == "adjoint" and self.defunc.sde_type == "ito")
+
+    def _refuse_mixing_diffusion(self) -> None:
+        """Raise where a diagonal diffusion that mixes dimensions gives wrong results; warn where it costs accuracy.
+
+        Measured with torchsde 0.2.6 on a fixed Brownian path: the Itô adjoint's gradients stay 1-2% off autograd's
+        however small the step; Stratonovich Milstein converges to another solution; Itô Milstein and SRK still
+        converge, at Euler's strong order 0.5 instead of their own.
+        """
+        sde_type = self.defunc.sde_type
+        free = [s.name for s in SDE_SOLVERS.values()
+                if sde_type in s.sde_types and "diagonal" in s.noise_types and s.name not in _DERIVATIVE_SOLVERS]
+        general = "noise_type='general' with the diffusion returning torch.diag_embed(g) [B, D, D]"
+        mixing = "this diffusion mixes the state's dimensions (or the batch's samples)"
+        if self.sensitivity == "adjoint" and sde_type == "ito":
+            raise ValueError(
+                "with noise_type='diagonal', sensitivity='adjoint' with sde_type='ito' needs an element-wise diffusion "
+                f"(g_i depending on x_i only), but {mixing}: torchsde's Itô adjoint would return wrong gradients "
+                f"without an error; make the diffusion element-wise, or use sde_type='stratonovich', or {general}"
+            )
+        if sde_type == "stratonovich":
+            raise ValueError(
+                f"with noise_type='diagonal', solver {self.solver!r} needs an element-wise diffusion (g_i depending on "
+                f"x_i only), but {mixing}: the solve would converge to a wrong solution without an error; make the "
+                f"diffusion element-wise, or use a derivative-free solver ({', '.join(free)}), or {general}"
+            )
+        warnings.warn(
+            f"with noise_type='diagonal', solver {self.solver!r} assumes an element-wise diffusion (g_i depending on "
+            f"x_i only), but {mixing}: it still converges, but only at Euler's strong order 0.5, at {self.solver!r}'s "
+            f"cost; use solver='euler' (cheaper, as accurate here), make the diffusion element-wise, or use {general}",
+            SDEAccuracyWarning,
+            stacklevel=2,
+        )
+
+    def _brownian(self, x: Tensor, span: Tensor, channels: int, entry: SDESolver) -> torchsde.BrownianInterval:
+        """A fresh Brownian motion ``[B, m]`` over ``span``, its entropy drawn from torch's global generator."""
+        entropy = int(torch.randint(0, 2**31 - 1, ()))
+        # Telling it the step size spares torchsde's re-balancing of its tree of intervals, which costs far more
+        # than the solve itself whenever a step comes out tiny (e.g. the last one, by rounding).
+        return torchsde.BrownianInterval(
+            t0=span[0], t1=span[-1], size=(x.shape[0], channels), dtype=x.dtype, device=x.device, entropy=entropy,
+            dt=None if self.adaptive else self.ds, levy_area_approximation=entry.levy_areas[0],
+        )
+
+    def _check_bm(self, bm: object, x: Tensor, channels: int, entry: SDESolver) -> None:
+        if not isinstance(bm, torchsde.BaseBrownian):
+            raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval), got "
+                            f"{type(bm).__name__}")
+        if tuple(bm.shape) != (x.shape[0], channels):
+            raise ValueError(
+                f"bm must have shape [batch, Brownian channels] = {[x.shape[0], channels]} for this state and "
+                f"noise_type={self.defunc.noise_type!r}, got {list(bm.shape)}"
+            )
+        levy = getattr(bm, "levy_area_approximation", None)
+        if levy not in entry.levy_areas:
+            raise ValueError(
+                f"solver {self.solver!r} needs a Brownian motion with levy_area_approximation in "
+                f"{', '.join(entry.levy_areas)}, got {levy!r}"
+            )
+
+
+class NeuralSDE(SDEProblem):
+    """A Neural SDE ``dx = f(t, x) ds + g(t, x) dW``, in torchdyn's signature, order and defaults.
+
+    ``model(x)`` returns the state at ``model.s_span[-1]`` ``[B, D]``; ``model.trajectory(x, s_span)`` the
+    states ``[T, B, D]`` at every time of ``s_span``.
+
+    Args:
+        drift_func: the drift, an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``: ``[B, D] -> [B, D]``.
+        diffusion_func: the diffusion, likewise, returning the shape of ``noise_type``.
+        noise_type: ``'diagonal'`` (diffusion ``[B, D]``, one independent Brownian motion per dimension),
+            ``'general'`` (``[B, D, m]``), ``'scalar'`` (``[B, D, 1]``) or ``'additive'`` (``[B, D, m]``,
+            not depending on ``x``; torchsde trusts this and does not check it).
+        sde_type: ``'ito'`` or ``'stratonovich'``.
+        order, sensitivity, s_span, solver, atol, rtol, ds: as in :class:`SDEProblem` (default solver
+            ``'srk'``, which solves Itô SDEs with diagonal, scalar or additive noise only).
+        intloss: torchdyn's integral loss, which torchdyn stores but never applies; only None is accepted.
+        adaptive: adaptive time-stepping (keyword-only; torchdyn's attribute ``adaptive``, off).
+
+    Attributes:
+        defunc: the :class:`SDEFunc` torchsde integrates (``defunc.f_func``/``g_func`` are the user's modules).
+
+    Raises:
+        ValueError: unknown or incompatible options, as in :class:`SDEProblem`.
+        NotImplementedError: ``order`` > 1 or an ``intloss``.
+        TypeError: ``sensitivity='adjoint'`` with a drift or diffusion that is a plain function rather than an
+            ``nn.Module`` (tensors it captures would silently get no gradient).
+    """
+
+    def __init__(
+        self,
+        drift_func: nn.Module | Callable[..., Tensor],
+        diffusion_func: nn.Module | Callable[..., Tensor],
+        noise_type: NoiseType = "diagonal",
+        sde_type: SDEType = "ito",
+        order: int = 1,
+        sensitivity: SDESensitivity = "autograd",
+        s_span: SSpan | None = None,
+        solver: str = "srk",
+        atol: float = 1e-4,
+        rtol: float = 1e-4,
+        ds: float = 1e-3,
+        intloss: Callable[[Tensor, Tensor], Tensor] | None = None,
+        *,
+        adaptive: bool = False,
+    ) -> None:
+        if intloss is not None:
+            raise NotImplementedError(
+                "integral losses (intloss) are not implemented for Neural SDEs (torchdyn accepts one and ignores "
+                "it); add the running cost to the loss from model.trajectory(x, s_span) instead"
+            )
+        if sensitivity == "adjoint":
+            for name, fn in (("drift_func", drift_func), ("diffusion_func", diffusion_func)):
+                if not isinstance(fn, nn.Module):
+                    raise TypeError(
+                        f"sensitivity='adjoint' returns gradients for the SDE's module parameters only, so "
+                        f"{name} must be an nn.Module (got {type(fn).__name__}); tensors a plain function captures "
+                        "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
+                    )
+        func = SDEFunc(drift_func, diffusion_func, order, noise_type=noise_type, sde_type=sde_type)
+        super().__init__(func, order, sensitivity, s_span, solver, atol, rtol, ds=ds, adaptive=adaptive)
+        self.intloss = intloss
+
+
+def _elementwise(func: object, t0: Tensor, x: Tensor) -> bool:
+    """Whether the diffusion's Jacobian ``dg/dx`` (over the whole batch) is diagonal.
+
+    For a diagonal ``J``, ``J^T (u * w) == (J^T u) * w`` for all ``u``, ``w``; for any other ``J`` random ``u``, ``w``
+    break it. Two backward passes through the diffusion, once per state shape.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(0)  # leaves the global random state alone
+    u, w = (torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device) for _ in range(2))
+    with torch.enable_grad():
+        state = x.detach().requires_grad_()
+        g = func.g(t0, state)
+        if not g.requires_grad:
+            return True  # a diffusion that does not depend on the state at all
+        first, = torch.autograd.grad(g, state, u, retain_graph=True, allow_unused=True)
+        second, = torch.autograd.grad(g, state, u * w, allow_unused=True)
+    if first is None or second is None:
+        return True
+    scale = float(first.abs().max() + second.abs().max())
+    return bool(torch.allclose(first * w, second, rtol=1e-4, atol=1e-5 * scale + 1e-12))
+
+
+def _check_order(order: int) -> int:
+    order = integer("order", order, minimum=1)
+    if order not in SDE_ORDERS:
+        raise NotImplementedError(f"order={order}: higher-order Neural SDEs are not implemented; use order=1")
+    return order
+
+
+def _as_span(s_span: SSpan, x: Tensor | None) -> Tensor:
+    """``s_span`` as a floating tensor (on ``x``'s device and dtype when given)."""
+    if isinstance(s_span, Tensor):
+        span = s_span
+    else:
+        try:
+            span = torch.as_tensor(s_span, dtype=torch.get_default_dtype() if x is None else x.dtype)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"s_span must be a 1-D tensor or sequence of times, got {s_span!r}") from err
+    if x is not None:
+        span = span.to(device=x.device, dtype=x.dtype)
+    elif not span.is_floating_point():
+        span = span.to(torch.get_default_dtype())
+    return span
+
+
+def _check_span(span: Tensor) -> None:
+    if span.ndim != 1 or span.numel() < 2:
+        raise ValueError(f"s_span must be 1-D with at least 2 times, got shape {tuple(span.shape)}")
+    if span.requires_grad:
+        raise ValueError("s_span must not require grad: torchsde gives no gradients with respect to the times")
+    if not torch.isfinite(span).all():
+        raise ValueError(f"s_span must be finite, got {span.tolist()}")
+    if not (span.diff() > 0).all():
+        raise ValueError(
+            f"s_span must be strictly increasing (torchsde solves forward in time only), got {span.tolist()}"
+        )
