@@ -34,13 +34,33 @@ def pool_and_device(cell: Cell, config: PipelineConfig, index: int) -> tuple[str
     return pools[index % len(pools)], cell.device, {}
 
 
-@task(name="dispatch-cell", cache_policy=NO_CACHE, persist_result=False)
+class CellLost(RuntimeError):
+    """A dispatched cell's flow run did not finish in time or crashed: its host may be gone, so run it again."""
+
+
+def _lost_cells_only(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a dispatch only when its cell was lost; a cell that failed on its own fails the same elsewhere."""
+    try:
+        state.result()
+    except CellLost:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="dispatch-cell", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_lost_cells_only)
 def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str, env: dict[str, str],
                   dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput]:
     """Run ``cell`` as a deployment run on ``pool`` and return its stage outputs.
 
+    A flow run that does not end within ``run.cell_timeout_seconds`` (its host died, or stalled) is cancelled
+    and raises :class:`CellLost`, as does one that crashed; the training flow retries those dispatches (any
+    worker of the pool may take the new run, and its training resumes from the checkpoint in the store).
+
     Raises:
-        RuntimeError: the cell's flow run did not complete (its state and id are in the message).
+        CellLost: the flow run timed out or crashed.
+        RuntimeError: the cell's flow run failed or was cancelled (its state and id are in the message).
     """
     store = artifact_store(config.run.artifacts_dir)
     result_path = f"cells/{uuid.uuid4().hex}.json"  # in the store, where the cell's host writes it
@@ -56,13 +76,18 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         flow_run_name=f"cell-{cell.name}",
     )
     state = flow_run.state
-    if state is not None and not state.is_final():  # timed out: do not leave it holding a device
+    if state is None or not state.is_final():  # timed out: do not leave it holding a device
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(flow_run.id, Cancelling(message=f"dispatch of {cell.name} timed out"))
-    if state is None or not state.is_completed():
-        kind = state.type.value if state else "UNKNOWN"
-        raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {kind} (flow run {flow_run.id}): "
-                           f"{state.message if state else ''}; is a worker polling pool {pool!r}?")
+        where = (f"no worker took it: is one polling pool {pool!r}?" if state is None or state.is_scheduled()
+                 else "its host may be gone")
+        raise CellLost(f"cell {cell.name} on work pool {pool!r} did not finish within "
+                       f"{config.run.cell_timeout_seconds} s (flow run {flow_run.id}, now cancelled); {where}")
+    if state.is_crashed():
+        raise CellLost(f"cell {cell.name} on work pool {pool!r} crashed (flow run {flow_run.id}): {state.message}")
+    if not state.is_completed():
+        raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {state.type.value} (flow run "
+                           f"{flow_run.id}): {state.message}")
     try:
         return read_cell_result(result_path, store)
     finally:

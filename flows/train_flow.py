@@ -77,7 +77,8 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
         for cell in cells:
             pool, device, env = pool_and_device(cell, config, cpu_cells)
             cpu_cells += cell.device == "cpu"
-            futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}").submit(
+            futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}", retries=config.run.retries,
+                                                      retry_delay_seconds=config.run.retry_delay_seconds).submit(
                 config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset_output,
                 field=field_by_kind[cell.model]))
         results = resolve(futures)

@@ -135,7 +135,8 @@ class RunConfig(_Config):
                                  description="work pools for CPU cells (executor=deployments), used in turn")
     gpu_pool: str = Field("gpu", description="work pool for cuda:N cells (executor=deployments)")
     cell_timeout_seconds: Optional[float] = Field(
-        None, gt=0, description="give up on a dispatched cell after this long (executor=deployments)")
+        None, gt=0, description=("cancel and re-dispatch a cell that has not finished after this long, e.g. "
+                                 "because its host died (executor=deployments; up to run.retries times)"))
 
     @field_validator("artifacts_dir")
     @classmethod

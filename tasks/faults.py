@@ -3,7 +3,8 @@
 ``NODECORE_FAULTS`` (read at call time) injects failures, e.g. ``train:transient:1`` fails the first
 attempt of each training cell with a retryable error, ``evaluate:permanent`` fails every evaluation with a
 non-retryable one, and ``evaluate:while:/tmp/broken`` fails it (non-retryably) while that file exists, so
-a test can "fix the problem" and retry the run. Several entries are separated by commas. Unset, it does
+a test can "fix the problem" and retry the run; ``train:hang`` stops the training dead at its first
+checkpoint (as a host that died would, for a test to kill it there). Several entries are separated by commas. Unset, it does
 nothing. :func:`validate_faults` refuses a malformed value up front, naming the entry and the valid forms.
 """
 
@@ -19,7 +20,7 @@ from nodecore.errors import SolverError
 
 ENV = "NODECORE_FAULTS"
 STAGES = ("generate", "train", "evaluate")  # the stages that call maybe_fail (a test keeps this in step)
-FORMS = "STAGE, STAGE:transient, STAGE:transient:N (N >= 1), STAGE:permanent, STAGE:while:PATH"
+FORMS = "STAGE, STAGE:transient, STAGE:transient:N (N >= 1), STAGE:permanent, STAGE:while:PATH, STAGE:hang"
 _attempts: Counter[tuple[str, str]] = Counter()
 _lock = threading.Lock()
 
@@ -42,7 +43,7 @@ class Fault:
 
     entry: str
     stage: str
-    kind: Literal["transient", "permanent", "while"]
+    kind: Literal["transient", "permanent", "while", "hang"]
     times: int = 1
     flag: str = ""
 
@@ -56,8 +57,8 @@ def _parse(entry: str) -> Fault:
         return Fault(entry, stage, "transient", int(argument or 1))
     elif kind == "transient":
         problem = f"{argument!r} is not a count (an integer >= 1)"
-    elif kind == "permanent" and not argument:
-        return Fault(entry, stage, "permanent")
+    elif kind in ("permanent", "hang") and not argument:
+        return Fault(entry, stage, kind)
     elif kind == "while" and argument:
         return Fault(entry, stage, "while", flag=argument)
     else:
@@ -85,6 +86,8 @@ def maybe_fail(stage: str, scope: str = "") -> None:
             if os.path.exists(fault.flag):
                 raise InjectedPermanentFault(f"injected failure in stage {stage!r} while {fault.flag} exists ({ENV})")
             continue
+        if fault.kind == "hang":
+            threading.Event().wait()  # never returns: only a kill ends this process
         if fault.kind == "permanent":
             raise InjectedPermanentFault(f"injected permanent failure in stage {stage!r} ({ENV}={fault.entry!r})")
         with _lock:

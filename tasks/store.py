@@ -73,7 +73,9 @@ class ArtifactStore:
     def __init__(self, location: str) -> None:
         check_location(location)
         self.location = normalise(location)
-        self.fs, self.base = fsspec.core.url_to_fs(self.location)
+        # No listings cache: other hosts write the store, and s3fs answers a read from a cached listing
+        # ("not found") without asking the server (seen: a manifest written by another host read as missing).
+        self.fs, self.base = fsspec.core.url_to_fs(self.location, use_listings_cache=False)
         self.base = self.base.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
