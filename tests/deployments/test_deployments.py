@@ -168,6 +168,25 @@ def test_cells_dispatched_to_two_pools_run_on_the_workers_of_those_pools(deploye
     assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "rk4@cpu"]
 
 
+def test_a_cell_no_worker_takes_is_cancelled_redispatched_and_then_named(deployed, tmp_path):
+    """A lost cell (here: no worker polls its pool) is cancelled at its timeout and dispatched again."""
+    ensure_work_pools(["nobody"])
+    deploy(cell_deployment("nobody"))
+    config = PipelineConfig.model_validate(tiny(tmp_path, run={
+        "executor": "deployments", "cpu_pools": ["nobody"], "cell_timeout_seconds": 2, "retries": 1}))
+    state = train_flow(config, return_state=True)
+    assert state.is_failed() and "no worker took it: is one polling pool 'nobody'?" in state.message, state.message
+    run, states = flow_run_and_tasks(state.state_details.flow_run_id)
+    assert states["dispatch-euler@cpu"][-1] == "Failed"
+    with get_client(sync_client=True) as client:
+        (dispatch,) = [t for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[run.id]))) if t.name == "dispatch-euler@cpu"]
+        deployment = client.read_deployment_by_name("nodecore-cell/cell-nobody")
+        cells = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id={"any_": [deployment.id]}))
+    assert dispatch.run_count == 2  # dispatched, lost, dispatched again
+    assert len(cells) == 2 and all(c.state.name in ("Cancelling", "Cancelled") for c in cells), cells
+
+
 def test_the_grid_fans_out_on_a_dask_local_cluster(prefect_server, tmp_path):
     with prefect_settings_context(prefect_server):
         config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"],
