@@ -267,7 +267,7 @@ def test_a_host_killed_mid_training_has_its_cell_resumed_on_the_other(network: N
 
     killer = threading.Thread(target=kill_w1_once_its_checkpoint_is_in_the_bucket, daemon=True)
     killer.start()
-    config = _tiny(as_client, executor="deployments", cpu_pools=[pool], cell_timeout_seconds=45, retries=1)
+    config = _tiny(as_client, executor="deployments", cpu_pools=[pool], cell_timeout_seconds=30, retries=1)
     config["solvers"] = ["euler"]
     summary = train_flow(PipelineConfig.model_validate(config))
     killer.join(timeout=5)
