@@ -1,5 +1,8 @@
+import importlib
 import subprocess
 import sys
+
+import pytest
 
 import nodecore
 
@@ -15,3 +18,28 @@ def test_every_public_name_is_exported_and_documented():
         obj = getattr(nodecore, name)
         if callable(obj) and not name.isupper():
             assert obj.__doc__, f"nodecore.{name} has no docstring"
+
+
+# torchdyn's import paths and the names torchdyn code imports from them: `torchdyn` -> `nodecore` must work.
+TORCHDYN_PATHS = {
+    "nodecore.core": ["NeuralODE", "NeuralDE", "NeuralSDE", "ODEProblem", "SDEProblem", "MultipleShootingLayer"],
+    "nodecore.core.problems": ["ODEProblem", "SDEProblem", "MultipleShootingProblem"],
+    "nodecore.numerics": ["odeint", "odeint_symplectic", "odeint_mshooting", "odeint_hybrid", "Euler",
+                          "RungeKutta4", "DormandPrince45", "Tsitouras45", "AsynchronousLeapfrog", "HyperEuler",
+                          "MSZero", "MSBackward", "Lorenz", "VanDerPol"],
+    "nodecore.numerics.odeint": ["odeint", "odeint_symplectic", "odeint_mshooting", "odeint_hybrid"],
+    "nodecore.numerics.utils": ["EventCallback", "StochasticEventCallback"],
+    "nodecore.models": ["CNF", "autograd_trace", "hutch_trace", "HNN", "LNN", "GNF", "NeuralODE"],
+    "nodecore.nn": ["Augmenter", "DepthCat", "DataControl", "GalLinear", "GalConv2d", "Fourier", "Polynomial",
+                    "Chebychev", "VanillaRBF", "GaussianRBF", "MultiquadRBF"],
+    "nodecore.datasets": ["ToyDataset"],
+    "nodecore.utils": ["plot_2D_depth_trajectory", "plot_2D_state_space", "plot_2D_space_depth",
+                       "plot_static_vector_field"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(TORCHDYN_PATHS))
+def test_torchdyn_import_paths_resolve(module: str) -> None:
+    imported = importlib.import_module(module)
+    missing = [name for name in TORCHDYN_PATHS[module] if not hasattr(imported, name)]
+    assert not missing, f"{module} lacks {missing}"
