@@ -54,6 +54,9 @@ __all__ = [
     "randnsphere",
     "resolve_params",
 ]
+# `from torchdyn.datasets import *` also hands out the modules it imported (it has no __all__), and
+# torchdyn's tutorials use them without importing them: the same here for a star import.
+__all__ += ["math", "np", "torch"]
 
 Arrays = tuple[np.ndarray, Optional[np.ndarray]]  # X [N, D] float64, y [N] int or None
 Labelled = tuple[Tensor, Tensor]

@@ -313,7 +313,8 @@ class NeuralODE(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}"
+        return (f"solver={self.solver.name}, sensitivity={self.sensitivity}, atol={self.atol}, rtol={self.rtol}, "
+                f"NFE={self.vf.nfe}")
 
     def options(self) -> dict[str, object]:
         """The constructor's keyword arguments (all but the field): ``NeuralODE(f, **model.options())``."""

@@ -9,5 +9,7 @@ from nodecore.neuralode import NeuralODE
 from nodecore.problems import MultipleShootingLayer, ODEProblem
 
 NeuralDE = NeuralODE  # torchdyn's name before v0.2, still exported by torchdyn.core
+MultipleShootingProblem = MultipleShootingLayer  # torchdyn's base class of it; one class here
 
-__all__ = ["MultipleShootingLayer", "NeuralDE", "NeuralODE", "NeuralSDE", "ODEProblem", "SDEProblem"]
+__all__ = ["MultipleShootingLayer", "MultipleShootingProblem", "NeuralDE", "NeuralODE", "NeuralSDE", "ODEProblem",
+           "SDEProblem"]

@@ -1,8 +1,7 @@
 """torchdyn's ``torchdyn.core.problems`` import path: the problem classes, defined in their own modules."""
 
+from nodecore.core import MultipleShootingProblem
 from nodecore.models.sde import SDEProblem
-from nodecore.problems import MultipleShootingLayer, ODEProblem
-
-MultipleShootingProblem = MultipleShootingLayer  # torchdyn's base of MultipleShootingLayer; one class here
+from nodecore.problems import ODEProblem
 
 __all__ = ["MultipleShootingProblem", "ODEProblem", "SDEProblem"]

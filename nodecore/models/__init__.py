@@ -15,6 +15,9 @@ from nodecore.neuralode import NeuralODE
 from nodecore.problems import MultipleShootingLayer, ODEProblem
 from nodecore.systems import DampedPendulum, HybridField, LotkaVolterra
 
+import torch
+from torch import nn
+
 __all__ = [
     "CNF",
     "DEQ",
@@ -38,3 +41,6 @@ __all__ = [
     "autograd_trace",
     "hutch_trace",
 ]
+# `from torchdyn.models import *` also hands out the modules it imported, and torchdyn's tutorials use them
+# without importing them: the same here for a star import.
+__all__ += ["nn", "torch"]

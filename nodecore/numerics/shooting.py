@@ -118,7 +118,10 @@ def odeint_mshooting(
     if t_span.ndim != 1 or t_span.numel() < 2:
         raise ValueError(f"t_span must be 1-D with at least 2 times, got shape {tuple(t_span.shape)}")
     dt = t_span.diff()
-    if not torch.allclose(dt, dt[0].expand_as(dt), rtol=1e-6, atol=0.0) or float(dt[0]) == 0.0:
+    # Equal up to the rounding of the times themselves: float32 linspace(0, 3, 2000) steps differ by ~1e-4
+    # relative (a few ulps of t), and torchdyn users pass such spans.
+    rounding = 8 * torch.finfo(t_span.dtype).eps * float(t_span.abs().max())
+    if not torch.allclose(dt, dt[0].expand_as(dt), rtol=1e-6, atol=rounding) or float(dt[0]) == 0.0:
         raise ValueError(f"multiple shooting needs equally spaced t_span, got {t_span.tolist()}")
     step = float(dt[0])
     sub_times = [step * k / (fine_steps - 1) for k in range(fine_steps)]

@@ -16,7 +16,29 @@ from torch import nn
 from nodecore import plotting
 from nodecore._checks import integer
 
-__all__ = ["plot_2D_depth_trajectory", "plot_2D_space_depth", "plot_2D_state_space", "plot_static_vector_field"]
+__all__ = ["plot_2D_depth_trajectory", "plot_2D_space_depth", "plot_2D_state_space", "plot_3D_dataset",
+           "plot_static_vector_field"]
+# torchdyn's `from torchdyn.utils import *` also hands out the modules it imported (it has no __all__), and its
+# tutorials use them without importing them; these names keep that code running. Only a star import of
+# nodecore.utils loads pyplot: `import nodecore` does not.
+STAR_IMPORT_MODULES = ("torch", "nn", "np", "mpl", "plt")
+__all__ += STAR_IMPORT_MODULES
+
+
+def __getattr__(name: str) -> Any:
+    if name == "plt":
+        import matplotlib.pyplot as plt
+
+        return plt
+    if name == "mpl":
+        import matplotlib as mpl
+
+        return mpl
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "mpl", "plt"])
 
 
 def _first(trajectory: Any, labels: Any, n_lines: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,3 +94,22 @@ def plot_static_vector_field(model: nn.Module, trajectory: Any, N: int = 50, dev
     xlim, ylim = plotting.vector_field_limits(trajectory)
     return plotting.plot_vector_field(field, xlim=xlim, ylim=ylim, n_points=integer("N", N, minimum=2),
                                       trajectory=trajectory)
+
+
+def plot_3D_dataset(X: Any, yn: Any) -> Figure:
+    """The points ``X`` ``[N, 3]`` (the first three features) as a 3-D scatter, coloured by class ``yn`` ``[N]``."""
+    points = plotting._to_numpy(X)
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise ValueError(f"plot_3D_dataset needs points [N, 3 or more], got shape {tuple(points.shape)}")
+    labels = plotting._as_labels(yn, points.shape[0])
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot(111, projection="3d")
+    for label in np.unique(labels):
+        mask = labels == label
+        ax.scatter(points[mask, 0], points[mask, 1], points[mask, 2], s=6, alpha=0.6,
+                   color=plotting.CLASS_COLORS[int(label) % len(plotting.CLASS_COLORS)], label=f"class {int(label)}")
+    ax.set_xlabel("x0")
+    ax.set_ylabel("x1")
+    ax.set_zlabel("x2")
+    ax.legend(loc="upper left")
+    return fig
