@@ -114,13 +114,15 @@ def odeint_mshooting(
         solver = MS_SOLVERS[choice("multiple-shooting solver", solver, tuple(MS_SOLVERS))]()
     fine_steps = integer("fine_steps", fine_steps, minimum=2)
     maxiter = integer("maxiter", maxiter, minimum=0)
-    t_span = torch.as_tensor(t_span, dtype=x.dtype, device=x.device)
+    given = torch.as_tensor(t_span)
+    precision = given.dtype if given.is_floating_point() else x.dtype  # of the times as the user made them
+    t_span = given.to(dtype=x.dtype, device=x.device)
     if t_span.ndim != 1 or t_span.numel() < 2:
         raise ValueError(f"t_span must be 1-D with at least 2 times, got shape {tuple(t_span.shape)}")
     dt = t_span.diff()
     # Equal up to the rounding of the times themselves: float32 linspace(0, 3, 2000) steps differ by ~1e-4
     # relative (a few ulps of t), and torchdyn users pass such spans.
-    rounding = 8 * torch.finfo(t_span.dtype).eps * float(t_span.abs().max())
+    rounding = 8 * torch.finfo(precision).eps * float(t_span.abs().max())
     if not torch.allclose(dt, dt[0].expand_as(dt), rtol=1e-6, atol=rounding) or float(dt[0]) == 0.0:
         raise ValueError(f"multiple shooting needs equally spaced t_span, got {t_span.tolist()}")
     step = float(dt[0])

@@ -89,6 +89,15 @@ def test_multiple_shooting_with_as_many_iterations_as_intervals_is_the_sequentia
     assert torch.allclose(B, _sequential(x, t_span, 4), rtol=0, atol=1e-12)
 
 
+def test_a_float32_linspace_counts_as_equally_spaced() -> None:
+    """float32 ``linspace`` steps differ by a few ulps of t (4.9e-6 relative here): torchdyn users pass such spans."""
+    t_span = torch.linspace(0, 1, 100)
+    assert not torch.allclose(t_span.diff(), t_span.diff()[0].expand(99), rtol=1e-6, atol=0)  # really jittered
+    x = torch.randn(3, 2, dtype=F64)  # the times keep their float32 rounding in a float64 solve
+    _, B = odeint_mshooting(damped, x, t_span, "mszero", fine_steps=2, maxiter=99)
+    assert torch.allclose(B, _sequential(x, t_span.to(F64), 2), atol=1e-6)
+
+
 def test_newton_shooting_converges_faster_than_parareal() -> None:
     x, t_span = torch.randn(4, 2, dtype=F64), torch.linspace(0, 3, 7, dtype=F64)
     reference = _sequential(x, t_span, 4)

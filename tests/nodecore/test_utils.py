@@ -52,3 +52,23 @@ def test_bad_values_are_named(solved) -> None:
         plot_2D_state_space(trajectory, y, 0)
     with pytest.raises(ValueError, match="ax is not supported"):
         plot_static_vector_field(solved[0], trajectory, ax=object())
+
+
+def test_a_3d_dataset_is_drawn_one_colour_per_class_with_a_legend() -> None:
+    from nodecore.utils import plot_3D_dataset
+
+    X, y = ToyDataset().generate(200, "spheres", dim=3, seed=0)
+    fig = plot_3D_dataset(X, y)
+    (ax,) = fig.axes
+    assert ax.name == "3d" and len(ax.collections) == 2
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["class 0", "class 1"]
+    with pytest.raises(ValueError, match=r"points \[N, 3 or more\], got shape \(200, 2\)"):
+        plot_3D_dataset(X[:, :2], y)
+
+
+def test_a_star_import_hands_out_the_modules_torchdyn_tutorials_rely_on() -> None:
+    names: dict = {}
+    exec("from nodecore.utils import *\nfrom nodecore.models import *\nfrom nodecore.datasets import *", names)
+    assert {"torch", "nn", "np", "plt", "mpl", "math", "CNF", "ToyDataset", "plot_3D_dataset"} <= set(names)
+    assert names["nn"] is torch.nn and names["plt"].__name__ == "matplotlib.pyplot"
+
