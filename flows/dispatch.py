@@ -82,7 +82,7 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         where = (f"no worker took it: is one polling pool {pool!r}?" if state is None or state.is_scheduled()
                  else "its host may be gone")
         raise CellLost(f"cell {cell.name} on work pool {pool!r} did not finish within "
-                       f"{config.run.cell_timeout_seconds} s (flow run {flow_run.id}, now cancelled); {where}")
+                       f"{config.run.cell_timeout_seconds} s (flow run {flow_run.id}; its cancellation is requested); {where}")
     if state.is_crashed():
         raise CellLost(f"cell {cell.name} on work pool {pool!r} crashed (flow run {flow_run.id}): {state.message}")
     if not state.is_completed():

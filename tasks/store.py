@@ -34,9 +34,20 @@ _PARTIAL = ".partial-"
 
 
 def _split(location: str) -> tuple[str, str]:
-    """(protocol, rest) of a URL; ``("", location)`` for a plain path."""
+    """(protocol, rest) of a URL; ``("", location)`` for a plain path.
+
+    Raises:
+        ValueError: a chained fsspec URL (``simplecache::s3://...``) or a URL whose protocol is not a plain name:
+            never silently taken for a local folder.
+    """
+    if "::" in location:
+        raise ValueError(f"chained fsspec URLs are not supported as the store: {location!r}; give one URL")
     protocol, sep, rest = location.partition("://")
-    return (protocol.lower(), rest) if sep and protocol.replace("+", "").isalnum() else ("", location)
+    if not sep:
+        return "", location
+    if not protocol or not all(c.isalnum() or c in "+-._" for c in protocol):
+        raise ValueError(f"{location!r} is neither a folder nor a URL with a protocol name")
+    return protocol.lower(), rest
 
 
 def normalise(location: str) -> str:
@@ -91,6 +102,7 @@ class ArtifactStore:
         return cache / hashlib.sha256(self.location.encode()).hexdigest()[:16]
 
     def _key(self, relative: str) -> str:
+        """The store key of ``relative``, refusing an absolute path or one with ``..`` (local stores too)."""
         parts = Path(relative).parts
         if not parts or Path(relative).is_absolute() or ".." in parts:
             raise ValueError(f"artifact path {relative!r} is not a relative path inside the store {self.location!r}")
@@ -111,11 +123,11 @@ class ArtifactStore:
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Store ``data`` under ``relative`` whole or not at all (a temporary key, then a move)."""
+        key = self._key(relative)
         if self.is_local:
             with atomic_write(self.local_root / relative) as handle:
                 handle.write(data)
             return
-        key = self._key(relative)
         partial = f"{key}{_PARTIAL}{secrets.token_hex(6)}"
         self.fs.pipe_file(partial, data)
         self._move(partial, key)
@@ -138,6 +150,7 @@ class ArtifactStore:
 
     def remove(self, relative: str) -> None:
         """Delete ``relative`` from the store and the local root, if present."""
+        self._key(relative)
         (self.local_root / relative).unlink(missing_ok=True)
         if not self.is_local:
             try:
@@ -156,8 +169,8 @@ class ArtifactStore:
             entries = self.fs.ls(key, detail=True, refresh=True)
         except FileNotFoundError:
             return []
-        return sorted(e["name"].rsplit("/", 1)[-1] for e in entries
-                      if e.get("type") == "file" and _PARTIAL not in e["name"])
+        names = (e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
+        return sorted(n for n in names if n not in ("", ".", "..") and _PARTIAL not in n)
 
     def fetch(self, relative: str, digest: str) -> Path | None:
         """A local copy of ``relative`` whose SHA-256 is ``digest``, downloaded if needed; None if none exists.
@@ -165,6 +178,7 @@ class ArtifactStore:
         The local copy is replaced atomically, so threads and processes sharing the working copy never see a
         half-downloaded file.
         """
+        self._key(relative)
         local = self.local_root / relative
         if local.is_file() and file_digest(local) == digest:
             return local
@@ -181,8 +195,9 @@ class ArtifactStore:
         """Copy every file of the store's folder ``relative`` into the local root (unverified: callers check).
 
         Returns the local paths. Used for files without a manifest yet, such as a training's resume
-        checkpoints, whose own record carries their digests.
+        checkpoints, whose own (signed) record carries their digests.
         """
+        self._key(relative)
         if self.is_local:
             folder = self.local_root / relative
             return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []

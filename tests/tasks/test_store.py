@@ -166,3 +166,15 @@ def test_an_in_memory_store_works_like_any_other(tmp_path: Path, monkeypatch: py
     assert url.startswith("memory://") and url.endswith(f"{location[len('memory://'):]}/{first.files['a']}")
     again = _run(location)
     assert again.reused and again.key == first.key and BUILDS == [512]
+
+
+def test_paths_leaving_the_store_and_chained_urls_are_refused(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    for bad in ("../outside.json", "/etc/passwd", "a/../../b"):
+        with pytest.raises(ValueError, match="is not a relative path inside the store"):
+            store.write_bytes(bad, b"x")
+        with pytest.raises(ValueError, match="is not a relative path inside the store"):
+            store.remove(bad)
+    assert not (tmp_path / "outside.json").exists()
+    with pytest.raises(ValueError, match="chained fsspec URLs are not supported"):
+        check_location("simplecache::memory://b/x")
