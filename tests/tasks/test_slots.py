@@ -66,17 +66,23 @@ class _Waiter(threading.Thread):
         self.messages: list[str] = []
         self.slot: HeldSlot | None = None
         self.acquired_at = 0.0
+        self.first_wait_at: float | None = None  # when the first waiting message came: the wait had begun
         self.active_while_held = -1
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
             with temporary_settings(updates={PREFECT_API_URL: self.api_url}):  # settings do not cross threads
-                with hold_device(self.device, log=LOG, on_wait=self.messages.append, **self.options) as slot:
+                with hold_device(self.device, log=LOG, on_wait=self._waiting, **self.options) as slot:
                     self.acquired_at, self.slot = time.monotonic(), slot
                     self.active_while_held = _active_slots(self.device)
         except BaseException as err:  # noqa: BLE001 - reported by join_checked
             self.error = err
+
+    def _waiting(self, message: str) -> None:
+        if self.first_wait_at is None:
+            self.first_wait_at = time.monotonic()
+        self.messages.append(message)
 
     def wait_until_waiting(self, timeout: float = 30) -> str:
         deadline = time.monotonic() + timeout
@@ -115,7 +121,9 @@ def test_a_killed_holder_frees_its_slot_within_seconds(
     killed = _kill(holder)
     slot = waiter.join_checked()
     assert waiter.acquired_at - killed < 30, waiter.acquired_at - killed  # measured: under 0.3 s
-    assert slot.queue_seconds >= waiter.acquired_at - killed - 0.1
+    # The wait it reports spans at least until the holder died (the slot was held till then); not a timing
+    # bound on how fast it came back, which a loaded machine stretches.
+    assert waiter.first_wait_at is not None and slot.queue_seconds >= killed - waiter.first_wait_at
     assert waiter.active_while_held == 1  # the UI shows the live holder only, not the dead one as well
     with prefect_settings_context(prefect_server):
         assert _active_slots(device) == 0
