@@ -145,8 +145,8 @@ class ArtifactStore:
         try:
             self.fs.mv(partial, key)
         finally:
-            self.fs.rm_file(partial) if self.fs.exists(partial) else None
-        self.fs.invalidate_cache(key.rsplit("/", 1)[0])
+            if self.fs.exists(partial):  # a failed move leaves no stray temporary object
+                self.fs.rm_file(partial)
 
     def remove(self, relative: str) -> None:
         """Delete ``relative`` from the store and the local root, if present."""
@@ -157,7 +157,6 @@ class ArtifactStore:
                 self.fs.rm_file(self._key(relative))
             except FileNotFoundError:
                 pass
-            self.fs.invalidate_cache(self._key(relative).rsplit("/", 1)[0])
 
     def names(self, relative: str) -> list[str]:
         """The file names directly under folder ``relative`` in the store (none if it does not exist)."""
@@ -166,7 +165,7 @@ class ArtifactStore:
             return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
         key = self._key(relative)
         try:
-            entries = self.fs.ls(key, detail=True, refresh=True)
+            entries = self.fs.ls(key, detail=True)  # never cached: the store has no listings cache
         except FileNotFoundError:
             return []
         names = (e["name"].rsplit("/", 1)[-1] for e in entries if e.get("type") == "file")
