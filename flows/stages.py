@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
 
 from prefect.context import FlowRunContext
 from prefect import get_client, get_run_logger
@@ -10,17 +14,43 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.futures import PrefectFuture, wait
 from prefect.tasks import exponential_backoff
 
-from tasks.cache import StageOutput
+import tasks.cache as stage_cache
+from tasks.cache import StageOutput, cached_output, stage_key
 from tasks.config import PipelineConfig
-from tasks.evaluate import evaluate_cell
 from tasks.grid import Cell
 from tasks.records import ManifestRecords, saved_records, stage_result_options
-from tasks.render import render_plots
 from tasks.store import ArtifactStore, artifact_store
-from tasks.train import train_cell
-from tasks.trajectories import integrate_trajectories
 
-CELL_STAGES = ("trained", "metrics", "trajectories", "plots")
+
+@dataclass(frozen=True)
+class StageRef:
+    """A stage task named by its module, imported only when the stage must be submitted (its module imports
+    torch); its cache key can be computed without it."""
+
+    stage: str  # the name given to ``stage_task``: the stage's folder in the store
+    module: str
+    function: str
+    run_name: str  # prefix of its task runs' names
+
+    def task(self) -> Any:
+        """The Prefect task (importing its module)."""
+        return getattr(importlib.import_module(self.module), self.function)
+
+    def code_file(self) -> Path:
+        """The module's source file, found without importing it: its code version is the stage's."""
+        spec = importlib.util.find_spec(self.module)
+        assert spec is not None and spec.origin is not None, self.module
+        return Path(spec.origin)
+
+
+GENERATE = StageRef("generate-dataset", "tasks.generate", "generate_dataset", "generate-dataset")
+BUILD_FIELD = StageRef("build-vector-field", "tasks.field", "build_vector_field", "build")
+TRAIN = StageRef("train", "tasks.train", "train_cell", "train")
+EVALUATE = StageRef("evaluate", "tasks.evaluate", "evaluate_cell", "evaluate")
+TRAJECTORIES = StageRef("integrate-trajectories", "tasks.trajectories", "integrate_trajectories", "trajectories")
+RENDER = StageRef("render", "tasks.render", "render_plots", "render")
+STAGE_REFS = (GENERATE, BUILD_FIELD, TRAIN, EVALUATE, TRAJECTORIES, RENDER)
+Inputs = Callable[[dict[str, Any]], dict[str, Any]]  # a stage's inputs, given its cell's upstream outputs so far
 
 
 class Stages:
@@ -31,6 +61,21 @@ class Stages:
         self.store: ArtifactStore = artifact_store(config.run.artifacts_dir)
         self.common = {"root": self.store.location, "refresh": config.run.refresh}
         self._records: ManifestRecords | None = None
+        self._code_digests: dict[Path, str] = {}  # one run reads each stage's sources once
+
+    def cached(self, ref: StageRef, inputs: dict[str, Any]) -> StageOutput | None:
+        """The verified output that a run of ``ref`` with ``inputs`` would take from the cache, found without
+        submitting (or importing) it; None where it would compute, and always with ``run.refresh``.
+
+        ``inputs`` must name every input of the stage, defaults too: the key is the one the task computes.
+        """
+        if self.config.run.refresh:
+            return None
+        code_file = ref.code_file()
+        if code_file not in self._code_digests:  # the function the stage task itself calls
+            self._code_digests[code_file] = stage_cache.code_digest(code_file)
+        key = stage_key(ref.stage, self._code_digests[code_file], inputs)
+        return cached_output(self.store, ref.stage, key)
 
     @property
     def records(self) -> ManifestRecords:
@@ -54,6 +99,24 @@ class Stages:
             options["task_run_name"] = name
         return task.with_options(**options)
 
+    def _cell_stages(self, cell: Cell, dataset: Any, field: Any, run_device: str | None
+                     ) -> list[tuple[str, StageRef, bool, Inputs]]:
+        """``(output name, stage, retryable, inputs)`` of each of ``cell``'s stages, upstream first."""
+        config = self.config
+        stages: list[tuple[str, StageRef, bool, Inputs]] = [
+            ("trained", TRAIN, True, lambda up: dict(
+                dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
+                training=config.training, device=cell.device, run_device=run_device)),
+            ("metrics", EVALUATE, True, lambda up: dict(dataset=dataset, trained=up["trained"], model=config.model)),
+        ]
+        if cell.model != "deq":  # an equilibrium model has no depth to integrate over
+            stages.append(("trajectories", TRAJECTORIES, False, lambda up: dict(
+                dataset=dataset, trained=up["trained"], model=config.model, output=config.output)))
+        stages.append(("plots", RENDER, False, lambda up: dict(
+            dataset=dataset, trained=up["trained"], trajectories=up.get("trajectories"), model=config.model,
+            output=config.output)))
+        return stages
+
     def submit_cell(self, cell: Cell, dataset: Any, field: Any, *, run_device: str | None = None
                     ) -> dict[str, PrefectFuture]:
         """Submit train -> (evaluate, trajectories -> render) for ``cell``; upstreams may be futures.
@@ -61,21 +124,22 @@ class Stages:
         ``field`` is the output of the field stage for ``cell.model``; ``run_device`` is ``cell.device`` as
         this process names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
         """
-        config, common = self.config, self.common
-        trained = self(train_cell, retryable=True, name=f"train-{cell.name}").submit(
-            dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
-            training=config.training, device=cell.device, run_device=run_device, **common)
-        metrics = self(evaluate_cell, retryable=True, name=f"evaluate-{cell.name}").submit(
-            dataset=dataset, trained=trained, model=config.model, **common)
-        trajectories = None
-        if cell.model != "deq":  # an equilibrium model has no depth to integrate over
-            trajectories = self(integrate_trajectories, name=f"trajectories-{cell.name}").submit(
-                dataset=dataset, trained=trained, model=config.model, output=config.output, **common)
-        plots = self(render_plots, name=f"render-{cell.name}").submit(
-            dataset=dataset, trained=trained, trajectories=trajectories, model=config.model, output=config.output,
-            **common)
-        futures = dict(zip(CELL_STAGES, (trained, metrics, trajectories, plots)))
-        return {name: future for name, future in futures.items() if future is not None}
+        submitted: dict[str, PrefectFuture] = {}
+        for name, ref, retryable, inputs in self._cell_stages(cell, dataset, field, run_device):
+            task = self(ref.task(), retryable=retryable, name=f"{ref.run_name}-{cell.name}")
+            submitted[name] = task.submit(**inputs(submitted), **self.common)
+        return submitted
+
+    def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:
+        """Every stage output of ``cell`` when all of them are in the cache (verified), else None: a cell that
+        :meth:`submit_cell` would only report ``Cached`` is not submitted at all."""
+        found: dict[str, Any] = {}
+        for name, ref, _, inputs in self._cell_stages(cell, dataset, field, None):
+            output = self.cached(ref, inputs(found))
+            if output is None:
+                return None
+            found[name] = output
+        return found
 
 
 def resolve(futures: list[PrefectFuture]) -> list[Any]:

@@ -17,18 +17,16 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
-from tasks.grid import Cell, grid_cells, resolve_devices
-from flows.stages import Stages, mark_cached, resolve, resolve_cells
+from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices
+from flows.stages import BUILD_FIELD, GENERATE, Stages, mark_cached, resolve, resolve_cells
 from tasks.cache import StageOutput
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
-from tasks.field import build_vector_field
-from tasks.generate import generate_dataset
 from tasks.report import publish_report
 
 
@@ -51,38 +49,87 @@ def _dask_runner(config: PipelineConfig) -> Any:
 
 @flow(name="nodecore-train", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
-    """Generate the dataset once, then build, train, evaluate, integrate and render every grid cell."""
+    """Generate the dataset once, then build, train, evaluate, integrate and render every grid cell.
+
+    What the cache holds in full is read from its verified manifests first and not submitted: a cached cell
+    costs a few file reads, not four task runs. Only the rest is submitted, and reports ``Cached`` stages
+    where it shares them.
+    """
     # Dispatched cells run on other hosts' GPUs: only their workers can tell whether cuda:N exists.
     remote = config.run.executor == "deployments"
-    devices = resolve_devices(config.devices, cuda_count=torch.cuda.device_count(), check=not remote)
+    devices = resolve_devices(config.devices, cuda_count=cuda_device_count(), check=not remote)
     cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder)
     check_artifacts_store(config.run.artifacts_dir)  # a run started by Prefect skipped main()'s pre-flight
     stages = Stages(config)
     stages.store.local_root.mkdir(parents=True, exist_ok=True)
 
-    dataset = stages(generate_dataset, retryable=True).submit(dataset=config.dataset, **stages.common)
-    fields = {kind: stages(build_vector_field, name=f"build-{kind}").submit(
-        dataset=dataset, model=config.model, kind=kind, **stages.common) for kind in config.models}
+    dataset: Any = stages.cached(GENERATE, {"dataset": config.dataset})
+    fields: dict[str, Any] = {kind: dataset and stages.cached(
+        BUILD_FIELD, {"dataset": dataset, "model": config.model, "kind": kind}) for kind in config.models}
+    results = {cell: found for cell in cells if dataset and fields[cell.model]
+               and (found := stages.cached_cell(cell, dataset, fields[cell.model])) is not None}
+    pending = [cell for cell in cells if cell not in results]
+    get_run_logger().info("%d of %d cells are cached in full (verified manifests): taken without task runs; %d "
+                          "to run", len(results), len(cells), len(pending))
+    if pending:
+        if dataset is None:
+            dataset = stages(GENERATE.task(), retryable=True).submit(dataset=config.dataset, **stages.common)
+        for kind in dict.fromkeys(cell.model for cell in pending):
+            if not fields[kind]:
+                fields[kind] = stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
+                    dataset=dataset, model=config.model, kind=kind, **stages.common)
+        results |= zip(pending, _run_cells(config, stages, pending, dataset, fields))
+    return publish_report.submit(stages.store.location, [results[cell] for cell in cells]).result()
+
+
+def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], dataset: Any,
+               fields: dict[str, Any]) -> list[dict[str, StageOutput]]:
+    """Run ``cells`` on the configured executor; ``dataset`` and ``fields`` are outputs or futures of them."""
+    upstream = [dataset, *fields.values()]
     if config.run.executor == "threads":
         results = resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
-        mark_cached([dataset, *fields.values()])
-    elif config.run.executor == "dask":
-        dataset_output, *field_outputs = resolve([dataset, *fields.values()])
-        results = cells_flow.with_options(task_runner=_dask_runner(config))(
-            config, cells, dataset_output, dict(zip(fields, field_outputs)))
-    else:
-        dataset_output, *field_outputs = resolve([dataset, *fields.values()])
-        field_by_kind = dict(zip(fields, field_outputs))
-        futures, cpu_cells = [], 0
-        for cell in cells:
-            pool, device, env = pool_and_device(cell, config, cpu_cells)
-            cpu_cells += cell.device == "cpu"
-            futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}", retries=config.run.retries,
-                                                      retry_delay_seconds=config.run.retry_delay_seconds).submit(
-                config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset_output,
-                field=field_by_kind[cell.model]))
-        results = resolve(futures)
-    return publish_report.submit(stages.store.location, results).result()
+        mark_cached([future for future in upstream if isinstance(future, PrefectFuture)])
+        return results
+    dataset, *outputs = _resolved(upstream)
+    by_kind = dict(zip(fields, outputs))
+    if config.run.executor == "dask":
+        return cells_flow.with_options(task_runner=_dask_runner(config))(config, cells, dataset, by_kind)
+    futures, cpu_cells = [], 0
+    for cell in cells:
+        pool, device, env = pool_and_device(cell, config, cpu_cells)
+        cpu_cells += cell.device == "cpu"
+        futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}", retries=config.run.retries,
+                                                  retry_delay_seconds=config.run.retry_delay_seconds).submit(
+            config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset, field=by_kind[cell.model]))
+    return resolve(futures)
+
+
+def _resolved(values: list[Any]) -> list[Any]:
+    """``values`` with each future replaced by its result (see :func:`resolve`)."""
+    results = iter(resolve([value for value in values if isinstance(value, PrefectFuture)]))
+    return [next(results) if isinstance(value, PrefectFuture) else value for value in values]
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def check_dask_reaches_api(config: PipelineConfig, api_url: str) -> None:
+    """Refuse a remote Dask cluster with a loopback Prefect API: prefect-dask ships this process's settings
+    with every task, so each worker would call *its own* loopback (and fail, or report to another server).
+
+    Raises:
+        ValueError: naming the API URL and what to set instead.
+    """
+    from urllib.parse import urlsplit
+
+    address = config.run.dask_address
+    if config.run.executor != "dask" or not address:
+        return
+    scheduler = urlsplit(address if "://" in address else f"tcp://{address}").hostname
+    if urlsplit(api_url).hostname in _LOOPBACK and scheduler not in _LOOPBACK:
+        raise ValueError(f"the Dask workers at {address} would call the Prefect API at {api_url}, their own "
+                         "loopback (prefect-dask sends this process's API URL with every task); set "
+                         "PREFECT_API_URL to the server's address as every worker host reaches it")
 
 
 def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
@@ -110,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(PipelineConfig, argv, source=source)
     # What the config cannot know: this host's devices and file system, this process's fault hook.
     preflight = {
-        "--devices: ": lambda: resolve_devices(config.devices, cuda_count=torch.cuda.device_count(),
+        "--devices: ": lambda: resolve_devices(config.devices, cuda_count=cuda_device_count(),
                                                check=config.run.executor != "deployments"),
         "--run.artifacts_dir: ": lambda: check_artifacts_store(config.run.artifacts_dir),
         "": validate_faults,  # its message names NODECORE_FAULTS
@@ -121,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             source.root_parser.error(f"{option}{err}")
     server = ensure_server()
+    try:
+        check_dask_reaches_api(config, server.api_url)
+    except ValueError as err:
+        source.root_parser.error(f"--run.dask_address: {err}")
     import shlex
 
     from flows.server import exit_if_api_lost

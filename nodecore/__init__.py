@@ -1,58 +1,70 @@
 """nodecore: continuous-depth deep learning (Neural ODEs) on PyTorch.
 
-One public surface over small modules. Importing nodecore never imports Prefect.
+One public surface over small modules. Importing nodecore never imports Prefect, and imports nothing heavy
+until a name is used: ``nodecore.NeuralODE`` (or ``from nodecore import NeuralODE``) loads its module on first
+access, so code that needs only :mod:`nodecore.names` or :mod:`nodecore.files` does not pay for torch.
 """
 
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
 from nodecore._version import __version__
-from nodecore.architectures import ACTIVATIONS, MLPFieldSpec, build_field
-from nodecore.checkpoints import (
-    Checkpoint,
-    build_model,
-    load_checkpoint,
-    load_model,
-    load_weights,
-    model_config,
-    save_checkpoint,
-)
-from nodecore.dataset_io import (
-    SCHEMA_VERSION,
-    DatasetFormatError,
-    content_digest,
-    file_digest,
-    read_dataset,
-    write_dataset,
-)
-from nodecore.datasets import DATASET_TYPES, ToyDataset, resolve_params
-from nodecore.deq import DEQ, ConvergenceError, DEQCell, DEQClassifier, DEQStats
-from nodecore.errors import (
-    CorruptFileError,
-    InputShapeError,
-    NonFiniteError,
-    SolverError,
-    StabilityWarning,
-    StepSizeUnderflowError,
-    TooManyStepsError,
-)
-from nodecore.classifiers import ODEClassifier
-from nodecore.fields import Augmenter, DataControl, DepthAware, DepthCat, VectorField
-from nodecore.galerkin import GALERKIN_BASES, GalerkinLinear
-from nodecore.neuralode import BACKENDS, ORDERS, SENSITIVITIES, NeuralODE
-from nodecore.models import CNF, GNF, HNN, LNN, NeuralSDE, autograd_trace, hutch_trace
-from nodecore.numerics import odeint, odeint_hybrid, odeint_mshooting, odeint_symplectic, root_find
-from nodecore.problems import MultipleShootingLayer, ODEProblem
-from nodecore.solvers import SOLVER_NAMES, SOLVERS, Solver, get_solver
-from nodecore.root_finders import ROOT_FINDER_NAMES, ROOT_FINDERS, RootFinder, RootResult, get_root_finder
-from nodecore.plotting import (
-    plot_decision_boundary,
-    plot_state_space,
-    plot_trajectories_depth,
-    plot_vector_field,
-    save_figure,
-    vector_field_limits,
-)
-from nodecore.stats import SolveStats
-from nodecore.systems import LOSSES, DampedPendulum, HybridField, LotkaVolterra, fit_trajectories
-from nodecore.training import EpochStats, History, Metrics, accuracy, evaluate, logits, train
+
+# Each public name and the module it comes from.
+_SOURCES: dict[str, tuple[str, ...]] = {
+    "nodecore.architectures": ("ACTIVATIONS", "MLPFieldSpec", "build_field"),
+    "nodecore.checkpoints": (
+        "Checkpoint", "build_model", "load_checkpoint", "load_model", "load_weights", "model_config",
+        "save_checkpoint",
+    ),
+    "nodecore.dataset_io": (
+        "SCHEMA_VERSION", "DatasetFormatError", "content_digest", "file_digest", "read_dataset", "write_dataset",
+    ),
+    "nodecore.datasets": ("DATASET_TYPES", "ToyDataset", "resolve_params"),
+    "nodecore.deq": ("DEQ", "ConvergenceError", "DEQCell", "DEQClassifier", "DEQStats"),
+    "nodecore.errors": (
+        "CorruptFileError", "InputShapeError", "NonFiniteError", "SolverError", "StabilityWarning",
+        "StepSizeUnderflowError", "TooManyStepsError",
+    ),
+    "nodecore.classifiers": ("ODEClassifier",),
+    "nodecore.fields": ("Augmenter", "DataControl", "DepthAware", "DepthCat", "VectorField"),
+    "nodecore.galerkin": ("GALERKIN_BASES", "GalerkinLinear"),
+    "nodecore.neuralode": ("BACKENDS", "ORDERS", "SENSITIVITIES", "NeuralODE"),
+    "nodecore.models": ("CNF", "GNF", "HNN", "LNN", "NeuralSDE", "autograd_trace", "hutch_trace"),
+    "nodecore.numerics": ("odeint", "odeint_hybrid", "odeint_mshooting", "odeint_symplectic", "root_find"),
+    "nodecore.problems": ("MultipleShootingLayer", "ODEProblem"),
+    "nodecore.solvers": ("SOLVER_NAMES", "SOLVERS", "Solver", "get_solver"),
+    "nodecore.root_finders": ("ROOT_FINDER_NAMES", "ROOT_FINDERS", "RootFinder", "RootResult", "get_root_finder"),
+    "nodecore.plotting": (
+        "plot_decision_boundary", "plot_state_space", "plot_trajectories_depth", "plot_vector_field",
+        "save_figure", "vector_field_limits",
+    ),
+    "nodecore.stats": ("SolveStats",),
+    "nodecore.systems": ("LOSSES", "DampedPendulum", "HybridField", "LotkaVolterra", "fit_trajectories"),
+    "nodecore.training": ("EpochStats", "History", "Metrics", "accuracy", "evaluate", "logits", "train"),
+}
+_HOME = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name's module on first use (PEP 562); a submodule such as ``nodecore.numerics`` too."""
+    module = _HOME.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOME})
+
 
 __all__ = [
     "__version__",

@@ -16,6 +16,7 @@ from torch import nn
 
 from nodecore._version import __version__
 from nodecore.architectures import MLPFieldSpec, build_field
+from nodecore.names import MODEL_KINDS
 from nodecore.classifiers import ODEClassifier
 from nodecore.deq import DEQClassifier
 from nodecore.fields import Augmenter
@@ -120,7 +121,6 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
-MODEL_KINDS: tuple[str, ...] = ("node", "anode", "deq")
 
 
 def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:

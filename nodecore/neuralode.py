@@ -20,23 +20,25 @@ from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.odeint import interpolates
 from nodecore.numerics.solvers import RungeKutta
+from nodecore.names import (  # noqa: F401  (defaults shared with the pipeline's config)
+    DEFAULT_ATOL,
+    DEFAULT_ATOL_ADJOINT,
+    DEFAULT_MAX_STEPS,
+    DEFAULT_RTOL,
+    DEFAULT_RTOL_ADJOINT,
+    DEFAULT_SOLVER,
+    SENSITIVITIES,
+)
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.solvers import SOLVERS, Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
 Sensitivity = Literal["autograd", "adjoint", "interpolated_adjoint"]
-SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint", "interpolated_adjoint")
+
 # Who integrates: nodecore's own engine (nodecore.numerics) or torchdiffeq's odeint.
 BACKENDS: tuple[str, ...] = ("nodecore", "torchdiffeq")
 ORDERS: tuple[int, ...] = (1, 2)
 
-# Defaults shared with the pipeline's config (one home for them).
-DEFAULT_SOLVER = "dopri5"
-DEFAULT_ATOL = 1e-3
-DEFAULT_RTOL = 1e-3
-DEFAULT_ATOL_ADJOINT = 1e-4
-DEFAULT_RTOL_ADJOINT = 1e-4
-DEFAULT_MAX_STEPS = 10_000
 _CONTROLLER = IntegralController()  # torchdiffeq's step-size rule, so both backends take similar steps
 # A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
 BLOWUP_GROWTH = 1e8

@@ -244,6 +244,13 @@ def read_stage(store: ArtifactStore, stage: str, key: str) -> StageOutput | None
     return _verified(store.read_bytes(f"{stage}/{key}/{MANIFEST}"), stage, key, fetched)
 
 
+def cached_output(store: ArtifactStore, stage: str, key: str) -> StageOutput | None:
+    """What a run of ``stage`` with cache ``key`` takes from the cache instead of computing (marked ``reused``):
+    its verified output, or None."""
+    output = read_stage(store, stage, key)
+    return None if output is None else output.model_copy(update={"reused": True})
+
+
 def fetch_inputs(store: ArtifactStore, inputs: Mapping[str, Any]) -> None:
     """Bring the files of every upstream :class:`StageOutput` in ``inputs`` into the store's local root, verified.
 
@@ -316,8 +323,8 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
             store = artifact_store(inputs.pop("root"))
             refresh = inputs.pop("refresh")
             key = stage_key(stage, code_digest(Path(code_file)), inputs)
-            if not refresh and (cached := read_stage(store, stage, key)) is not None:
-                return cached.model_copy(update={"reused": True})
+            if not refresh and (cached := cached_output(store, stage, key)) is not None:
+                return cached
             store.remove(f"{stage}/{key}/{MANIFEST}")  # a rebuild never leaves the old manifest vouching for it
             fetch_inputs(store, inputs)
             folder = store.local_root / stage / key

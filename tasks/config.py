@@ -1,4 +1,4 @@
-"""The pipeline's one typed configuration: every default lives here (or in nodecore, which it reads).
+"""The pipeline's one typed configuration: every default lives here (or in :mod:`nodecore.names`, which it reads).
 
 Prefect validates these models as flow parameters and renders them as the run form in the UI; the CLI
 (``python flows/train_flow.py --help``) exposes every field as an option. Both ways in refuse the same bad
@@ -9,35 +9,34 @@ named, and the dataset's classes fit every model kind of the grid.
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from nodecore.architectures import ACTIVATIONS
-from nodecore.datasets import DATASET_TYPES, generate_points
-from nodecore.checkpoints import MODEL_KINDS
-from nodecore.neuralode import (
+from nodecore.names import (
+    ACTIVATION_NAMES,
+    DATASET_TYPES,
     DEFAULT_ATOL,
     DEFAULT_ATOL_ADJOINT,
     DEFAULT_MAX_STEPS,
     DEFAULT_RTOL,
     DEFAULT_RTOL_ADJOINT,
+    MODEL_KINDS,
+    ROOT_FINDER_NAMES,
     SENSITIVITIES,
+    SOLVER_NAMES,
+    dataset_shape,
 )
-from nodecore.root_finders import ROOT_FINDER_NAMES
-from nodecore.solvers import SOLVER_NAMES
 
 SolverName = Literal[SOLVER_NAMES]  # type: ignore[valid-type]
 DatasetType = Literal[DATASET_TYPES]  # type: ignore[valid-type]
-Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+Activation = Literal[ACTIVATION_NAMES]  # type: ignore[valid-type]
 SensitivityName = Literal[SENSITIVITIES]  # type: ignore[valid-type]
 ModelKind = Literal[MODEL_KINDS]  # type: ignore[valid-type]
 RootFinderName = Literal[ROOT_FINDER_NAMES]  # type: ignore[valid-type]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_SEED = 2**32 - 1  # numpy's (and so scikit-learn's) seed limit
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-_PROBE_POINTS = 256  # points drawn to count a dataset's classes: every generator spreads its classes evenly
 
 
 class _Config(BaseModel):
@@ -45,11 +44,9 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-@lru_cache(maxsize=64)
 def _dim_and_classes(dataset_type: str, n_samples: int) -> tuple[int, int]:
-    """Features and classes of ``n_samples`` points of ``dataset_type``, read from a small draw of nodecore's."""
-    X, y = generate_points(min(n_samples, _PROBE_POINTS), dataset_type, seed=0)  # as the dataset stage draws
-    return int(X.shape[1]), int(y.max()) + 1
+    """Features and classes of ``n_samples`` points of ``dataset_type`` as the dataset stage draws them."""
+    return dataset_shape(dataset_type, n_samples)
 
 
 def _fits_node(dim: int, classes: int) -> bool:

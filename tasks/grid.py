@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -22,6 +24,21 @@ class Cell(BaseModel):
     def name(self) -> str:
         prefix = "" if self.model == "node" else f"{self.model}-"
         return f"{prefix}{self.solver}@{self.device}"
+
+
+# What a host with a CUDA (or ROCm) driver has; without any of them torch sees no CUDA device.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch sees here; on a Linux host with no GPU driver, 0 without importing torch (seconds)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return 0
+    if sys.platform == "linux" and not any(Path(path).exists() for path in _GPU_DRIVER_PATHS):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def resolve_devices(requested: list[str], *, cuda_count: int, check: bool = True) -> list[str]:

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-from torch import nn
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nodecore.checkpoints import load_model
-from nodecore.classifiers import ODEClassifier
-from nodecore.dataset_io import read_dataset
-from nodecore.fields import Augmenter
-from nodecore.neuralode import NeuralODE
-from nodecore.plotting import (
-    plot_decision_boundary,
-    plot_state_space,
-    plot_trajectories_depth,
-    plot_vector_field,
-    save_figure,
-    vector_field_limits,
-)
-from nodecore.trajectory_io import read_trajectory
-from nodecore.training import depth_grid, logits
+from nodecore.files import atomic_write
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.config import ModelConfig, OutputConfig
 
+if TYPE_CHECKING:
+    from torch import nn
+
 PLOTS = ("depth", "state_space", "vector_field", "decision_boundary")
+THUMBNAIL = "{plot}-thumbnail"  # the file name of a plot's JPEG thumbnail in the stage output
+
+
+def write_thumbnail(png: Path, target: Path, *, size: int = 560, quality: int = 80) -> Path:
+    """A JPEG thumbnail of the plot ``png`` at ``target``: small enough to inline many in one UI artifact, and made
+    here, once, so that a report of cached cells only reads it."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        with atomic_write(target) as handle:
+            image.save(handle, format="JPEG", quality=quality, optimize=True)
+    return target
 
 
 def augmented_dims(classifier: nn.Module, state_dim: int) -> tuple[int, ...]:
     """The state dimensions that ``classifier``'s augmenter adds as zeros (none for another model)."""
+    from nodecore.classifiers import ODEClassifier
+    from nodecore.fields import Augmenter
+
     augmenter = classifier.augmenter if isinstance(classifier, ODEClassifier) else None
     if not isinstance(augmenter, Augmenter) or augmenter.augment_func is not None:
         return ()
@@ -37,11 +44,28 @@ def augmented_dims(classifier: nn.Module, state_dim: int) -> tuple[int, ...]:
 @stage_task("render")
 def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutput,
                  trajectories: StageOutput | None, model: ModelConfig, output: OutputConfig) -> Built:
-    """Write one PNG per plot in :data:`PLOTS` that applies to the cell, each titled with the cell's name.
+    """Write one PNG per plot in :data:`PLOTS` that applies to the cell, each titled with the cell's name, and its
+    JPEG thumbnail (file :data:`THUMBNAIL`); ``data["plots"]`` lists the plots.
 
     Trajectory plots need a continuous-depth model (no ``trajectories`` for an equilibrium model); the
     vector field needs a 2-D state; the decision boundary needs 2-D inputs.
     """
+    # Imported here, not at the top: the flow imports this module to submit the stage, and a run whose cells
+    # are all cached should not pay for torch and matplotlib.
+    from nodecore.checkpoints import load_model
+    from nodecore.dataset_io import read_dataset
+    from nodecore.neuralode import NeuralODE
+    from nodecore.plotting import (
+        plot_decision_boundary,
+        plot_state_space,
+        plot_trajectories_depth,
+        plot_vector_field,
+        save_figure,
+        vector_field_limits,
+    )
+    from nodecore.trajectory_io import read_trajectory
+    from nodecore.training import depth_grid, logits
+
     classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
     X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
     span = depth_grid(model.t_end, model.t_points)
@@ -62,4 +86,6 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
         figures["decision_boundary"] = plot_decision_boundary(
             lambda grid: logits(classifier, grid, span), X, y, title=cell)
     files = {name: save_figure(figure, ctx.folder / f"{name}.png") for name, figure in figures.items()}
-    return Built(files=files, data={"plots": list(files)})
+    thumbnails = {THUMBNAIL.format(plot=name): write_thumbnail(path, ctx.folder / f"{name}.thumbnail.jpg")
+                  for name, path in files.items()}
+    return Built(files=files | thumbnails, data={"plots": list(files)})

@@ -8,19 +8,18 @@ finished run's (each written atomically), and ``reports/LATEST`` names its folde
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from prefect import runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.cache import StageOutput, fetch_inputs
 from tasks.grid import artifact_key
+from tasks.render import THUMBNAIL
 from tasks.store import artifact_store
 
 COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
@@ -98,16 +97,6 @@ def _index_markdown(cells: list[dict[str, StageOutput]], link_prefix: str) -> li
             *(f"| {cell} | {' · '.join(links)} |" for cell, links in by_cell.items()), ""]
 
 
-def _thumbnail(path: Path, *, size: int = 560, quality: int = 80) -> bytes:
-    """A JPEG thumbnail of a PNG plot, small enough to inline many in one artifact."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality, optimize=True)
-    return buffer.getvalue()
-
-
 def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]], root: Path, *,
                   inline: bool, link_prefix: str = "") -> str:
     """The report as markdown; plots inline as data URIs (``inline``) or as links to ``link_prefix`` + their
@@ -118,13 +107,14 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
     budget = INLINE_BUDGET_BYTES
     for row, cell in zip(rows, cells):
         parts += [f"## {row['cell']}", ""]
-        for name in cell["plots"].files:
+        for name in cell["plots"].data["plots"]:
             path = cell["plots"].path(root, name)
-            if inline:
-                encoded = base64.b64encode(_thumbnail(path)).decode()
-                if len(encoded) > budget:
+            if inline:  # the render stage's thumbnail: read, not made, so a cached cell costs a file read
+                size = cell["plots"].path(root, THUMBNAIL.format(plot=name)).stat().st_size
+                if 4 * (size + 2) // 3 > budget:  # its base64 length
                     parts.append(f"*{name}: omitted to keep the artifact small; see {path}*")
                     continue
+                encoded = base64.b64encode(cell["plots"].path(root, THUMBNAIL.format(plot=name)).read_bytes()).decode()
                 budget -= len(encoded)
                 parts.append(f"![{name}](data:image/jpeg;base64,{encoded})")
             else:
@@ -177,9 +167,15 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
                              description="comparison report with plots")
     create_link_artifact(key="nodecore-report-file", link=store.url(f"{run_folder}/report.md"),
                          link_text=shown(f"{run_folder}/report.md"))
+    checkpoints = {row["cell"]: store.url(cell["trained"].files["checkpoint"]) for row, cell in zip(rows, cells)}
+    create_markdown_artifact(key="nodecore-checkpoints", description="the trained weights of every cell",
+                             markdown="\n".join(["| cell | checkpoint |", "|---|---|",
+                                                  *(f"| {c} | [{url}]({url}) |" for c, url in checkpoints.items())]))
+    # A link per checkpoint this run trained (its key's history is the cell's checkpoints, run by run). The server
+    # takes ~35 ms per artifact, so a cell taken whole from the cache adds none: its checkpoint did not change.
     for row, cell in zip(rows, cells):
-        create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]),
-                             link=store.url(cell["trained"].files["checkpoint"]),
-                             link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
+        if not cell["trained"].reused:
+            create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]), link=checkpoints[row["cell"]],
+                                 link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
     return {"rows": rows, "report": shown(f"{run_folder}/report.md"), "summary": shown(f"{run_folder}/summary.json"),
             "latest_report": shown("report.md"), "warnings": warnings}

@@ -10,11 +10,17 @@ link and no other host:
     this process (10.231.9.2) --- 10.231.9.1
 
 w1 and w2 run a process worker each on one work pool; the grid's two cells are dispatched there, their
-artifacts land in the bucket, and a rerun from w3, which has nothing local, is all Cached. Then a host dies
+artifacts land in the bucket, and a rerun from w3, which has nothing local, takes every cell from it. Then a host dies
 mid-training (every process in w1 killed at once, right after its first checkpoint reached the bucket): the
 dispatch times out, and the retried cell runs on w2, resuming from w1's checkpoint in the bucket. Hosts share one
 file system here, so each gets its own working copy, device-slot folder and Prefect home; they share the
 manifest signing key through the environment, as the README asks of real hosts.
+
+The same grid also runs through ``--run.executor dask`` on a real Dask cluster in those namespaces: ``dask
+scheduler`` on the hub, one ``dask worker`` on each of w1 and w2, the flow connecting from this process; its
+artifacts land in the bucket and a rerun takes every cell from it. For that test only, w1 and w2 also reach each other
+(the hub forwards between them) and this process's address of the hub, as a Dask cluster needs (see
+``_dask_network``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -93,6 +100,13 @@ class Network:
                 "NODECORE_HOST_LABEL": host, CACHE_ENV: str(self.tmp / host / "working-copy"),
                 "NODECORE_SLOT_DIR": str(self.tmp / host / "slots")}
 
+    def hub_env(self) -> dict[str, str]:
+        """The hub's own: the Prefect server on its loopback, its own Prefect home."""
+        (self.tmp / "hub-profiles.toml").touch()
+        return {**os.environ, **CREDENTIALS, "PREFECT_HOME": str(self.tmp / "hub"),
+                "PREFECT_PROFILES_PATH": str(self.tmp / "hub-profiles.toml"),
+                "PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
     def start(self, namespace: str, command: list[str], env: dict[str, str], log: str) -> subprocess.Popen:
         out = (self.tmp / f"{log}.log").open("wb")
         process = subprocess.Popen(["ip", "netns", "exec", namespace, *command], env=env, cwd=REPO_ROOT,
@@ -140,10 +154,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         _ip("addr", "add", f"10.231.{CLIENT_NET}.2/24", "dev", client_link)
         _ip("link", "set", client_link, "up")
 
-        hub_env = {**os.environ, **CREDENTIALS, "PREFECT_HOME": str(net.tmp / "hub"),
-                   "PREFECT_PROFILES_PATH": str(net.tmp / "hub-profiles.toml"),
-                   "PREFECT_API_URL": "http://127.0.0.1:4200/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        (net.tmp / "hub-profiles.toml").touch()
+        hub_env = net.hub_env()
         server = net.start(net.hub, [sys.executable, "-m", "prefect", "server", "start", "--host", "0.0.0.0",
                                      "--port", "4200"], hub_env, "hub-prefect")
         s3 = net.start(net.hub, [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "5000"], hub_env,
@@ -275,3 +286,137 @@ def test_a_host_killed_mid_training_has_its_cell_resumed_on_the_other(network: N
     trained = cell["trained"]["data"]
     assert trained["host"] == "w2" and trained["resumed_from_epoch"] == 2, trained  # w1's checkpoint, from S3
     assert [row["cell"] for row in summary["rows"]] == ["euler@cpu"]
+
+
+DASK = str(Path(sys.executable).with_name("dask"))
+DASK_PORT = 8786
+DASK_HOSTS = ("w1", "w2")
+STAGE_TASKS = ("train_cell", "evaluate_cell", "integrate_trajectories", "render_plots")
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{host}:{port} did not come up (exit {process.poll()}):\n"
+                                   f"{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+
+def _dask_network(network: Network, up: bool) -> None:
+    """What a Dask cluster needs of the network beyond what the work-pool hosts do, or (``up=False``) undo it.
+
+    * Workers fetch each other's results directly (a task may run where its upstream's result is not), so w1
+      and w2 reach each other: the hub forwards between their links for this test.
+    * Each task brings the *flow process's* Prefect settings (prefect-dask serializes its ``SettingsContext``
+      into every task), so a worker talks to the API at the URL this process uses, not at its own
+      ``PREFECT_API_URL``. On real hosts that is one name that every host resolves; here the hub answers on a
+      different address per link, so w1 and w2 get a route to the address this process uses (still the hub
+      itself: no host reaches this process).
+    """
+    hub, action = network.hub_address(None), "add" if up else "del"
+    subprocess.run(["ip", "netns", "exec", network.hub, "sysctl", "-qw", f"net.ipv4.ip_forward={int(up)}"],
+                   check=True, capture_output=True)
+    for host in DASK_HOSTS:
+        gateway = network.hub_address(host)
+        others = [f"10.231.{HOSTS[h]}.0/24" for h in DASK_HOSTS if h != host]
+        for destination in (f"{hub}/32", *others):
+            done = subprocess.run(["ip", "-n", network.hosts[host], "route", action, destination, "via", gateway],
+                                  check=False, capture_output=True, text=True)
+            if up and done.returncode != 0:
+                raise RuntimeError(f"route {destination} on {host}: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def dask_cluster(network: Network) -> Iterator[tuple[str, dict[str, str]]]:
+    """``dask scheduler`` on the hub, one single-threaded ``dask worker`` on each of w1 and w2, each with its host's
+    environment; yields the scheduler's address as this process sees it and each worker's address by host.
+
+    The processes are killed, and the network is put back, at the end of the test (the module's bookkeeping
+    would kill them only at its own end).
+    """
+    from distributed import Client
+
+    started: list[subprocess.Popen] = []
+    try:
+        _dask_network(network, up=True)
+        scheduler = network.start(network.hub, [DASK, "scheduler", "--host", "0.0.0.0", "--port", str(DASK_PORT),
+                                                "--no-dashboard"], network.hub_env(), "hub-dask-scheduler")
+        started.append(scheduler)
+        _wait_for_port(network.hub_address(None), DASK_PORT, scheduler, network.tmp / "hub-dask-scheduler.log")
+        for host in DASK_HOSTS:
+            started.append(network.start(network.hosts[host], [
+                DASK, "worker", f"tcp://{network.hub_address(host)}:{DASK_PORT}", "--name", host, "--nthreads", "1",
+                "--nworkers", "1", "--no-dashboard", "--local-directory", str(network.tmp / host / "dask")],
+                network.host_env(host), f"{host}-dask-worker"))
+        address = f"tcp://{network.hub_address(None)}:{DASK_PORT}"
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(len(DASK_HOSTS), timeout=60)
+            workers = {info["name"]: worker for worker, info in client.scheduler_info()["workers"].items()}
+        assert sorted(workers) == sorted(DASK_HOSTS), workers
+        assert all(workers[h].startswith(f"tcp://10.231.{HOSTS[h]}.2:") for h in DASK_HOSTS), workers
+        yield address, workers
+    finally:
+        for process in started:
+            try:
+                os.killpg(process.pid, 9)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=30)
+        _dask_network(network, up=False)
+
+
+def _stages_by_host(stream: list[dict], workers: dict[str, str]) -> dict[str, list[str]]:
+    """The stage tasks the scheduler saw run, by the host of the worker that ran each (sorted task names)."""
+    host_of = {address: host for host, address in workers.items()}
+    ran: dict[str, list[str]] = {}
+    for record in stream:
+        name = record["key"].rsplit("-", 1)[0]
+        if name in STAGE_TASKS:
+            ran.setdefault(host_of.get(record["worker"], record["worker"]), []).append(name)
+    return {host: sorted(names) for host, names in ran.items()}
+
+
+def test_the_grid_runs_on_a_dask_cluster_across_hosts_through_s3_and_reruns_cached(
+        network: Network, as_client: str, dask_cluster: tuple[str, dict[str, str]]) -> None:
+    from distributed import Client
+
+    from flows.train_flow import train_flow
+
+    address, workers = dask_cluster
+    config = PipelineConfig.model_validate(_tiny(as_client, executor="dask", dask_address=address))
+    with Client(address, timeout=30) as client:
+        client.get_task_stream()  # starts the scheduler's record of which worker ran which task
+        since = time.time()
+        summary = train_flow(config)
+        ran = _stages_by_host(client.get_task_stream(start=since), workers)
+        rerun = train_flow(config)
+
+    assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "rk4@cpu"]
+    # Every stage task of the two cells ran in a Dask worker, on both hosts, one training on each.
+    assert sorted(ran) == sorted(DASK_HOSTS), ran
+    assert sorted(name for names in ran.values() for name in names) == sorted(STAGE_TASKS * 2), ran
+    assert all(names.count("train_cell") == 1 for names in ran.values()), ran
+    store = ArtifactStore(as_client)
+    recorded = json.loads(store.read_bytes("summary.json"))
+    # The training's own record of its host (NODECORE_HOST_LABEL, from each worker's environment).
+    hosts = {cell["trained"]["data"]["cell"]: cell["trained"]["data"]["host"] for cell in recorded["cells"]}
+    assert sorted(hosts) == ["euler@cpu", "rk4@cpu"] and set(hosts.values()) == set(DASK_HOSTS), hosts
+
+    store.fs.invalidate_cache()
+    keys = {path[len(store.base) + 1:] for path in store.fs.find(store.base)}
+    stages = {key.split("/")[0] for key in keys if key.endswith("/manifest.json")}
+    assert stages == {"generate-dataset", "build-vector-field", "train", "evaluate", "integrate-trajectories",
+                      "render"}, sorted(keys)
+    for cell in recorded["cells"]:  # each cell's stage outputs are the manifests in the bucket
+        for output in cell.values():
+            assert f"{output['stage']}/{output['key']}/manifest.json" in keys, (output, sorted(keys))
+    assert not any(k.startswith("cells/") or "resume" in k or ".partial-" in k for k in keys), sorted(keys)
+
+    assert [(row["cell"], row["cached"]) for row in rerun["rows"]] == [("euler@cpu", "all"), ("rk4@cpu", "all")]
+    rerecorded = json.loads(store.read_bytes("summary.json"))
+    assert {c["trained"]["data"]["cell"]: c["trained"]["data"]["host"] for c in rerecorded["cells"]} == hosts

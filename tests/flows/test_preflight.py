@@ -73,3 +73,22 @@ def test_a_malformed_fault_hook_is_refused(capsys: pytest.CaptureFixture[str], t
     assert "NODECORE_FAULTS entry 'train:transient:abc': 'abc' is not a count" in err
     assert "STAGE:transient:N" in err and "STAGE:permanent" in err
     assert not root.exists()
+
+
+@pytest.mark.parametrize(("address", "api_url", "refused"), [
+    ("tcp://10.0.0.5:8786", "http://127.0.0.1:4200/api", True),
+    ("10.0.0.5:8786", "http://localhost:4200/api", True),
+    ("tcp://10.0.0.5:8786", "http://10.0.0.1:4200/api", False),
+    ("tcp://127.0.0.1:8786", "http://127.0.0.1:4200/api", False),  # a cluster on this host shares its loopback
+])
+def test_a_remote_dask_cluster_needs_an_api_its_workers_reach(address: str, api_url: str, refused: bool) -> None:
+    from flows.train_flow import check_dask_reaches_api
+    from tasks.config import PipelineConfig
+
+    config = PipelineConfig.model_validate({"run": {"executor": "dask", "dask_address": address}})
+    if not refused:
+        check_dask_reaches_api(config, api_url)
+        return
+    with pytest.raises(ValueError, match=f"workers at {address} would call the Prefect API at {api_url}.*"
+                                         "set PREFECT_API_URL"):
+        check_dask_reaches_api(config, api_url)

@@ -20,7 +20,7 @@ import tasks.cache
 import tasks.faults
 from flows.server import ServerInfo
 from tasks.cache import MANIFEST, StageOutput, read_manifest
-from tests.flows._pipeline import expected_task_labels, run_flow, stage_folders, state_names, task_runs, tiny_config
+from tests.flows._pipeline import CELL_TASKS, run_flow, stage_folders, state_names, task_runs, tiny_config
 
 SOLVERS = ["euler"]
 STAGES = ("generate-dataset", "build-vector-field", "train", "evaluate", "integrate-trajectories", "render")
@@ -69,9 +69,11 @@ def store(completed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
 
 
 def _rerun(info: ServerInfo, root: Path) -> tuple[dict[str, str | None], dict]:
+    """Rerun after an attack on one stage of the one cell: that cell's four stages are submitted (the dataset
+    and field come whole from the cache, unsubmitted), and the report."""
     state = run_flow(info, tiny_config(root, solvers=SOLVERS))
     assert state.is_completed(), state.message
-    runs = task_runs(info, state.state_details.flow_run_id, count=len(expected_task_labels(SOLVERS)))
+    runs = task_runs(info, state.state_details.flow_run_id, count=len(CELL_TASKS) + 1)
     return state_names(runs), state.result()
 
 

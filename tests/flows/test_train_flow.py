@@ -113,6 +113,11 @@ def _expected_counts(solvers: list[str]) -> int:
     return len(STAGE_TASKS) + len(CELL_TASKS) * len(solvers) + 1
 
 
+def _cell_tasks(*cell_names: str) -> set[str]:
+    """The task labels of these cells' stages: what a rerun submits for a cell it cannot take whole from the cache."""
+    return {f"{stage}-{cell}" for cell in cell_names for stage in CELL_TASKS}
+
+
 # --- one run, end to end ---------------------------------------------------------------------------------
 
 
@@ -171,13 +176,17 @@ def test_cell_artifacts_read_back(baseline: Run) -> None:
         assert not list(checkpoint_path.parent.glob("resume*"))  # the resume checkpoints are cleaned up
         history = json.loads(outputs["trained"].path(baseline.root, "history").read_text())
         assert history == checkpoint.history
-        # plots: four decodable PNGs
-        assert set(outputs["plots"].files) == {"depth", "state_space", "vector_field", "decision_boundary"}
-        for name in outputs["plots"].files:
+        # plots: four decodable PNGs, each with its JPEG thumbnail (what the report inlines)
+        plots = {"depth", "state_space", "vector_field", "decision_boundary"}
+        assert set(outputs["plots"].data["plots"]) == plots
+        assert set(outputs["plots"].files) == plots | {f"{name}-thumbnail" for name in plots}
+        for name in plots:
             path = outputs["plots"].path(baseline.root, name)
             assert path.read_bytes()[:8] == PNG_SIGNATURE, path
             image = matplotlib.image.imread(path)
             assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+            thumbnail = matplotlib.image.imread(outputs["plots"].path(baseline.root, f"{name}-thumbnail"), format="jpeg")
+            assert thumbnail.ndim == 3 and max(thumbnail.shape[:2]) <= 560
         # metrics: sane numbers
         metrics = json.loads(outputs["metrics"].path(baseline.root, "metrics").read_text())
         assert metrics == outputs["metrics"].data
@@ -241,6 +250,8 @@ def test_flow_run_artifacts_are_published(prefect_server: ServerInfo, baseline: 
     assert f"]({report.as_uri()})" in by_key["nodecore-report-file"].data
     links = [by_key[f"nodecore-checkpoint-{solver}-cpu"] for solver in SOLVERS]  # every artifact has a key
     assert all(a.type == "markdown" and "checkpoint.pt)" in a.data for a in links)
+    listed = by_key["nodecore-checkpoints"].data  # and one table of every cell's checkpoint
+    assert all(f"| {cell} | [file://" in listed for cell in cells()) and listed.count("checkpoint.pt)") == len(SOLVERS)
     progress = [a for a in artifacts if a.type == "progress"]
     assert len(progress) == len(SOLVERS) and all(a.data == 100.0 for a in progress)
 
@@ -257,13 +268,16 @@ def test_identical_run_in_a_new_process_is_all_cached(prefect_server: ServerInfo
     assert "reusing local Prefect server" in process.stdout  # not a server of its own
     flow_run_id = flow_run_id_from_output(process.stdout)
     assert flow_run_id != baseline.flow_run_id
-    runs = task_runs(prefect_server, flow_run_id, count=_expected_counts(SOLVERS))
-    names = state_names(runs)
-    assert names.pop("report") == "Completed"
-    assert names == {name: "Cached" for name in expected_task_labels(report=False)}
-    # and the run graph says so: every cached task run is named "... (cached)", the report is not
-    assert all(run.name.endswith(" (cached)") == (name != "report") for name, run in runs.items()), \
-        sorted(run.name for run in runs.values())
+    # Every cell is cached in full: read from its verified manifests, no stage is even submitted.
+    runs = task_runs(prefect_server, flow_run_id, count=1)
+    assert state_names(runs) == {"report": "Completed"}
+    with prefect_settings_context(prefect_server), get_client(sync_client=True) as client:
+        keys = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+    # the run's report and checkpoint table; no new version of a checkpoint link, since no checkpoint changed
+    assert {"nodecore-grid", "nodecore-report", "nodecore-checkpoints"} <= keys
+    assert not any(key.startswith("nodecore-checkpoint-") for key in keys), keys
+    assert f"{len(cells())} of {len(cells())} cells are cached in full" in process.stdout + process.stderr
     table = {line.split()[0]: line for line in process.stdout.splitlines() if "@" in line.split(" ")[0]}
     assert set(table) == set(cells())  # the summary table: every cell, its training shown as cached
     assert all(line.split()[4:] == ["cached", "all"] for line in table.values()), table
@@ -291,11 +305,9 @@ def test_concurrent_runs_on_one_folder_each_keep_their_report(prefect_server: Se
 
 def test_adding_a_solver_recomputes_only_the_new_cell(prefect_server: ServerInfo, warm: Path) -> None:
     solvers = [*SOLVERS, "midpoint"]
-    runs = _completed(prefect_server, tiny_config(warm, solvers=solvers), count=_expected_counts(solvers))
-    names = state_names(runs)
-    new = {f"{stage}-midpoint@cpu" for stage in CELL_TASKS}
-    assert {name for name, state in names.items() if state == "Cached"} == expected_task_labels(report=False)
-    assert {name for name, state in names.items() if state == "Completed"} == new | {"report"}
+    runs = _completed(prefect_server, tiny_config(warm, solvers=solvers), count=len(CELL_TASKS) + 1)
+    # Only the new cell is submitted: the dataset, the field and the other cells come whole from the cache.
+    assert state_names(runs) == {name: "Completed" for name in _cell_tasks("midpoint@cpu") | {"report"}}
     assert len(stage_folders(warm, "train")) == 3 and len(stage_folders(warm, "generate-dataset")) == 1
 
 
@@ -324,9 +336,11 @@ def test_changed_plotting_code_recomputes_only_rendering(
         return digest + "+plotting-edited" if plotting in nodecore_dependencies(source_file) else digest
 
     monkeypatch.setattr(tasks.cache, "code_digest", edited_plotting)
-    runs = _completed(prefect_server, tiny_config(warm), count=_expected_counts(SOLVERS))
+    # Each cell is submitted (its render stage has a new key); its other stages come back Cached.
+    runs = _completed(prefect_server, tiny_config(warm), count=len(CELL_TASKS) * len(SOLVERS) + 1)
     recomputed = {name for name, state in state_names(runs).items() if state != "Cached"}
     assert recomputed == {f"render-{cell}" for cell in cells()} | {"report"}
+    assert all(run.name.endswith(" (cached)") == (state_names(runs)[name] == "Cached") for name, run in runs.items())
     assert len(stage_folders(warm, "render")) == 4 and len(stage_folders(warm, "train")) == 2
 
 
@@ -349,7 +363,8 @@ def test_deleted_artifact_recomputes_exactly_its_stage(prefect_server: ServerInf
     deleted = plots.path(warm, "depth")
     deleted.unlink()
     assert read_manifest(deleted.parent, warm) is None  # the manifest no longer verifies
-    runs = _completed(prefect_server, tiny_config(warm), count=_expected_counts(SOLVERS))
+    runs = _completed(prefect_server, tiny_config(warm), count=len(CELL_TASKS) + 1)  # rk4's cell: not submitted
+    assert set(runs) == _cell_tasks("euler@cpu") | {"report"}
     recomputed = {name for name, state in state_names(runs).items() if state != "Cached"}
     assert recomputed == {"render-euler@cpu", "report"}
     assert deleted.read_bytes()[:8] == PNG_SIGNATURE and read_manifest(deleted.parent, warm) is not None
@@ -361,7 +376,8 @@ def test_stage_folder_without_manifest_is_not_taken_as_cached(prefect_server: Se
     folder = metrics.path(warm, "metrics").parent
     (folder / MANIFEST).unlink()
     (folder / "metrics.json").write_text("{half a file")
-    runs = _completed(prefect_server, tiny_config(warm), count=_expected_counts(SOLVERS))
+    runs = _completed(prefect_server, tiny_config(warm), count=len(CELL_TASKS) + 1)
+    assert set(runs) == _cell_tasks("rk4@cpu") | {"report"}
     recomputed = {name for name, state in state_names(runs).items() if state != "Cached"}
     assert recomputed == {"evaluate-rk4@cpu", "report"}
     assert read_manifest(folder, warm) is not None
@@ -413,12 +429,12 @@ def test_permanent_failure_fails_the_run_without_retry_and_a_rerun_reuses_the_re
             assert run.state_name == "Completed", (name, run.state_name)
 
     monkeypatch.delenv(tasks.faults.ENV)
-    rerun = _completed(prefect_server, tiny_config(root), count=_expected_counts(SOLVERS))
+    # The dataset and field are taken from the cache unsubmitted; each cell is submitted, its training Cached.
+    rerun = _completed(prefect_server, tiny_config(root), count=len(CELL_TASKS) * len(SOLVERS) + 1)
     names = state_names(rerun)
+    assert set(names) == _cell_tasks(*cells()) | {"report"}
     assert {name for name, state in names.items() if state != "Cached"} == {
         *(f"evaluate-{cell}" for cell in cells()), "report"}
-    assert names["generate-dataset"] == names["build-node"] == "Cached"
-    assert all(names[f"train-{cell}"] == "Cached" for cell in cells())
 
 
 # --- bad parameters ------------------------------------------------------------------------------------

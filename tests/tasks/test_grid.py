@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -152,3 +153,24 @@ def test_the_overlap_measurement_can_see_overlap(prefect_server: ServerInfo) -> 
     (_, first_exit), (second_enter, _) = _hold_at_once(
         prefect_server, lambda: hold_device(device), seconds=4.0)  # slack for a busy server (2 s missed once)
     assert second_enter < first_exit
+
+
+def test_cuda_device_count_is_torchs_and_zero_when_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from tasks.grid import cuda_device_count
+
+    assert cuda_device_count() == torch.cuda.device_count()
+    for hidden in ("", "-1"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert cuda_device_count() == 0
+
+
+def test_cuda_device_count_asks_torch_only_where_a_gpu_driver_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tasks.grid
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(tasks.grid, "_GPU_DRIVER_PATHS", ("/nonexistent/nvidia",))
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now fails
+    if sys.platform == "linux":
+        assert tasks.grid.cuda_device_count() == 0

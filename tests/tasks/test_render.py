@@ -9,6 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+import nodecore.plotting
 import tasks.render
 from nodecore.checkpoints import build_model, classifier_config, save_checkpoint
 from nodecore.classifiers import ODEClassifier
@@ -61,9 +62,12 @@ def trained_cell(root: Path, *, kind: str = "node", dataset_type: str = "moons",
 
 
 def render(root: Path, outputs: dict[str, StageOutput]) -> dict[str, Path]:
-    """Run the render stage's body (no Prefect server, no cache) and return the PNGs it wrote."""
+    """Run the render stage's body (no Prefect server, no cache) and return the PNGs it wrote (each beside its
+    JPEG thumbnail)."""
     built = render_plots.fn(root=str(root), **outputs, model=MODEL, output=OUTPUT)
-    return {name: root / relative for name, relative in built.files.items()}
+    assert set(built.files) == {*built.data["plots"], *(f"{name}-thumbnail" for name in built.data["plots"])}
+    assert all((root / built.files[f"{name}-thumbnail"]).read_bytes()[:2] == b"\xff\xd8" for name in built.data["plots"])
+    return {name: root / built.files[name] for name in built.data["plots"]}
 
 
 @pytest.fixture
@@ -71,13 +75,13 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Figure]:
     """The figures the render stage saves, by plot name, as it saves them."""
     monkeypatch.setenv(KEY_ENV, "render-test-key-0123456789")
     saved: dict[str, Figure] = {}
-    save = tasks.render.save_figure
+    save = nodecore.plotting.save_figure  # the stage imports it when it runs
 
     def keep(figure: Figure, path: Path) -> Path:
         saved[Path(path).stem] = figure
         return save(figure, path)
 
-    monkeypatch.setattr(tasks.render, "save_figure", keep)
+    monkeypatch.setattr(nodecore.plotting, "save_figure", keep)
     return saved
 
 
