@@ -4,11 +4,12 @@ For each grid it runs ``python flows/train_flow.py ...`` as a subprocess (interp
 included) in a fresh temporary artifacts folder, then the same command again (every stage cached):
 
 - 3 cells: the default solvers (``dopri5 rk4 tsit5``), model ``node``, device ``cpu``;
-- 16 cells: every solver of ``nodecore.solvers.SOLVER_NAMES`` x ``--models node anode``, device ``cpu``;
-- 64 cells (``--grid64 DEV DEV DEV DEV``): every solver x ``node anode`` x four devices (needs four;
-  on a CPU-only host there is no 64-cell grid, since devices are the only other axis).
+- 18 cells: every solver of ``nodecore.solvers.SOLVER_NAMES`` (nine) x ``--models node anode``, device ``cpu``;
+- 72 cells (``--grid64 DEV DEV DEV DEV``): every solver x ``node anode`` x four devices (needs four;
+  on a CPU-only host there is no such grid, since devices are the only other axis).
 
-    python bench/pipeline_bench.py                          # 3 and 16 cells, 5 epochs
+    python bench/pipeline_bench.py                          # 3 and 18 cells, 5 epochs, the threads executor
+    python bench/pipeline_bench.py --executors threads processes   # both executors, side by side
     python bench/pipeline_bench.py --epochs 20 --json artifacts/pipeline_bench.json
     python bench/pipeline_bench.py --grid64 cuda:0 cuda:1 cuda:2 cuda:3
 
@@ -18,7 +19,7 @@ before anything is timed, so server start-up is not in any figure; every run goe
 Figures: cold wall time; summed ``train_seconds`` of the cold run's ``summary.json`` rows; the ratio
 wall / (summed training / cores), i.e. how many times longer the run took than its trainings would
 perfectly spread over the cores; the cached rerun's wall time; the per-cell increment between
-consecutive grids ((t16 - t3) / 13 ...), cold and cached; and, for context, ``import flows.train_flow``
+consecutive grids ((t18 - t3) / 15 ...), cold and cached; and, for context, ``import flows.train_flow``
 alone (median of ``--import-repeats`` fresh interpreters).
 """
 
@@ -46,6 +47,7 @@ from nodecore.solvers import SOLVER_NAMES  # noqa: E402
 @dataclass
 class GridResult:
     label: str
+    executor: str
     cells: int
     cold_seconds: float
     train_seconds_sum: float
@@ -65,11 +67,11 @@ def _timed(command: list[str], *, env: dict[str, str]) -> float:
     return seconds
 
 
-def run_grid(label: str, grid_args: list[str], *, epochs: int, cores: int, env: dict[str, str],
+def run_grid(label: str, grid_args: list[str], *, executor: str, epochs: int, cores: int, env: dict[str, str],
              keep: bool) -> GridResult:
     """Cold run then cached rerun of one grid in a fresh artifacts folder."""
-    folder = Path(tempfile.mkdtemp(prefix=f"pipeline_bench_{label}_"))
-    command = [sys.executable, "flows/train_flow.py", "--training.epochs", str(epochs),
+    folder = Path(tempfile.mkdtemp(prefix=f"pipeline_bench_{label}_{executor}_"))
+    command = [sys.executable, "flows/train_flow.py", "--training.epochs", str(epochs), "--run.executor", executor,
                "--run.artifacts_dir", str(folder), *grid_args]
     try:
         cold = _timed(command, env=env)
@@ -80,7 +82,7 @@ def run_grid(label: str, grid_args: list[str], *, epochs: int, cores: int, env: 
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     train = sum(row["train_seconds"] for row in rows)
-    return GridResult(label=label, cells=len(rows), cold_seconds=cold, train_seconds_sum=train,
+    return GridResult(label=label, executor=executor, cells=len(rows), cold_seconds=cold, train_seconds_sum=train,
                       wall_over_ideal=cold / (train / cores) if train else float("nan"), cached_seconds=cached,
                       cached_cells=sum(row["cached"] == "all" for row in rerun_rows))
 
@@ -96,10 +98,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5,
                         help="--training.epochs of every run (default 5: the 3+16-cell benchmark fits in ~5 min on 2 cores)")
     parser.add_argument("--grid64", nargs=4, metavar="DEVICE", default=None,
-                        help="also run the 64-cell grid: every solver x node anode x these four devices")
+                        help="also run the 72-cell grid: every solver x node anode x these four devices")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="cores in wall / (summed training / cores) (default: this process's usable CPUs)")
     parser.add_argument("--import-repeats", type=int, default=3, help="fresh interpreters timed for the import figure")
+    parser.add_argument("--executors", nargs="+", default=["threads"], choices=["threads", "processes", "dask"],
+                        help="--run.executor of the runs; each grid runs once per executor (default: threads)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary artifacts folders")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this path")
     args = parser.parse_args()
@@ -113,31 +117,34 @@ def main() -> None:
 
     load_before = os.getloadavg()
     imports = import_seconds(args.import_repeats, env)
-    results = [run_grid(label, grid_args, epochs=args.epochs, cores=args.cores, env=env, keep=args.keep)
-               for label, grid_args in grids]
+    results = [run_grid(label, grid_args, executor=executor, epochs=args.epochs, cores=args.cores, env=env,
+                        keep=args.keep) for executor in args.executors for label, grid_args in grids]
     load_after = os.getloadavg()
 
     increments = []
     for small, large in zip(results, results[1:]):
+        if small.executor != large.executor:
+            continue
         extra = large.cells - small.cells
-        increments.append({"from": small.cells, "to": large.cells,
+        increments.append({"executor": small.executor, "from": small.cells, "to": large.cells,
                            "cold_seconds_per_cell": (large.cold_seconds - small.cold_seconds) / extra,
                            "cached_seconds_per_cell": (large.cached_seconds - small.cached_seconds) / extra})
 
     print(f"pipeline end to end, {args.epochs} epochs, {args.cores} cores, server {server.api_url} "
           f"(already up: start-up not counted); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"import flows.train_flow alone: {imports:.2f} s (median of {args.import_repeats})\n")
-    print("| grid | cells | cold wall s | summed train s | wall / (train / cores) | cached wall s | cached cells |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| grid | executor | cells | cold wall s | summed train s | wall / (train / cores) | cached wall s "
+          "| cached cells |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r.label} | {r.cells} | {r.cold_seconds:.1f} | {r.train_seconds_sum:.1f} | {r.wall_over_ideal:.2f} "
+        print(f"| {r.label} | {r.executor} | {r.cells} | {r.cold_seconds:.1f} | {r.train_seconds_sum:.1f} | {r.wall_over_ideal:.2f} "
               f"| {r.cached_seconds:.1f} | {r.cached_cells}/{r.cells} |")
     print()
     for inc in increments:
-        print(f"per-cell increment {inc['from']} -> {inc['to']} cells: cold {inc['cold_seconds_per_cell']:.2f} s, "
+        print(f"{inc['executor']}: per-cell increment {inc['from']} -> {inc['to']} cells: cold {inc['cold_seconds_per_cell']:.2f} s, "
               f"cached {inc['cached_seconds_per_cell']:.2f} s")
     for r in results:
-        print(f"{r.label}: cached / cold {r.cached_seconds / r.cold_seconds:.3f}; "
+        print(f"{r.label} ({r.executor}): cached / cold {r.cached_seconds / r.cold_seconds:.3f}; "
               f"import / cached {imports / r.cached_seconds:.3f}")
     report = {"epochs": args.epochs, "cores": args.cores, "import_seconds": imports,
               "load_average_before": load_before, "load_average_after": load_after,

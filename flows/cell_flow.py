@@ -35,7 +35,7 @@ def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOu
     the field stage's output for that model; ``result_path`` is relative to the artifacts store."""
     stages = Stages(config)
     cell = Cell(solver=solver, device=device, model=model)
-    outputs = resolve_cells([stages.submit_cell(cell, dataset, field, run_device=run_device)])[0]
+    outputs = resolve_cells(stages.submit_cells([cell], dataset, {model: field}, run_device=run_device))[0]
     if result_path:
         stages.store.write_bytes(result_path, json.dumps({k: v.model_dump(mode="json")
                                                           for k, v in outputs.items()}).encode())

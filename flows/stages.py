@@ -117,17 +117,23 @@ class Stages:
             output=config.output)))
         return stages
 
-    def submit_cell(self, cell: Cell, dataset: Any, field: Any, *, run_device: str | None = None
-                    ) -> dict[str, PrefectFuture]:
-        """Submit train -> (evaluate, trajectories -> render) for ``cell``; upstreams may be futures.
+    def submit_cells(self, cells: list[Cell], dataset: Any, fields: dict[str, Any], *, run_device: str | None = None
+                     ) -> list[dict[str, PrefectFuture]]:
+        """Submit train -> (evaluate, trajectories -> render) for each cell; upstreams may be futures.
 
-        ``field`` is the output of the field stage for ``cell.model``; ``run_device`` is ``cell.device`` as
-        this process names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
+        Stage by stage across the cells (every training first, then every evaluation, ...): a pool of worker
+        processes runs what it is given in order, so no worker sits on a stage whose upstream is queued behind it.
+        ``fields`` maps each model kind to its field stage's output; ``run_device`` is the device as this process
+        names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
         """
-        submitted: dict[str, PrefectFuture] = {}
-        for name, ref, retryable, inputs in self._cell_stages(cell, dataset, field, run_device):
-            task = self(ref.task(), retryable=retryable, name=f"{ref.run_name}-{cell.name}")
-            submitted[name] = task.submit(**inputs(submitted), **self.common)
+        plans = [self._cell_stages(cell, dataset, fields[cell.model], run_device) for cell in cells]
+        submitted: list[dict[str, PrefectFuture]] = [{} for _ in cells]
+        for depth in range(max(map(len, plans), default=0)):
+            for cell, plan, futures in zip(cells, plans, submitted):
+                if depth < len(plan):
+                    name, ref, retryable, inputs = plan[depth]
+                    task = self(ref.task(), retryable=retryable, name=f"{ref.run_name}-{cell.name}")
+                    futures[name] = task.submit(**inputs(futures), **self.common)
         return submitted
 
     def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:

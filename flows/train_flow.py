@@ -10,9 +10,10 @@ recorded and the run stays viewable in the UI after the script ends; with it, it
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,11 +32,34 @@ from tasks.report import publish_report
 
 
 @flow(name="nodecore-cells")
-def cells_flow(config: PipelineConfig, cells: list[Cell], dataset: StageOutput,
-               fields: dict[str, StageOutput]) -> list[dict[str, StageOutput]]:
-    """Every cell's stages on this flow's task runner (a Dask cluster for ``run.executor=dask``)."""
-    stages = Stages(config)
-    return resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
+def cells_flow(config: PipelineConfig, cells: list[Cell], dataset: Optional[StageOutput],
+               fields: dict[str, Optional[StageOutput]]) -> list[dict[str, StageOutput]]:
+    """The pending cells' stages on this flow's task runner (worker processes or a Dask cluster), and the
+    dataset's and fields' where the cache lacks them (None)."""
+    return _run_pending(Stages(config), cells, dataset, fields)
+
+
+def _submit_upstream(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[str, Any]
+                     ) -> tuple[Any, dict[str, Any]]:
+    """Submit the dataset and the fields ``cells`` need where the cache lacks them (None): futures for those."""
+    config = stages.config
+    if dataset is None:
+        dataset = stages(GENERATE.task(), retryable=True).submit(dataset=config.dataset, **stages.common)
+    fields = dict(fields)
+    for kind in dict.fromkeys(cell.model for cell in cells):
+        if not fields[kind]:
+            fields[kind] = stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
+                dataset=dataset, model=config.model, kind=kind, **stages.common)
+    return dataset, fields
+
+
+def _run_pending(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[str, Any]
+                 ) -> list[dict[str, StageOutput]]:
+    """Submit what ``cells`` need (their stages, and the dataset and fields the cache lacks) and wait for it."""
+    dataset, fields = _submit_upstream(stages, cells, dataset, fields)
+    results = resolve_cells(stages.submit_cells(cells, dataset, fields))
+    mark_cached([future for future in [dataset, *fields.values()] if isinstance(future, PrefectFuture)])
+    return results
 
 
 def _dask_runner(config: PipelineConfig) -> Any:
@@ -45,6 +69,21 @@ def _dask_runner(config: PipelineConfig) -> Any:
         return DaskTaskRunner(address=config.run.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": config.run.dask_workers, "threads_per_worker": 1,
                                           "processes": True, "dashboard_address": None})
+
+
+def _process_runner() -> Any:
+    """One worker process per core, each importing torch and nodecore as it starts (while this one plans)."""
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    return ProcessPoolTaskRunner(max_workers=len(os.sched_getaffinity(0)), initializer=_warm_up)
+
+
+def _warm_up() -> None:
+    import torch
+
+    import tasks.train  # noqa: F401  (torch, nodecore, the solvers)
+
+    torch.set_num_threads(1)  # one core per worker: more threads per process only oversubscribe the cores
 
 
 @flow(name="nodecore-train", task_runner=ThreadPoolTaskRunner(max_workers=16))
@@ -72,28 +111,21 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     get_run_logger().info("%d of %d cells are cached in full (verified manifests): taken without task runs; %d "
                           "to run", len(results), len(cells), len(pending))
     if pending:
-        if dataset is None:
-            dataset = stages(GENERATE.task(), retryable=True).submit(dataset=config.dataset, **stages.common)
-        for kind in dict.fromkeys(cell.model for cell in pending):
-            if not fields[kind]:
-                fields[kind] = stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
-                    dataset=dataset, model=config.model, kind=kind, **stages.common)
         results |= zip(pending, _run_cells(config, stages, pending, dataset, fields))
     return publish_report.submit(stages.store.location, [results[cell] for cell in cells]).result()
 
 
-def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], dataset: Any,
-               fields: dict[str, Any]) -> list[dict[str, StageOutput]]:
-    """Run ``cells`` on the configured executor; ``dataset`` and ``fields`` are outputs or futures of them."""
-    upstream = [dataset, *fields.values()]
+def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], dataset: StageOutput | None,
+               fields: dict[str, StageOutput | None]) -> list[dict[str, StageOutput]]:
+    """Run ``cells`` on the configured executor; ``dataset`` and ``fields`` are cached outputs, None where not."""
     if config.run.executor == "threads":
-        results = resolve_cells([stages.submit_cell(cell, dataset, fields[cell.model]) for cell in cells])
-        mark_cached([future for future in upstream if isinstance(future, PrefectFuture)])
-        return results
-    dataset, *outputs = _resolved(upstream)
-    by_kind = dict(zip(fields, outputs))
-    if config.run.executor == "dask":
-        return cells_flow.with_options(task_runner=_dask_runner(config))(config, cells, dataset, by_kind)
+        return _run_pending(stages, cells, dataset, fields)
+    if config.run.executor in ("dask", "processes"):
+        runner = _dask_runner(config) if config.run.executor == "dask" else _process_runner()
+        return cells_flow.with_options(task_runner=runner)(config, cells, dataset, fields)
+    upstream, by_kind = _submit_upstream(stages, cells, dataset, fields)
+    dataset, *outputs = _resolved([upstream, *by_kind.values()])
+    by_kind = dict(zip(by_kind, outputs))
     futures, cpu_cells = [], 0
     for cell in cells:
         pool, device, env = pool_and_device(cell, config, cpu_cells)

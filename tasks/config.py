@@ -123,8 +123,9 @@ class RunConfig(_Config):
     refresh: bool = Field(False, description="recompute every stage, ignoring cached artifacts")
     retries: int = Field(2, ge=0, description="retries of a transiently failing stage")
     retry_delay_seconds: float = Field(2.0, ge=0, description="first retry delay (doubles each retry)")
-    executor: Literal["threads", "dask", "deployments"] = Field(
-        "threads", description="where grid cells run: threads of this process, a Dask cluster, or work pools")
+    executor: Literal["threads", "processes", "dask", "deployments"] = Field(
+        "threads", description=("where grid cells run: threads of this process, a pool of worker processes (one "
+                                "per core), a Dask cluster, or work pools"))
     dask_address: Optional[str] = Field(
         None, description="Dask scheduler address for executor=dask; a LocalCluster when unset")
     dask_workers: int = Field(2, ge=1, description="workers of the LocalCluster for executor=dask")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -12,6 +14,18 @@ from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.config import ModelConfig
 
 _RNG_LOCK = threading.Lock()
+
+
+@contextmanager
+def seeded_global_rng(seed: int) -> Iterator[None]:
+    """torch's global RNG seeded with ``seed`` inside, restored after, one thread at a time.
+
+    A module function, not the lock itself, is what the stage refers to: the stage is pickled to run in a worker
+    process, and a lock cannot be pickled.
+    """
+    with _RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def field_spec(model: ModelConfig, dim: int) -> MLPFieldSpec:
@@ -37,8 +51,7 @@ def build_vector_field(ctx: StageContext, *, dataset: StageOutput, model: ModelC
     Solver settings are the training cell's; the weights do not depend on them.
     """
     config = initial_config(model, kind, dataset.data["dim"], dataset.data["classes"])
-    with _RNG_LOCK, torch.random.fork_rng(devices=[]):  # the global RNG, without racing other threads
-        torch.manual_seed(model.init_seed)
+    with seeded_global_rng(model.init_seed):
         initial = build_model(config)
     path = save_checkpoint(ctx.folder / "field.pt", initial, config=config)
     return Built(files={"field": path}, data={"kind": kind, "config": config,

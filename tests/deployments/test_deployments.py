@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -191,6 +192,8 @@ def test_a_cell_no_worker_takes_is_cancelled_redispatched_and_then_named(deploye
     assert len(cells) == 2 and all(c.state.name in ("Cancelling", "Cancelled") for c in cells), cells
 
 
+@pytest.mark.skipif(_NO_NETNS is None, reason="covered by tests/deployments/test_multihost.py: a real dask scheduler "
+                    "and workers on network-namespace hosts, on this machine")
 def test_the_grid_fans_out_on_a_dask_local_cluster(prefect_server, tmp_path):
     with prefect_settings_context(prefect_server):
         config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"],
@@ -198,6 +201,23 @@ def test_the_grid_fans_out_on_a_dask_local_cluster(prefect_server, tmp_path):
         summary = train_flow(config)
     assert sorted(row["cell"] for row in summary["rows"]) == ["euler@cpu", "midpoint@cpu"]
     assert all(0 <= row["test_accuracy"] <= 1 for row in summary["rows"])
+
+
+def test_the_grid_runs_on_worker_processes(prefect_server, tmp_path, monkeypatch):
+    """``run.executor=processes``: every stage in a pool of worker processes (true parallelism on the cores)."""
+    real_host = socket.gethostname()
+    monkeypatch.delenv("NODECORE_HOST_LABEL", raising=False)
+    monkeypatch.setattr(socket, "gethostname", lambda: "the flow's own process")  # patches this process only
+    with prefect_settings_context(prefect_server):
+        config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"],
+                                                    run={"executor": "processes"}))
+        summary = train_flow(config)
+    assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "midpoint@cpu"]
+    cells = json.loads((tmp_path / "summary.json").read_text())["cells"]
+    assert {cell["trained"]["data"]["host"] for cell in cells} == {real_host}  # trained in another process
+    with prefect_settings_context(prefect_server):
+        rerun = train_flow(config)  # and a rerun takes both cells from the cache, with no worker pool at all
+    assert [row["cached"] for row in rerun["rows"]] == ["all", "all"]
 
 
 CHROMIUM = "/usr/bin/chromium"
