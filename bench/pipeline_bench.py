@@ -96,7 +96,7 @@ def import_seconds(repeats: int, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5,
-                        help="--training.epochs of every run (default 5: the 3+16-cell benchmark fits in ~5 min on 2 cores)")
+                        help="--training.epochs of every run (default 5: the 3+18-cell benchmark fits in ~5 min on 2 cores per executor)")
     parser.add_argument("--grid64", nargs=4, metavar="DEVICE", default=None,
                         help="also run the 72-cell grid: every solver x node anode x these four devices")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),

@@ -63,6 +63,8 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         RuntimeError: the cell's flow run failed or was cancelled (its state and id are in the message).
     """
     store = artifact_store(config.run.artifacts_dir)
+    # The store as this host names it (an absolute folder): a relative one would be taken from each worker's cwd.
+    config = config.model_copy(update={"run": config.run.model_copy(update={"artifacts_dir": store.location})})
     result_path = f"cells/{uuid.uuid4().hex}.json"  # in the store, where the cell's host writes it
     parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": cell.device,
                                   "run_device": device, "dataset": dataset, "field": field,

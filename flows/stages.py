@@ -1,9 +1,11 @@
-"""Submitting the pipeline's stages: the options every stage gets, and the stages of one grid cell."""
+"""Submitting the pipeline's stages: the options every stage gets, the stages of the grid's cells, and what the
+cache already holds of them (found without submitting anything)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -11,7 +13,7 @@ from typing import Any, Callable
 from prefect.context import FlowRunContext
 from prefect import get_client, get_run_logger
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.tasks import exponential_backoff
 
 import tasks.cache as stage_cache
@@ -49,7 +51,6 @@ TRAIN = StageRef("train", "tasks.train", "train_cell", "train")
 EVALUATE = StageRef("evaluate", "tasks.evaluate", "evaluate_cell", "evaluate")
 TRAJECTORIES = StageRef("integrate-trajectories", "tasks.trajectories", "integrate_trajectories", "trajectories")
 RENDER = StageRef("render", "tasks.render", "render_plots", "render")
-STAGE_REFS = (GENERATE, BUILD_FIELD, TRAIN, EVALUATE, TRAJECTORIES, RENDER)
 Inputs = Callable[[dict[str, Any]], dict[str, Any]]  # a stage's inputs, given its cell's upstream outputs so far
 
 
@@ -75,7 +76,11 @@ class Stages:
         if code_file not in self._code_digests:  # the function the stage task itself calls
             self._code_digests[code_file] = stage_cache.code_digest(code_file)
         key = stage_key(ref.stage, self._code_digests[code_file], inputs)
-        return cached_output(self.store, ref.stage, key)
+        try:
+            return cached_output(self.store, ref.stage, key)
+        except Exception as err:  # a store that fails now (network, NFS): submit the stage, whose reads retry
+            get_run_logger().warning("could not check the cache of %s/%s, submitting it: %s", ref.stage, key, err)
+            return None
 
     @property
     def records(self) -> ManifestRecords:
@@ -121,8 +126,9 @@ class Stages:
                      ) -> list[dict[str, PrefectFuture]]:
         """Submit train -> (evaluate, trajectories -> render) for each cell; upstreams may be futures.
 
-        Stage by stage across the cells (every training first, then every evaluation, ...): a pool of worker
-        processes runs what it is given in order, so no worker sits on a stage whose upstream is queued behind it.
+        Stage by stage across the cells (every training first, then every evaluation, ...), so that a task runner
+        that takes what it is given in order (a pool of processes) never holds a stage whose upstream is queued
+        behind it.
         ``fields`` maps each model kind to its field stage's output; ``run_device`` is the device as this process
         names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
         """
@@ -138,7 +144,7 @@ class Stages:
 
     def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:
         """Every stage output of ``cell`` when all of them are in the cache (verified), else None: a cell that
-        :meth:`submit_cell` would only report ``Cached`` is not submitted at all."""
+        :meth:`submit_cells` would only report ``Cached`` is not submitted at all."""
         found: dict[str, Any] = {}
         for name, ref, _, inputs in self._cell_stages(cell, dataset, field, None):
             output = self.cached(ref, inputs(found))
@@ -157,7 +163,11 @@ def resolve(futures: list[PrefectFuture]) -> list[Any]:
     error is taken from the flow run's in-process record of finished task runs (``run_results``, which
     links each final state to its result, a failed run's being its exception).
     """
-    wait(futures)
+    for future in futures:  # each on its own: a runner that resolves inputs first raises an upstream's error here
+        try:
+            future.wait()
+        except Exception:  # noqa: BLE001  (the error is raised below, upstream first)
+            pass
     states = [future.state for future in futures]
     mark_cached(futures)
     for future, state in zip(futures, states):
@@ -193,7 +203,10 @@ def mark_cached(futures: list[PrefectFuture]) -> None:
         get_run_logger().warning("could not mark %d cached task runs in the UI: %s", len(cached), err)
 
 
-def resolve_cells(cells: list[dict[str, PrefectFuture]]) -> list[dict[str, StageOutput]]:
-    """:func:`resolve` for the futures of several cells, keeping their shape."""
-    values = iter(resolve([future for cell in cells for future in cell.values()]))
+def resolve_cells(cells: list[dict[str, PrefectFuture]], *, upstream: Sequence[PrefectFuture] = ()
+                  ) -> list[dict[str, StageOutput]]:
+    """:func:`resolve` for the futures of several cells, keeping their shape; ``upstream`` futures (the dataset,
+    the fields) are waited for with them and come first, so that their own errors are the ones raised."""
+    flat = [future for cell in cells for future in cell.values()]
+    values = iter(resolve([*upstream, *flat])[len(upstream):])
     return [{name: next(values) for name in cell} for cell in cells]

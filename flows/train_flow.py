@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
 from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices
-from flows.stages import BUILD_FIELD, GENERATE, Stages, mark_cached, resolve, resolve_cells
+from flows.stages import BUILD_FIELD, GENERATE, Stages, resolve, resolve_cells
 from tasks.cache import StageOutput
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
@@ -57,9 +57,9 @@ def _run_pending(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[s
                  ) -> list[dict[str, StageOutput]]:
     """Submit what ``cells`` need (their stages, and the dataset and fields the cache lacks) and wait for it."""
     dataset, fields = _submit_upstream(stages, cells, dataset, fields)
-    results = resolve_cells(stages.submit_cells(cells, dataset, fields))
-    mark_cached([future for future in [dataset, *fields.values()] if isinstance(future, PrefectFuture)])
-    return results
+    upstream = [future for future in [dataset, *fields.values()] if isinstance(future, PrefectFuture)]
+    # The upstream futures first: a dataset or field that failed raises its own error, not a dependent's.
+    return resolve_cells(stages.submit_cells(cells, dataset, fields), upstream=upstream)
 
 
 def _dask_runner(config: PipelineConfig) -> Any:
@@ -75,7 +75,8 @@ def _process_runner() -> Any:
     """One worker process per core, each importing torch and nodecore as it starts (while this one plans)."""
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    return ProcessPoolTaskRunner(max_workers=len(os.sched_getaffinity(0)), initializer=_warm_up)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return ProcessPoolTaskRunner(max_workers=cores, initializer=_warm_up)
 
 
 def _warm_up() -> None:

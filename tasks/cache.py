@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -37,6 +38,8 @@ from tasks.code_version import code_digest
 from tasks.store import ArtifactStore, artifact_store
 
 MANIFEST = "manifest.json"
+_log = logging.getLogger(__name__)
+_unsigned_reported: list[bool] = []  # whether this process has said that a manifest's signature did not verify
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
 CONTROL_INPUTS = ("root", "refresh", "run_device")
 
@@ -196,6 +199,13 @@ def _verified(blob: bytes | None, stage: str, key: str, fetch: Callable[[str, st
         return None
     output = manifest.output
     if not signing.verify(_signed_payload(output), manifest.signature):
+        # Edited, or (far more often) written by a host with another key: say so once, since both just recompute.
+        if not _unsigned_reported:
+            _unsigned_reported.append(True)
+            _log.warning("the manifest of %s/%s is not signed with this host's key (from %s): it is not trusted and "
+                         "the stage is recomputed; hosts that share a store need the same key (set %s on every "
+                         "host). Further such manifests are not reported.", stage, key, signing.key_source(),
+                         signing.KEY_ENV)
         return None
     if (output.stage, output.key) != (stage, key) or set(output.files) != set(output.digests):
         return None

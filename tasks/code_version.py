@@ -22,6 +22,7 @@ TASKS_DIR = Path(__file__).resolve().parent
 # the pipeline's config layer: config values enter every key as inputs, so editing a description or a
 # default there changes the key only where it changes a value.
 TRACKED_PACKAGES = {"nodecore": NODECORE_DIR, "tasks": TASKS_DIR}
+PUBLIC_NAMES = nodecore._HOME  # nodecore's public names and the modules that define them
 UNTRACKED_MODULES = frozenset({"tasks", "tasks.cache", "tasks.code_version", "tasks.faults", "tasks.retry",
                                "tasks.config", "tasks.grid", "tasks.slots"})
 # An import statement at any indentation (imports inside functions count): ``from X import a, (b, c)`` or
@@ -44,8 +45,11 @@ def _tracked(name: str) -> bool:
 
 def _imported_nodecore_modules(source_file: Path) -> set[str]:
     """Names like ``nodecore.training`` or ``tasks.train`` that ``source_file`` imports (tracked ones only)."""
+    # Comments out (a ")" in one would end a parenthesised list early), continuation lines joined, and one
+    # statement per line: each step can only add text that reads like an import, never remove one.
+    text = re.sub(r"#[^\n]*", "", source_file.read_text()).replace("\\\n", " ").replace(";", "\n")
     found: set[str] = set()
-    for match in _IMPORT.finditer(source_file.read_text()):
+    for match in _IMPORT.finditer(text):
         if match["modules"] is not None:
             found.update(name for name in _names(match["modules"]) if _tracked(name))
             continue
@@ -53,9 +57,15 @@ def _imported_nodecore_modules(source_file: Path) -> set[str]:
         if module.split(".")[0] in TRACKED_PACKAGES:
             if _tracked(module):
                 found.add(module)
-            # `from nodecore import training` imports a submodule, not just a name.
-            found.update(f"{module}.{name}" for name in _names(match["names"])
-                         if _tracked(f"{module}.{name}") and _module_file(f"{module}.{name}") is not None)
+            for name in _names(match["names"]):
+                # `from nodecore import training` imports a submodule; `from nodecore import NeuralODE` the module
+                # that defines it (nodecore's names load on first use, see nodecore/__init__.py).
+                if module == "nodecore" and name in PUBLIC_NAMES:
+                    submodule = PUBLIC_NAMES[name]
+                else:
+                    submodule = f"{module}.{name}"
+                if _tracked(submodule) and _module_file(submodule) is not None:
+                    found.add(submodule)
     return found
 
 

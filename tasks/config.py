@@ -44,11 +44,6 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-def _dim_and_classes(dataset_type: str, n_samples: int) -> tuple[int, int]:
-    """Features and classes of ``n_samples`` points of ``dataset_type`` as the dataset stage draws them."""
-    return dataset_shape(dataset_type, n_samples)
-
-
 def _fits_node(dim: int, classes: int) -> bool:
     """Whether a 'node' model, whose class scores are its final state, can classify ``classes`` in ``dim``-D."""
     return classes <= dim
@@ -66,7 +61,7 @@ class DatasetConfig(_Config):
 
     def dim_and_classes(self) -> tuple[int, int]:
         """``(features, classes)`` of the generated data (the larger split decides how many classes appear)."""
-        return _dim_and_classes(self.dataset_type, max(self.n_train, self.n_test))
+        return dataset_shape(self.dataset_type, max(self.n_train, self.n_test))
 
 
 class ModelConfig(_Config):
@@ -185,7 +180,7 @@ class PipelineConfig(_Config):
         dim, classes = dataset.dim_and_classes()
         if not _fits_node(dim, classes):
             n_samples = max(dataset.n_train, dataset.n_test)
-            fitting = [name for name in DATASET_TYPES if _fits_node(*_dim_and_classes(name, n_samples))]
+            fitting = [name for name in DATASET_TYPES if _fits_node(*dataset_shape(name, n_samples))]
             raise ValueError(
                 f"dataset.dataset_type {dataset.dataset_type!r} has {classes} classes, but a 'node' model reads "
                 f"one class score per dimension of its {dim}-D state; with it use models 'anode' or 'deq' (linear "

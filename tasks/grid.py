@@ -26,8 +26,8 @@ class Cell(BaseModel):
         return f"{prefix}{self.solver}@{self.device}"
 
 
-# What a host with a CUDA (or ROCm) driver has; without any of them torch sees no CUDA device.
-_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+# What a host with a CUDA (or ROCm, or WSL2's) driver has; without any of them torch sees no CUDA device.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
 
 
 def cuda_device_count() -> int:

@@ -110,11 +110,11 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
         for name in cell["plots"].data["plots"]:
             path = cell["plots"].path(root, name)
             if inline:  # the render stage's thumbnail: read, not made, so a cached cell costs a file read
-                size = cell["plots"].path(root, THUMBNAIL.format(plot=name)).stat().st_size
-                if 4 * (size + 2) // 3 > budget:  # its base64 length
+                thumbnail = cell["plots"].path(root, THUMBNAIL.format(plot=name))
+                if 4 * ((thumbnail.stat().st_size + 2) // 3) > budget:  # its base64 length
                     parts.append(f"*{name}: omitted to keep the artifact small; see {path}*")
                     continue
-                encoded = base64.b64encode(cell["plots"].path(root, THUMBNAIL.format(plot=name)).read_bytes()).decode()
+                encoded = base64.b64encode(thumbnail.read_bytes()).decode()
                 budget -= len(encoded)
                 parts.append(f"![{name}](data:image/jpeg;base64,{encoded})")
             else:

@@ -45,6 +45,11 @@ def signing_key() -> bytes:
     return _checked(path.read_text().strip(), str(path))
 
 
+def key_source() -> str:
+    """Where this host's key comes from, for messages: the environment variable or the key file."""
+    return KEY_ENV if os.environ.get(KEY_ENV) is not None else str(key_file())
+
+
 def _create_key_file(path: Path) -> None:
     """Write a new random key to ``path`` whole or not at all: a concurrent reader never sees it half written."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -204,20 +204,24 @@ def test_the_grid_fans_out_on_a_dask_local_cluster(prefect_server, tmp_path):
 
 
 def test_the_grid_runs_on_worker_processes(prefect_server, tmp_path, monkeypatch):
-    """``run.executor=processes``: every stage in a pool of worker processes (true parallelism on the cores)."""
+    """``run.executor=processes``: the stages run in a pool of worker processes (true parallelism on the cores);
+    a stage that fails there fails the run with its own error, and the rerun reuses what completed."""
     real_host = socket.gethostname()
     monkeypatch.delenv("NODECORE_HOST_LABEL", raising=False)
     monkeypatch.setattr(socket, "gethostname", lambda: "the flow's own process")  # patches this process only
+    monkeypatch.setenv("NODECORE_FAULTS", "evaluate:permanent")  # the workers inherit the environment
+    config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"], run={"executor": "processes"}))
     with prefect_settings_context(prefect_server):
-        config = PipelineConfig.model_validate(tiny(tmp_path, solvers=["euler", "midpoint"],
-                                                    run={"executor": "processes"}))
+        failed = train_flow(config, return_state=True)
+    assert failed.is_failed() and "injected permanent failure in stage 'evaluate'" in failed.message, failed.message
+
+    monkeypatch.delenv("NODECORE_FAULTS")
+    with prefect_settings_context(prefect_server):
         summary = train_flow(config)
     assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "midpoint@cpu"]
+    assert [row["cached"] for row in summary["rows"]] == ["trained, trajectories, plots"] * 2  # evaluate redone
     cells = json.loads((tmp_path / "summary.json").read_text())["cells"]
     assert {cell["trained"]["data"]["host"] for cell in cells} == {real_host}  # trained in another process
-    with prefect_settings_context(prefect_server):
-        rerun = train_flow(config)  # and a rerun takes both cells from the cache, with no worker pool at all
-    assert [row["cached"] for row in rerun["rows"]] == ["all", "all"]
 
 
 CHROMIUM = "/usr/bin/chromium"

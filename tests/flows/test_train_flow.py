@@ -286,6 +286,21 @@ def test_identical_run_in_a_new_process_is_all_cached(prefect_server: ServerInfo
     assert time.monotonic() - began < 60
 
 
+def test_augmented_and_equilibrium_cells_rerun_without_task_runs(prefect_server: ServerInfo, tmp_path: Path) -> None:
+    """The cache check before submitting knows each model's stages: a ``deq`` cell has no trajectories."""
+    config = tiny_config(tmp_path / "artifacts", "--models", "anode", "deq", solvers=["euler"])
+    labels = {"generate-dataset", "build-anode", "build-deq", "report",
+              *_cell_tasks("anode-euler@cpu"), "train-deq-anderson@cpu", "evaluate-deq-anderson@cpu",
+              "render-deq-anderson@cpu"}
+    first = _completed(prefect_server, config, count=len(labels))
+    assert set(first) == labels and set(state_names(first).values()) == {"Completed"}
+    state = run_flow(prefect_server, config)
+    assert state.is_completed(), state.message
+    assert set(task_runs(prefect_server, state.state_details.flow_run_id, count=1)) == {"report"}
+    assert [(row["cell"], row["cached"]) for row in state.result()["rows"]] == [
+        ("anode-euler@cpu", "all"), ("deq-anderson@cpu", "all")]
+
+
 def test_concurrent_runs_on_one_folder_each_keep_their_report(prefect_server: ServerInfo, warm: Path) -> None:
     """Two runs at once on one artifacts folder: neither report is lost, the root copies are one whole run's."""
     with ThreadPoolExecutor(2) as pool:

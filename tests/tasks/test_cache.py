@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+
+import tasks.cache
 
 from tasks.config import DatasetConfig, ModelConfig
 from tasks.cache import (
@@ -223,13 +226,22 @@ def test_forged_data_in_a_manifest_is_not_served(root: Path, host_key: str) -> N
     assert _run(root) == output and output.data == {"n": 512} and BUILDS == [512, 512]  # rebuilt, not served
 
 
-def test_a_manifest_signed_under_another_key_is_not_trusted(root: Path, host_key: str) -> None:
+def test_a_manifest_signed_under_another_key_is_not_trusted(root: Path, host_key: str,
+                                                             caplog: pytest.LogCaptureFixture,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     output = _run(root)
     folder = root / "toy" / output.key
     _resign(folder, host_key)
     assert read_manifest(folder, root) == output  # the same key: trusted (the control)
     _resign(folder, "some-other-hosts-key-42")
-    assert read_manifest(folder, root) is None
+    monkeypatch.setattr(tasks.cache, "_unsigned_reported", [])
+    with caplog.at_level(logging.WARNING, logger="tasks.cache"):
+        assert read_manifest(folder, root) is None
+        assert read_manifest(folder, root) is None  # said once per process, not once per manifest
+    # and it says so: both hosts just recompute, so a key that differs between hosts would go unnoticed
+    (message,) = [record.getMessage() for record in caplog.records]
+    assert f"toy/{output.key} is not signed with this host's key (from NODECORE_ARTIFACTS_KEY)" in message
+    assert "set NODECORE_ARTIFACTS_KEY on every host" in message
 
 
 def test_a_manifest_without_signature_is_not_trusted(root: Path) -> None:

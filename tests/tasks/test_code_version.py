@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import gc
 import shutil
 import threading
@@ -47,6 +48,39 @@ def test_dependencies_are_followed_transitively(tmp_path: Path) -> None:
     assert {"plotting.py", "files.py"} <= {path.name for path in nodecore_dependencies(stage)}
     stage.write_text("import numpy\nfrom . import nodecore\n")
     assert nodecore_dependencies(stage) == []
+
+
+def test_any_spelling_of_an_import_is_found(tmp_path: Path) -> None:
+    """Imports are read as text (fast): a comment, a continuation, a semicolon or a public name hide nothing."""
+    stage = tmp_path / "stage.py"
+    cases = {
+        "from nodecore import (  # a comment (with parentheses)\n    plotting,\n)\n": "plotting.py",
+        "import numpy, \\\n    nodecore.stats\n": "stats.py",
+        "x = 1; import nodecore.deq\n": "deq.py",
+        "def build():\n    from nodecore import NeuralODE  # a name, loaded on first use\n": "neuralode.py",
+    }
+    for source, expected in cases.items():
+        stage.write_text(source)
+        assert expected in {path.name for path in nodecore_dependencies(stage)}, source
+
+
+def test_the_text_scan_finds_every_import_the_parser_finds() -> None:
+    """Over every module of nodecore and tasks: nothing ``ast`` sees as an import is missed."""
+    from tasks.code_version import _imported_nodecore_modules, _module_file, _tracked
+
+    def parsed(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if _tracked(alias.name)}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and _tracked(node.module):
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names
+                          if _tracked(f"{node.module}.{a.name}") and _module_file(f"{node.module}.{a.name}")}
+        return found
+
+    for path in [*NODECORE_DIR.rglob("*.py"), *TASKS_DIR.glob("*.py")]:
+        assert parsed(path) <= _imported_nodecore_modules(path), path
 
 
 def test_code_digest_follows_the_stage_source_and_the_nodecore_version(
