@@ -72,7 +72,7 @@ def _dask_runner(config: PipelineConfig) -> Any:
 
 
 def _process_runner() -> Any:
-    """One worker process per core, each importing torch and nodecore as it starts (while this one plans)."""
+    """One worker process per core, each importing torch and nodecore as it starts (before its first task)."""
     from prefect.task_runners import ProcessPoolTaskRunner
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

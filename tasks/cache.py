@@ -39,7 +39,7 @@ from tasks.store import ArtifactStore, artifact_store
 
 MANIFEST = "manifest.json"
 _log = logging.getLogger(__name__)
-_unsigned_reported: list[bool] = []  # whether this process has said that a manifest's signature did not verify
+_unsigned_reported = False  # whether this process has said that a manifest's signature did not verify
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
 CONTROL_INPUTS = ("root", "refresh", "run_device")
 
@@ -200,8 +200,9 @@ def _verified(blob: bytes | None, stage: str, key: str, fetch: Callable[[str, st
     output = manifest.output
     if not signing.verify(_signed_payload(output), manifest.signature):
         # Edited, or (far more often) written by a host with another key: say so once, since both just recompute.
+        global _unsigned_reported
         if not _unsigned_reported:
-            _unsigned_reported.append(True)
+            _unsigned_reported = True
             _log.warning("the manifest of %s/%s is not signed with this host's key (from %s): it is not trusted and "
                          "the stage is recomputed; hosts that share a store need the same key (set %s on every "
                          "host). Further such manifests are not reported.", stage, key, signing.key_source(),

@@ -234,7 +234,7 @@ def test_a_manifest_signed_under_another_key_is_not_trusted(root: Path, host_key
     _resign(folder, host_key)
     assert read_manifest(folder, root) == output  # the same key: trusted (the control)
     _resign(folder, "some-other-hosts-key-42")
-    monkeypatch.setattr(tasks.cache, "_unsigned_reported", [])
+    monkeypatch.setattr(tasks.cache, "_unsigned_reported", False)
     with caplog.at_level(logging.WARNING, logger="tasks.cache"):
         assert read_manifest(folder, root) is None
         assert read_manifest(folder, root) is None  # said once per process, not once per manifest
