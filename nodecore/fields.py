@@ -207,6 +207,11 @@ class VectorField(nn.Module):
         self.excess_dims = sum(hasattr(m, "trace_estimator") for m in modules)
         self._nfe = [0]
 
+    @property
+    def ignores_time(self) -> bool:
+        """True when no part of the field can see the time: solvers may then skip computing stage times."""
+        return not self.takes_time and not self._depth_layers
+
     # A plain list behind a property: nn.Module's __setattr__ is measurable overhead at every evaluation.
     @property
     def nfe(self) -> int:

@@ -77,6 +77,11 @@ class _SolveFunc:
         if adaptive_backward:
             self.callback_reject_step_adjoint = self._reject_backward
 
+    @property
+    def ignores_time(self) -> bool:
+        """Whether the field never reads its time argument (the engine then skips computing stage times)."""
+        return bool(getattr(self.vf, "ignores_time", False))
+
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.phase.nfe += 1
         if self._shape_checked:
@@ -182,7 +187,8 @@ class NeuralODE(nn.Module):
         sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
             ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps);
             ``'interpolated_adjoint'`` too, reading the state off the forward's dense output instead of
-            solving it backwards (memory grows with forward steps; adaptive solvers with dense output).
+            solving it backwards (memory grows with forward steps; fixed-step solvers keep a cubic Hermite
+            interpolant of each step; not for solvers that override ``step``, such as hypersolvers).
         solver_adjoint: solver for the adjoint solve; the forward solver when None.
         atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
         interpolator: None (default), ``'dense'`` or torchdyn's ``'4th'``: adaptive solvers step freely and
@@ -275,11 +281,11 @@ class NeuralODE(nn.Module):
         self.sensitivity = sensitivity
         if self.backend == "torchdiffeq":
             self._check_torchdiffeq_can_run("backend='torchdiffeq'")
-        if sensitivity == "interpolated_adjoint" and not stepper.has_dense_output:
-            dense = ", ".join(name for name, entry in SOLVERS.items() if entry.cls.tableau.dense is not None)
+        if sensitivity == "interpolated_adjoint" and type(stepper).step is not RungeKutta.step:
             raise ValueError(
-                f"sensitivity='interpolated_adjoint' reads the forward solution off its dense output, which solver "
-                f"{self.solver.name!r} has not; use one of: {dense}"
+                f"sensitivity='interpolated_adjoint' reads the forward solution off an interpolant of the solver's "
+                f"steps, which solver {self.solver.name!r} (it overrides step(), e.g. a hypersolver) cannot give; "
+                f"use sensitivity='adjoint' or 'autograd', or one of: {', '.join(SOLVERS)}"
             )
         # Registry solvers are plain attributes (no state); a solver object the user passed, such as a
         # hypersolver, is a submodule, so its parameters train and move with the model.

@@ -9,7 +9,9 @@ and the parameter-gradient integrals backwards in time (backsolve), with the sam
   channels (Kidger, Chen & Lyons, "Hey, that's not an ODE", 2021).
 * ``interpolated`` (torchdyn's ``interpolated_adjoint``): the forward solve keeps its dense output and the
   backward pass reads ``x(t)`` off it instead of integrating ``x`` backwards: no backward error in ``x`` and
-  a smaller backward system, for memory that grows with the forward steps (their stages are kept).
+  a smaller backward system, for memory that grows with the forward steps (their stages are kept). Solvers
+  without dense output (the fixed-step ones) keep a cubic Hermite interpolant of each step instead (3rd order;
+  torchdyn fits a cubic spline through the saved points).
 * ``integral_loss(t, x)``: a running cost ``∫ l(t, x) dt`` whose gradient the backward pass adds
   (``da/dt = -a ∂f/∂x - ∂l/∂x``), without integrating the cost forward.
 """
@@ -26,6 +28,7 @@ from nodecore.numerics.control import PIController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.solvers import RungeKutta
 from nodecore.numerics.stats import StepCounts
+from nodecore.numerics.tableaus import hermite_with_end_derivative
 
 Field = Callable[[Tensor, Tensor], Tensor]
 
@@ -52,7 +55,8 @@ class DenseTrajectory:
 
     Args:
         steps: ``(t, h, y0, stages)`` of every accepted forward step, in order.
-        solver: the solver whose interpolant they belong to.
+        solver: the solver whose interpolant they belong to: its dense output, or for a solver without one the
+            cubic Hermite interpolant (``stages`` then ends with ``f(t + h, y1)``).
     """
 
     def __init__(self, steps: list[tuple[float, float, Tensor, Tensor]], solver: RungeKutta) -> None:
@@ -64,7 +68,9 @@ class DenseTrajectory:
         self.sizes = torch.tensor([h for _, h, *_ in steps], dtype=like.dtype, device=like.device)
         self.y0 = torch.stack([y.reshape(-1) for _, _, y, _ in steps])  # [M, N]
         self.stages = torch.stack([k for *_, k in steps])  # [M, S, N]
-        self.dense = solver.coefficients(like).dense  # [S, p]
+        self.dense = (solver.coefficients(like).dense if solver.has_dense_output  # [S, p]
+                      else torch.tensor(hermite_with_end_derivative(solver.tableau.b), dtype=like.dtype,
+                                        device=like.device))
         self.exponents = torch.arange(1, self.dense.shape[1] + 1, dtype=like.dtype, device=like.device)
 
     def __call__(self, t: Tensor) -> Tensor:

@@ -44,6 +44,8 @@ def integrate(
     """Solve ``dx/dt = f(t, x)`` from ``x`` at ``times[0]`` and return the state at every point of ``times``.
 
     Args:
+        f: the field; one with a true ``ignores_time`` attribute promises never to read ``t`` (no-grad solves then
+            skip computing the stage times, and ``t`` holds stale values).
         times: strictly monotonic output times (decreasing for a backward solve), as floats.
         counts: incremented in place (evaluations, attempts, rejections).
         interpolate: adaptive solvers with dense output step freely and interpolate at inner ``times``
@@ -55,8 +57,10 @@ def integrate(
         error_size: error control looks at the first ``error_size`` entries of the flat state only.
         all_steps: when given, ``(t, state)`` of every accepted step is appended to it.
         label: names the solve in error messages (``'forward'``: "the forward solve exceeded ...").
-        dense_steps: when given (adaptive solvers with dense output), ``(t, h, y0, stages)`` of every accepted
-            step is appended to it, ``stages`` with any extra dense-output stages: the whole interpolant.
+        dense_steps: when given, ``(t, h, y0, stages)`` of every accepted step is appended to it, ``stages`` with
+            any extra dense-output stages: the whole interpolant. Solvers without dense output (constant steps)
+            record their stages plus ``f(t + h, y1)``, the cubic Hermite interpolant
+            (:func:`~nodecore.numerics.tableaus.hermite_with_end_derivative`).
 
     Returns:
         the states at ``times``, ``[x, x(times[1]), ...]``.
@@ -66,6 +70,8 @@ def integrate(
     """
     name = f"the {label} solve" if label else "the solve"
     ws = None if torch.is_grad_enabled() else solver.workspace(x)
+    if ws is not None:
+        ws.stage_times = not getattr(f, "ignores_time", False)
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
@@ -108,12 +114,26 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts) -> Ca
 
 
 def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Tensor, t: float, h: float,
-                  attempt: Attempt, counts: StepCounts, ws: Workspace | None) -> None:
-    """Append an accepted step's whole interpolant ``(t, h, y0, stages)`` to ``dense_steps`` (when asked)."""
-    if dense_steps is None or not solver.has_dense_output:
-        return
+                  attempt: Attempt, counts: StepCounts, ws: Workspace | None, t_new: float | None = None
+                  ) -> Tensor | None:
+    """Append an accepted step's whole interpolant ``(t, h, y0, stages)`` to ``dense_steps`` (when asked).
+
+    A solver without dense output (a constant-step solve) gets the cubic Hermite interpolant: its stages plus
+    ``f(t_new, y1)``, which is returned so that the next step reuses it as its first stage (no extra evaluation
+    but at the last step).
+    """
+    if dense_steps is None:
+        return None
+    if not solver.has_dense_output:
+        if t_new is None:
+            return None
+        end = f(torch.tensor(t_new, dtype=y.dtype, device=y.device), attempt.y1)
+        counts.nfe += 1
+        dense_steps.append((t, h, _kept(y, ws), torch.cat([attempt.stages, end.reshape(1, -1)])))
+        return end
     stages = solver.dense_stages(f, y, t, h, attempt.stages, counts)
     dense_steps.append((t, h, _kept(y, ws), stages if stages is not attempt.stages else _kept(stages, ws)))
+    return None
 
 
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
@@ -143,10 +163,10 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
                 t, y = t_new, by_override(y, t, h)
             else:
                 attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
-                _record_dense(dense_steps, solver, f, y, t, h, attempt, counts, ws)
+                end = _record_dense(dense_steps, solver, f, y, t, h, attempt, counts, ws, t_new)
                 if dense:
                     j = _emit_interpolated(f, solver, out, times, j, t, h, t_new, y, attempt, counts, direction, ws)
-                t, y, k0 = t_new, attempt.y1, attempt.last
+                t, y, k0 = t_new, attempt.y1, attempt.last if end is None else end
             if ws is not None:
                 ws.swap()
             if all_steps is not None:

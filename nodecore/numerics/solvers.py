@@ -90,6 +90,8 @@ class Workspace:
         ]
         self.current = 0
         self.busy = False
+        # False when the field is known to ignore its time argument: the stage times are then not computed.
+        self.stage_times = True
 
     def swap(self) -> None:
         self.current ^= 1
@@ -251,7 +253,8 @@ class RungeKutta(nn.Module):
         b = ws.current
         rows, mats, inputs, flat_inputs = ws.shaped_rows[b], ws.mats[b], ws.inputs[b], ws.flat_inputs[b]
         flat = y.reshape(-1)
-        torch.mul(co.c, h, out=ws.times).add_(t)
+        if ws.stage_times:
+            torch.mul(co.c, h, out=ws.times).add_(t)
         if k0 is None:
             rows[0].copy_(f(ws.time_views[0], y))
             counts.nfe += 1
@@ -293,10 +296,9 @@ class RungeKutta(nn.Module):
 
     def dense_weights(self, thetas: list[float], like: Tensor) -> Tensor:
         """``[S, m]`` stage weights ``P_i(θ)`` of the interpolant at each ``θ`` in ``thetas``."""
-        co = self.coefficients(like)
-        p = co.dense.shape[1]
-        powers = torch.tensor([[th ** (j + 1) for th in thetas] for j in range(p)], dtype=torch.float64)
-        return co.dense @ powers.to(co.dense.dtype).to(co.dense.device)
+        # A few dozen products: on the host, then one tensor (cheaper than building powers on the device).
+        weights = [[sum(c * th ** (j + 1) for j, c in enumerate(row)) for th in thetas] for row in self.tableau.dense]
+        return torch.tensor(weights, dtype=like.dtype, device=like.device)
 
     def dense_stages(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, counts: StepCounts) -> Tensor:
         """``[S, N]`` all the stages the interpolant of an accepted step needs: ``stages`` plus, for methods

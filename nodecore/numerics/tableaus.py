@@ -106,6 +106,16 @@ def _hermite_dense(b: Sequence[float], fsal_index: int) -> tuple[tuple[float, ..
     return _coefficients([h01 * b[i] + h10 * _unit(0, n)[i] + h11 * _unit(fsal_index, n)[i] for i in range(n)])
 
 
+def hermite_with_end_derivative(b: Sequence[float]) -> tuple[tuple[float, ...], ...]:
+    """Cubic Hermite interpolation of a step of any method with weights ``b``, as stage weights over its ``s``
+    stages plus one more row for ``f(t + h, y1)``: the order-3 interpolant of methods without dense output."""
+    h10 = THETA**3 - 2 * THETA**2 + THETA
+    h01 = -2 * THETA**3 + 3 * THETA**2
+    h11 = THETA**3 - THETA**2
+    n = len(b)
+    return _coefficients([h01 * b[i] + h10 * _unit(0, n)[i] for i in range(n)] + [h11])
+
+
 def _nested_dense(rows: Sequence[Sequence[float]]) -> tuple[tuple[float, ...], ...]:
     """Hairer's nested form ``θ(F0 + (1-θ)(F1 + θ(F2 + (1-θ)(F3 + ...))))`` of rows ``F_k`` as stage weights."""
     factors = [THETA if k % 2 == 0 else ONE - THETA for k in range(len(rows))]

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from nodecore import NeuralODE
+from nodecore.numerics import HyperEuler
 
 F64 = torch.float64
 TIGHT = dict(atol=1e-9, rtol=1e-9, atol_adjoint=1e-9, rtol_adjoint=1e-9)
@@ -99,7 +100,8 @@ def test_the_augmented_autograd_integral_loss_integrates_the_cost() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"solver": "rk4", "sensitivity": "interpolated_adjoint"}, "dense output, which solver 'rk4' has not"),
+        ({"solver": HyperEuler(lambda t, x, dx: 0 * x), "sensitivity": "interpolated_adjoint"},
+         "which solver 'HyperEuler' .*overrides step"),
         ({"sensitivity": "interpolated_adjoint", "backend": "torchdiffeq"}, "need nodecore's engine"),
         ({"integral_loss": running_cost, "backend": "torchdiffeq"}, "need nodecore's engine"),
         ({"interpolator": "step", "backend": "torchdiffeq"}, "need nodecore's engine"),
@@ -121,3 +123,46 @@ def test_a_t_span_requiring_grad_refuses_options_torchdiffeq_would_ignore() -> N
 def test_a_non_callable_integral_loss_is_refused() -> None:
     with pytest.raises(TypeError, match="integral_loss must be a callable"):
         NeuralODE(field(), integral_loss=0.1)
+
+
+@pytest.mark.parametrize("solver", ["rk4", "midpoint", "rk4_38"])
+def test_the_interpolated_adjoint_of_fixed_step_solvers_matches_autograd(solver: str) -> None:
+    """Without dense output the forward keeps a cubic Hermite interpolant per step: at step 1/64 the gradients
+    agree with backpropagation through the same steps to the method's error, as the backsolve adjoint does
+    (2e-6 for midpoint, 3e-12 for rk4)."""
+    net, x = field(), torch.randn(16, 2, dtype=F64, requires_grad=True)
+    t_span = torch.linspace(0, 1, 5, dtype=F64)
+
+    def loss(trajectory: Tensor) -> Tensor:
+        return trajectory.square().sum()
+
+    options = dict(step_size=1 / 64, return_t_eval=True)
+    reference = _gradients(NeuralODE(net, solver, **options), x, t_span, loss)
+    model = NeuralODE(net, solver, sensitivity="interpolated_adjoint", **options)
+    interpolated = _gradients(model, x, t_span, loss)
+    assert _max_difference(interpolated, reference) < 1e-5
+    # The interpolant reuses each step's end derivative as the next step's first stage: one extra evaluation.
+    plain = NeuralODE(net, solver, **options)
+    plain(x, t_span)
+    model(x, t_span)
+    assert model.stats.nfe_forward == plain.stats.nfe_forward + 1
+
+
+def test_the_interpolated_adjoint_of_euler_converges_to_the_exact_gradient() -> None:
+    """dx/dt = A x: d(sum x(1))/dx0 = 1ᵀ exp(A); Euler's interpolated adjoint is first order in the step."""
+    A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=F64)
+
+    class Linear(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return x @ A.T
+
+    exact = torch.ones(2, dtype=F64) @ torch.linalg.matrix_exp(A)
+    errors = []
+    for step in (1 / 50, 1 / 100):
+        x = torch.randn(3, 2, dtype=F64, requires_grad=True)
+        model = NeuralODE(Linear(), "euler", sensitivity="interpolated_adjoint", step_size=step)
+        _, trajectory = model(x, torch.tensor([0.0, 1.0], dtype=F64))
+        (grad,) = torch.autograd.grad(trajectory[-1].sum(), x)
+        errors.append(float((grad - exact).abs().max()))
+    assert errors[1] < 0.01
+    assert 1.7 < errors[0] / errors[1] < 2.3

@@ -1,0 +1,63 @@
+"""No-grad solves skip computing stage times only for fields that cannot see the time."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nodecore import NeuralODE
+from nodecore.fields import DepthCat, VectorField
+
+
+class _Linear(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -x
+
+
+class _TimeField(nn.Module):
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.cos(t).expand_as(x)
+
+
+class _ReadsDepth(nn.Module):
+    """dx/dt = cos(t) through DepthCat: the time reaches the field only as a concatenated column."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = DepthCat(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.depth(x)[:, -1:]
+        return torch.cos(t).expand_as(x)
+
+
+def test_which_fields_ignore_time() -> None:
+    assert VectorField(_Linear()).ignores_time
+    assert not VectorField(_TimeField()).ignores_time
+    assert not VectorField(_ReadsDepth()).ignores_time
+
+
+@pytest.mark.parametrize("field", [_TimeField, _ReadsDepth], ids=["takes-t", "depthcat"])
+@pytest.mark.parametrize("solver", ["dopri5", "rk4", "tsit5"])
+def test_time_dependent_fields_see_the_stage_times_without_grad(field: type, solver: str) -> None:
+    model = NeuralODE(field(), solver=solver, atol=1e-9, rtol=1e-9, return_t_eval=False)
+    model.double()
+    x0 = torch.zeros(3, 2, dtype=torch.float64)
+    t_span = torch.linspace(0.0, 2.0, 41, dtype=torch.float64)
+    with torch.no_grad():
+        final = model(x0, t_span)[-1]
+    expected = math.sin(2.0)
+    tol = 1e-7 if solver != "rk4" else 1e-6
+    assert torch.allclose(final, torch.full_like(final, expected), atol=tol)
+
+
+def test_a_field_that_ignores_time_gives_the_same_solution() -> None:
+    x0 = torch.randn(8, 2, dtype=torch.float64)
+    t_span = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    model = NeuralODE(_Linear(), solver="dopri5", atol=1e-10, rtol=1e-10, return_t_eval=False)
+    with torch.no_grad():
+        final = model(x0, t_span)[-1]
+    assert torch.allclose(final, x0 * math.exp(-1.0), atol=1e-9)
