@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Callable, Iterable, Literal, Mapping
 
@@ -37,7 +38,24 @@ Sensitivity = Literal["autograd", "adjoint", "interpolated_adjoint"]
 
 # Who integrates: nodecore's own engine (nodecore.numerics) or torchdiffeq's odeint.
 BACKENDS: tuple[str, ...] = ("nodecore", "torchdiffeq")
-ORDERS: tuple[int, ...] = (1, 2)
+#: The lowest ``order``; every integer from it up is valid (``order=k``: ``d^k x/dt^k = f(t, [x, ..., x^(k-1)])``).
+MIN_ORDER: int = 1
+
+
+class _Orders:
+    """The orders :class:`NeuralODE` takes, as a container: every integer ``>= MIN_ORDER`` (``3 in ORDERS``).
+
+    Bools and floats are not orders (``True in ORDERS`` and ``2.0 in ORDERS`` are False), as for ``order=``.
+    """
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= MIN_ORDER
+
+    def __repr__(self) -> str:
+        return f"<every integer order >= {MIN_ORDER}>"
+
+
+ORDERS = _Orders()
 
 _CONTROLLER = IntegralController()  # torchdiffeq's step-size rule, so both backends take similar steps
 # A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
@@ -129,28 +147,59 @@ class _SolveFunc:
         self.counter.backward.rejected += 1
 
 
-class _SecondOrderField(VectorField):
-    """The first-order form of a second-order field: state ``z = [x, v]`` (last dim ``2n``) -> ``[v, a]``.
+def _derivative_name(k: int) -> str:
+    """``x``, ``x'``, ``x''``, ``x'''``, then ``x^(4)``, ``x^(5)``, ...: the ``k``-th derivative of ``x``."""
+    return "x" + "'" * k if k <= 3 else f"x^({k})"
 
-    The user's field maps ``z [..., 2n]`` (or ``(t, z)``) to the acceleration ``a [..., n]``. Being a
-    :class:`VectorField`, it counts evaluations and keeps the user's module as ``.vf`` (same weight names).
+
+def _state_blocks(order: int) -> str:
+    """The blocks of a state of this order as messages name them: ``[position, velocity]`` for 2."""
+    if order == 2:
+        return "[position, velocity]"
+    names = [_derivative_name(k) for k in range(order)]
+    return f"[{', '.join(names if order <= 5 else [*names[:3], '...', names[-1]])}]"
+
+
+def _fraction(order: int) -> str:
+    """``half``, ``a third``, ``a quarter``, ``1/5``, ...: one block's share of a state of this order."""
+    return {2: "half", 3: "a third", 4: "a quarter"}.get(order, f"1/{order}")
+
+
+class _HigherOrderField(VectorField):
+    """The first-order form of an order-``k`` field (``k >= 2``), built as torchdyn builds it.
+
+    The state is ``z = [x, x', ..., x^(k-1)]``: ``k`` blocks of ``n`` on the last dim (``k n`` in all; for
+    ``k = 2``, ``[position, velocity]``). The user's field maps the whole state ``z [..., k n]`` (or ``(t, z)``)
+    to the highest derivative ``x^(k) [..., n]`` (for ``k = 2``, the acceleration), and this module returns
+    ``dz/dt = [x', ..., x^(k-1), f(t, z)] [..., k n]``. Being a :class:`VectorField`, it counts evaluations and
+    keeps the user's module as ``.vf`` (the same weight names whatever the order).
     """
 
+    def __init__(self, vf: nn.Module | Callable[..., Tensor], order: int) -> None:
+        super().__init__(vf)
+        self.order = int(order)
+
     def forward(self, t: Time, z: Tensor) -> Tensor:
-        """``z = [x, v] [..., 2n] -> dz/dt = [v, f(t, z)] [..., 2n]``."""
-        if z.ndim < 1 or z.shape[-1] % 2:
+        """``z = [x, ..., x^(k-1)] [..., k n] -> dz/dt = [x', ..., x^(k-1), f(t, z)] [..., k n]``."""
+        order = self.order
+        if z.ndim < 1 or z.shape[-1] % order:
+            last = "an even last dimension" if order == 2 else f"a last dimension divisible by {order}"
             raise ValueError(
-                f"order=2 needs a state [position, velocity] with an even last dimension, got shape {tuple(z.shape)}"
+                f"order={order} needs a state {_state_blocks(order)} with {last}, got shape {tuple(z.shape)}"
             )
-        v = z[..., z.shape[-1] // 2 :]
-        a = super().forward(t, z)
-        if not isinstance(a, Tensor) or a.shape != v.shape:
-            got = tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__
+        n = z.shape[-1] // order
+        top = super().forward(t, z)
+        block = (*z.shape[:-1], n)
+        if not isinstance(top, Tensor) or top.shape != block:
+            got = tuple(top.shape) if isinstance(top, Tensor) else type(top).__name__
+            what, like = (("the acceleration", "the velocity") if order == 2
+                          else (_derivative_name(order), _derivative_name(order - 1)))
             raise ValueError(
-                f"with order=2 the vector field must return the acceleration shaped like the velocity "
-                f"{tuple(v.shape)} (half the state's last dimension), got {got}"
+                f"with order={order} the vector field must return {what} shaped like {like} "
+                f"{block} ({_fraction(order)} of the state's last dimension), got {got}"
             )
-        return torch.cat([v, a], dim=-1)
+        # Each block's derivative is the next block: drop the first block, append the field's output.
+        return torch.cat([z[..., n:], top], dim=-1)
 
 
 def _solver_options(solver: Solver, step_size: float | None, t_span: Tensor) -> dict:
@@ -179,10 +228,13 @@ class NeuralODE(nn.Module):
             ``'tsit5'``, also available), or a solver object such as ``HyperEuler(hypernet)`` (registered as
             the submodule ``solver_module``, so its parameters train with the model; such models run on the
             nodecore backend, and their checkpoints cannot rebuild the solver by name).
-        order: 1 (default) for ``dx/dt = f(t, x)``; 2 for ``d2x/dt2 = f(t, [x, v])``: the state is
-            ``[position, velocity]`` concatenated on the last dim (``2n``), the field returns the
-            acceleration (``n``), and the model integrates ``dx/dt = v, dv/dt = f(t, [x, v])``. Then
-            ``model.vf(t, z)`` returns the full first-order derivative ``[v, a]`` (``2n``, for plotting).
+        order: any integer ``k >= 1`` (default 1, ``dx/dt = f(t, x)``), as in torchdyn. For ``k >= 2`` the
+            state is ``z = [x, x', ..., x^(k-1)]``, ``k`` blocks of ``n`` concatenated on the last dim (``k n``;
+            for ``k = 2``, ``[position, velocity]``); the field takes the whole state ``z`` (or ``(t, z)``) and
+            returns the highest derivative ``x^(k)`` (``n``; for ``k = 2``, the acceleration), and the model
+            integrates ``dz/dt = [x', ..., x^(k-1), f(t, z)]``. Then ``model.vf(t, z)`` returns that full
+            first-order derivative (``k n``, for plotting). With ``integral_loss`` and ``'autograd'`` the cost
+            column comes first, outside the blocks: ``[c, x, ..., x^(k-1)]`` (``1 + k n``).
         atol, rtol: forward tolerances of adaptive solvers (default 1e-3, torchdyn's).
         sensitivity: ``'autograd'`` backpropagates through the solver (fast, memory grows with steps);
             ``'adjoint'`` solves the adjoint ODE backwards (memory flat in the number of steps);
@@ -219,8 +271,8 @@ class NeuralODE(nn.Module):
             torchdyn code does, e.g. ``model.t_span = torch.linspace(1, 0, 2)`` to run a CNF backwards).
 
     Raises:
-        ValueError: unknown solver, sensitivity, order, interpolator or backend (the message lists the valid
-            ones), bad tolerances, or options the torchdiffeq backend cannot run (a solver object,
+        ValueError: unknown solver, sensitivity, interpolator or backend (the message lists the valid ones),
+            an ``order`` that is not an integer >= 1, bad tolerances, or options the torchdiffeq backend cannot run (a solver object,
             ``integral_loss``, ``'interpolated_adjoint'``, ``interpolator='step'``).
         TypeError: an ``integral_loss`` that is not callable; ``'adjoint'`` with a plain function holding no
             parameters.
@@ -249,7 +301,7 @@ class NeuralODE(nn.Module):
         backend: str = "nodecore",
     ) -> None:
         super().__init__()
-        order = choice("order", order, ORDERS)
+        order = integer("order", order, minimum=MIN_ORDER)
         sensitivity = choice("sensitivity", sensitivity, SENSITIVITIES, plural="sensitivities")
         max_steps = integer("max_steps", max_steps, minimum=1)
         return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
@@ -267,8 +319,8 @@ class NeuralODE(nn.Module):
                 "would silently get no gradient. Wrap it in an nn.Module, pass them as optimizable_params, or "
                 "use sensitivity='autograd'"
             )
-        self.order = int(order)
-        self.vf = VectorField(vector_field) if self.order == 1 else _SecondOrderField(vector_field)
+        self.order = order
+        self.vf = VectorField(vector_field) if order == 1 else _HigherOrderField(vector_field, order)
 
         held = {id(p) for p in self.vf.parameters()}
         for k, param in enumerate(p for p in extra_params if id(p) not in held):
@@ -480,7 +532,7 @@ class NeuralODE(nn.Module):
             solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=_CONTROLLER,
             counts=counter.backward, max_steps=self.max_steps, step_size=self.step_size, seminorm=self.seminorm,
             interpolated=self.sensitivity == "interpolated_adjoint", integral_loss=self.integral_loss,
-            forward_solver=self._stepper,
+            forward_solver=self._stepper, restart_at_every_time=self.interpolator == "step",
         )
         # A data-controlled field depends on x0 through its control too: the adjoint returns that gradient as
         # for a parameter, and autograd adds it to the one through the initial state.
@@ -514,10 +566,14 @@ class NeuralODE(nn.Module):
             raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
-        if self.order == 2 and x.shape[-1] % 2:
+        # torchdyn's autograd integral loss runs in a leading cost column, outside the derivative blocks.
+        cost_columns = int(self.integral_loss is not None and self.sensitivity == "autograd")
+        if self.order > 1 and (x.shape[-1] - cost_columns) % self.order:
+            size = "even size 2n" if self.order == 2 else f"size a multiple of {self.order}, {self.order}n"
+            cost = ", after integral_loss's cost column" if cost_columns else ""
             raise ValueError(
-                f"order=2 needs x = [position, velocity] concatenated on the last dim (even size 2n), "
-                f"got shape {tuple(x.shape)}"
+                f"order={self.order} needs x = {_state_blocks(self.order)} concatenated on the last dim "
+                f"({size}{cost}), got shape {tuple(x.shape)}"
             )
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf; the initial state must be finite")

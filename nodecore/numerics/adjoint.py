@@ -4,7 +4,9 @@ The forward solve runs without a graph; the backward pass integrates the state, 
 and the parameter-gradient integrals backwards in time (backsolve), with the same stepping loop.
 
 * Output times whose incoming gradient is zero (a loss on ``trajectory[-1]`` only) do not split the
-  backward solve, so the adaptive solver is not restarted at every point of ``t_span``.
+  backward solve, so the adaptive solver is not restarted at every point of ``t_span`` -- unless the forward
+  stepped onto every point (``restart_at_every_time``, torchdyn's ``interpolator=None``): then the backward
+  solve restarts at each one too, more evaluations for torchdyn's accuracy on a dense ``t_span``.
 * With ``seminorm`` the error control looks at the state and its adjoint only, not at the parameter-gradient
   channels (Kidger, Chen & Lyons, "Hey, that's not an ODE", 2021).
 * ``interpolated`` (torchdyn's ``interpolated_adjoint``): the forward solve keeps its dense output and the
@@ -48,6 +50,9 @@ class BackwardSolve:
     interpolated: bool = False
     integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None
     forward_solver: RungeKutta | None = None  # whose dense output the interpolated adjoint reads
+    # Restart the backward solve at every output time, as torchdyn and torchdiffeq do, even where no
+    # gradient comes in (the forward stepped onto every point: interpolator='step').
+    restart_at_every_time: bool = False
 
 
 class DenseTrajectory:
@@ -146,7 +151,7 @@ class _AdjointSolve(torch.autograd.Function):
         with torch.no_grad():
             for start in range(end - 1, -1, -1):
                 incoming = grad_trajectory[start]
-                if start > 0 and not incoming.any():
+                if start > 0 and not opts.restart_at_every_time and not incoming.any():
                     continue
                 parts = [adjoint, param_grads] if ctx.dense is not None else [trajectory[end].reshape(-1), adjoint,
                                                                               param_grads]

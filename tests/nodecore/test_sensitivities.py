@@ -166,3 +166,28 @@ def test_the_interpolated_adjoint_of_euler_converges_to_the_exact_gradient() -> 
         errors.append(float((grad - exact).abs().max()))
     assert errors[1] < 0.01
     assert 1.7 < errors[0] / errors[1] < 2.3
+
+
+@pytest.mark.parametrize("sensitivity", ["adjoint", "interpolated_adjoint"])
+def test_stepping_onto_every_point_restarts_the_backward_solve_there_too(sensitivity: str) -> None:
+    """interpolator='step' is torchdyn's interpolator=None both ways: the backward solve restarts at every point
+    of a dense t_span even when the loss reads only the last one, so its steps are as short as the forward's
+    and the gradient is far inside the tolerance (as in torchdyn); the default skips those restarts."""
+    from nodecore.numerics import VanDerPol
+
+    torch.manual_seed(1)
+    x = torch.randn(64, 2, dtype=F64, requires_grad=True)
+    t_span = torch.linspace(0, 1, 50, dtype=F64)
+    tolerances = dict(atol=1e-4, rtol=1e-4, atol_adjoint=1e-4, rtol_adjoint=1e-4)
+
+    def last_point_gradient(**options) -> tuple[Tensor, NeuralODE]:
+        model = NeuralODE(VanDerPol(0.5), "dopri5", **options)
+        _, trajectory = model(x, t_span)
+        return torch.autograd.grad(trajectory[-1].sum(), x)[0], model
+
+    exact, _ = last_point_gradient(atol=1e-11, rtol=1e-11, interpolator="step")
+    stepped, stepped_model = last_point_gradient(sensitivity=sensitivity, interpolator="step", **tolerances)
+    dense, dense_model = last_point_gradient(sensitivity=sensitivity, **tolerances)
+    assert float((stepped - exact).abs().max()) < 1e-4
+    assert float((stepped - exact).abs().mean()) < 0.2 * float((dense - exact).abs().mean())
+    assert stepped_model.stats.steps_backward >= len(t_span) - 1 > dense_model.stats.steps_backward
