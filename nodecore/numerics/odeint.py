@@ -16,7 +16,7 @@ from nodecore.numerics.shooting import odeint_mshooting  # noqa: F401  (torchdyn
 from nodecore.numerics.solvers import RungeKutta
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
-from nodecore.numerics.symplectic import odeint_symplectic  # noqa: F401  (torchdyn's import path)
+from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
 
 # How output times are produced: "dense" (the default, also None, and torchdyn's "4th") reads inner points
 # off the solver's dense output; "step" steps onto every point (what torchdyn does with interpolator=None).
@@ -70,7 +70,9 @@ def odeint(
         f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor.
         x: initial state, any shape.
         t_span: ``[T]`` strictly monotonic times (decreasing: a backward solve).
-        solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object.
+        solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object; the
+            asynchronous leapfrog (``'alf'``, an :class:`AsynchronousLeapfrog`) goes to
+            :func:`~nodecore.numerics.symplectic.odeint_symplectic` (its state is ``[x, v]``), as in torchdyn.
         atol, rtol: tolerances of adaptive solvers.
         t_stops, verbose, args: torchdyn options; ``t_stops`` and non-empty ``args`` are not supported.
         interpolator: None (= ``'dense'``), ``'dense'``, ``'4th'`` or ``'step'``.
@@ -94,6 +96,15 @@ def odeint(
     if args:
         raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the field instead")
     interpolate = interpolates(interpolator)
+    if isinstance(solver, AsynchronousLeapfrog) or (isinstance(solver, str) and solver in SYMPLECTIC_SOLVERS):
+        unused = {"interpolator": interpolator, "seminorm": seminorm if seminorm[0] else None, "controller": controller,
+                  "step_size": step_size, "first_step": first_step}
+        given = [name for name, value in unused.items() if value is not None]
+        if given:
+            raise ValueError(f"the asynchronous leapfrog ({solver!r}) does not take {', '.join(given)}; "
+                             "it takes atol, rtol, return_all_eval, save_at, max_steps and return_stats")
+        return odeint_symplectic(f, x, t_span, solver, atol, rtol, verbose, return_all_eval, save_at,
+                                 max_steps=max_steps, return_stats=return_stats)
     solver = solver_object(solver)
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")

@@ -208,3 +208,24 @@ def test_bad_input_is_refused_with_a_clear_message():
         odeint_symplectic(f, xv, t_span, "alf", save_at=[0.3])
     with pytest.raises(TypeError, match="AsynchronousLeapfrog"):
         odeint_symplectic(f, xv, t_span, object())
+
+
+@pytest.mark.parametrize("solver", ["alf", "AsynchronousLeapfrog", AsynchronousLeapfrog()], ids=["alf", "name", "object"])
+def test_odeint_takes_the_leapfrog_as_torchdyn_does(solver):
+    """torchdyn lists 'alf' with the Runge–Kutta solvers: odeint hands it to odeint_symplectic, same result."""
+    x0 = torch.tensor([[0.5, 1.0, 2.0]], dtype=F64)
+    xv = augmented(riccati, x0)
+    t_span = torch.linspace(0.0, 1.0, 11, dtype=F64)
+    t_eval, solution, stats = odeint(riccati, xv, t_span, solver, return_stats=True)
+    _, expected = odeint_symplectic(riccati, xv, t_span, "alf")
+    assert torch.equal(t_eval, t_span)
+    torch.testing.assert_close(solution, expected, rtol=0, atol=0)
+    assert stats.nfe == len(t_span) - 1
+    exact = x0 / (1 + x0 * t_span[-1] ** 2)
+    assert float((solution[-1][..., :3] - exact).abs().max()) < 0.01
+
+
+def test_odeint_refuses_options_the_leapfrog_does_not_take():
+    xv = augmented(riccati, Y0[None])
+    with pytest.raises(ValueError, match=r"does not take step_size, first_step; it takes atol"):
+        odeint(riccati, xv, [0.0, 1.0], "alf", step_size=0.1, first_step=0.01)
