@@ -34,7 +34,7 @@ TORCHDYN_PATHS = {
                     "Chebychev", "VanillaRBF", "GaussianRBF", "MultiquadRBF"],
     "nodecore.datasets": ["ToyDataset"],
     "nodecore.utils": ["plot_2D_depth_trajectory", "plot_2D_state_space", "plot_2D_space_depth",
-                       "plot_static_vector_field"],
+                       "plot_static_vector_field", "plot_traj_vf_1D", "plot_2d_flows", "plot_2d_boundary"],
 }
 
 
