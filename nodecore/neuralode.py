@@ -161,8 +161,8 @@ def _state_blocks(order: int) -> str:
 
 
 def _fraction(order: int) -> str:
-    """``half``, ``a third``, ``a quarter``, ``1/5``, ...: one block's share of a state of this order."""
-    return {2: "half", 3: "a third", 4: "a quarter"}.get(order, f"1/{order}")
+    """``half``, ``a third of``, ``a quarter of``, ``1/5 of``, ...: one block's share of a state of this order."""
+    return {2: "half", 3: "a third of", 4: "a quarter of"}.get(order, f"1/{order} of")
 
 
 class _HigherOrderField(VectorField):
@@ -196,7 +196,7 @@ class _HigherOrderField(VectorField):
                           else (_derivative_name(order), _derivative_name(order - 1)))
             raise ValueError(
                 f"with order={order} the vector field must return {what} shaped like {like} "
-                f"{block} ({_fraction(order)} of the state's last dimension), got {got}"
+                f"{block} ({_fraction(order)} the state's last dimension), got {got}"
             )
         # Each block's derivative is the next block: drop the first block, append the field's output.
         return torch.cat([z[..., n:], top], dim=-1)
@@ -272,8 +272,8 @@ class NeuralODE(nn.Module):
 
     Raises:
         ValueError: unknown solver, sensitivity, interpolator or backend (the message lists the valid ones),
-            an ``order`` that is not an integer >= 1, bad tolerances, or options the torchdiffeq backend cannot run (a solver object,
-            ``integral_loss``, ``'interpolated_adjoint'``, ``interpolator='step'``).
+            an ``order`` that is not an integer >= 1, bad tolerances, or options the torchdiffeq backend cannot
+            run (a solver object, ``integral_loss``, ``'interpolated_adjoint'``, ``interpolator='step'``).
         TypeError: an ``integral_loss`` that is not callable; ``'adjoint'`` with a plain function holding no
             parameters.
     """
@@ -566,8 +566,9 @@ class NeuralODE(nn.Module):
             raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
-        # torchdyn's autograd integral loss runs in a leading cost column, outside the derivative blocks.
-        cost_columns = int(self.integral_loss is not None and self.sensitivity == "autograd")
+        # torchdyn's autograd integral loss runs in a leading cost column on dim 1, outside the derivative
+        # blocks; it is on the blocks' (last) dim only for a [B, 1 + k n] state.
+        cost_columns = int(self.integral_loss is not None and self.sensitivity == "autograd" and x.ndim == 2)
         if self.order > 1 and (x.shape[-1] - cost_columns) % self.order:
             size = "even size 2n" if self.order == 2 else f"size a multiple of {self.order}, {self.order}n"
             cost = ", after integral_loss's cost column" if cost_columns else ""
