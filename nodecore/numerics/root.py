@@ -1,18 +1,33 @@
-"""Root finding for batched nonlinear systems ``g(z) = 0``: torchdyn's ``root_find`` and its parts.
+"""Root finding for batched nonlinear systems: ``g(z) = 0`` (torchdyn's ``root_find``) and ``z = f(z)``.
 
-A solve is three parts, each its own object: a *method* that keeps an estimate ``J_inv`` of the inverse
-Jacobian (Broyden's two updates, Newton, chord), a *line search* that picks the step size along the
-quasi-Newton direction, and a :class:`TerminationCondition`. :func:`root_find` only sequences them.
+The one implementation of nodecore's root finders. Two problems, one home:
 
-Dimension 0 of ``z`` (``[B, D]``) indexes independent systems: ``g`` must map ``[B, D]`` to ``[B, D]`` with
-row ``b`` of ``g(z)`` depending on row ``b`` of ``z`` only (no batch norm across the batch). Every sample has
+* ``g(z) = 0`` by :func:`root_find`, torchdyn's API. A solve is three parts, each its own object: a *method*
+  that keeps an estimate ``J_inv`` of the (pseudo-)inverse Jacobian (Broyden's two updates, Newton, chord), a
+  *line search* that picks the step size along the quasi-Newton direction, and a :class:`TerminationCondition`.
+  :func:`root_find` only sequences them.
+* ``z = f(z)`` by the matrix-free fixed-point finders of equilibrium models (:func:`fixed_point_iteration`,
+  :func:`anderson_acceleration`, :func:`limited_memory_broyden`), which return a :class:`RootResult`;
+  :mod:`nodecore.root_finders` registers them by name for :class:`nodecore.deq.DEQ`.
+
+Broyden's good update is written once (:func:`good_broyden_factors`): :class:`BroydenFull` applies it to a dense
+``J_inv``, :func:`limited_memory_broyden` keeps its factors.
+
+Dimension 0 of ``z`` (``[B, D]``) indexes independent systems: ``g`` must map ``[B, D]`` to ``[B, M]`` with
+row ``b`` of ``g(z)`` depending on row ``b`` of ``z`` only (no batch norm across the batch). ``M = D`` is a
+square system; ``M < D`` (e.g. one equation ``[B, 1]`` in ``D`` unknowns, as torchdyn's tests use) is an
+underdetermined one, whose roots form a ``(D - M)``-dimensional set: ``J_inv`` is then the ``[B, D, M]``
+pseudo-inverse and each Newton step the minimum-norm solution of the linearised equations (Ben-Israel's
+Newton–Moore–Penrose iteration), so the solve ends on *a* root near ``z0``, not a unique one. Every sample has
 its own Jacobian estimate and its own step size; the solve stops when every sample meets the termination
 condition.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -24,7 +39,7 @@ from nodecore._checks import choice, integer, number, positive
 from nodecore.errors import NonFiniteError
 
 Residual = Callable[[Tensor], Tensor]
-"""A batched system ``g: [B, D] -> [B, D]`` whose root is sought, rows independent."""
+"""A batched system ``g: [B, D] -> [B, M]`` (``M <= D``) whose root is sought, rows independent."""
 
 
 def batch_jacobian(func: Residual, x: Tensor) -> Tensor:
@@ -54,27 +69,50 @@ def _shape_of(x: object) -> str:
 
 
 def _apply(J_inv: Tensor, v: Tensor) -> Tensor:
-    """``J_inv @ v`` per sample: ``[B, D, D] x [B, D] -> [B, D]``."""
+    """``J_inv @ v`` per sample: ``[B, D, M] x [B, M] -> [B, D]``."""
     return torch.einsum("bij,bj->bi", J_inv, v)
 
 
+def good_broyden_factors(dz: Tensor, dg: Tensor, J_dg: Tensor, Jt_dz: Tensor) -> tuple[Tensor, Tensor]:
+    """The rank-one factors ``(u, v)`` of Broyden's good update of an inverse-Jacobian estimate ``H``.
+
+    ``H + u v^T = H + (dz - H dg) (dz^T H) / (dz^T H dg)`` (Sherman–Morrison applied to Broyden's update of the
+    Jacobian) maps ``dg`` to ``dz`` and acts like ``H`` on every ``w`` with ``dz^T H w = 0``. A sample whose
+    update is degenerate (a zero step, or ``|dz^T H dg| <= eps |dz| |H dg|``, or not finite) gets ``u = v = 0``.
+
+    Args:
+        dz: ``[B, D]`` the step; dg: ``[B, M]`` the change in the residual; J_dg: ``H dg`` (``[B, D]``);
+            Jt_dz: ``H^T dz`` (``[B, M]``). ``H`` itself (dense or factored) is the caller's.
+
+    Returns:
+        ``(u, v)``: ``[B, D]`` and ``[B, M]``.
+    """
+    den = (Jt_dz * dg).sum(-1)
+    scale = torch.linalg.vector_norm(dz, dim=-1) * torch.linalg.vector_norm(J_dg, dim=-1)
+    ok = torch.isfinite(den) & (den.abs() > torch.finfo(den.dtype).eps * scale)
+    safe = torch.where(ok, den, torch.ones_like(den))[:, None]
+    u = torch.where(ok[:, None], (dz - J_dg) / safe, torch.zeros_like(dz))
+    return u, torch.where(ok[:, None], Jt_dz, torch.zeros_like(Jt_dz))
+
+
 class RootMethod:
-    """How a method starts and revises ``J_inv`` (``[B, D, D]``), its estimate of the inverse Jacobian of ``g``.
+    """How a method starts and revises ``J_inv`` (``[B, D, M]``), its estimate of the inverse Jacobian of ``g``.
 
     Every method starts from the pseudo-inverse of the exact Jacobian at ``z0``; the quasi-Newton direction at
-    ``z`` is ``dz = J_inv @ g(z)`` and a full step goes to ``z - dz``.
+    ``z`` is ``dz = J_inv @ g(z)`` and a full step goes to ``z - dz``. For ``M < D``, ``J_inv`` is a pseudo-inverse
+    and the full step the minimum-norm solution of the linearised equations (where the Jacobian has full row rank).
     """
 
     def initial_jacobian(self, g: Residual, z: Tensor) -> Tensor:
-        """``J_inv`` at ``z`` (``[B, D]``): the pseudo-inverse of the exact batch Jacobian, ``[B, D, D]``."""
+        """``J_inv`` at ``z`` (``[B, D]``): the pseudo-inverse of the exact batch Jacobian, ``[B, D, M]``."""
         return torch.linalg.pinv(batch_jacobian(g, z))
 
     def update_jacobian(self, dg: Tensor, dz: Tensor, J_inv: Tensor, *, g: Residual | None = None,
                         z: Tensor | None = None) -> Tensor:
-        """The next ``J_inv`` after a step ``dz = z_new - z_old`` that changed ``g`` by ``dg`` (both ``[B, D]``).
+        """The next ``J_inv`` after a step ``dz`` (``[B, D]``) that changed ``g`` by ``dg`` (``[B, M]``).
 
-        ``z`` is the new iterate ``[B, D]`` and ``g`` the system, needed only by methods that re-evaluate the
-        Jacobian (:class:`Newton`).
+        ``dz = z_new - z_old``; ``z`` is the new iterate ``[B, D]`` and ``g`` the system, needed only by methods
+        that re-evaluate the Jacobian (:class:`Newton`).
         """
         raise NotImplementedError(f"{type(self).__name__} must define update_jacobian")
 
@@ -91,7 +129,7 @@ class RootMethod:
         """One step of size ``alpha`` along the quasi-Newton direction, without line search.
 
         Args:
-            z0: ``[B, D]`` current iterate; ``geval_old``: ``g(z0)``; ``J_inv``: ``[B, D, D]``.
+            z0: ``[B, D]`` current iterate; ``geval_old``: ``g(z0)``, ``[B, M]``; ``J_inv``: ``[B, D, M]``.
 
         Returns:
             ``(z, dz, geval, J_inv)``: the new iterate ``z0 - alpha * dz``, the direction ``dz = J_inv @ g(z0)``,
@@ -119,14 +157,8 @@ class BroydenFull(Broyden):
 
     def update_jacobian(self, dg: Tensor, dz: Tensor, J_inv: Tensor, *, g: Residual | None = None,
                         z: Tensor | None = None) -> Tensor:
-        J_dg = _apply(J_inv, dg)
-        row = torch.einsum("bi,bij->bj", dz, J_inv)  # dz^T J_inv
-        den = (row * dg).sum(-1)
-        scale = torch.linalg.vector_norm(dz, dim=-1) * torch.linalg.vector_norm(J_dg, dim=-1)
-        ok = torch.isfinite(den) & (den.abs() > torch.finfo(den.dtype).eps * scale)
-        safe = torch.where(ok, den, torch.ones_like(den))
-        update = (dz - J_dg)[:, :, None] * row[:, None, :] / safe[:, None, None]
-        return J_inv + torch.where(ok[:, None, None], update, torch.zeros_like(update))
+        u, v = good_broyden_factors(dz, dg, _apply(J_inv, dg), torch.einsum("bi,bij->bj", dz, J_inv))
+        return J_inv + u[:, :, None] * v[:, None, :]
 
 
 class BroydenBad(Broyden):
@@ -170,7 +202,7 @@ class Chord(RootMethod):
 
 
 def _squared_norm(v: Tensor) -> Tensor:
-    """``|v[b]|^2`` per sample, ``[B, D] -> [B]``; inf for a row with a NaN or Inf."""
+    """``|v[b]|^2`` per sample, ``[B, M] -> [B]``; inf for a row with a NaN or Inf."""
     sq = (v * v).sum(-1)
     return torch.where(torch.isfinite(v).all(-1), sq, torch.full_like(sq, float("inf")))
 
@@ -199,11 +231,11 @@ class LineSearcher:
     The merit function is ``phi(alpha) = |g(z0 + alpha * dz)|^2`` per sample (inf where not finite). A search
     never increases ``phi``: a sample with no acceptable step takes the tried step with the smallest ``phi``
     below ``phi(0)``, or stays at ``z0`` (step size 0) if every tried step increased it. After :meth:`search`,
-    :attr:`z` and :attr:`geval` hold the chosen point and ``g`` there (``[B, D]``), and :attr:`accepted`
+    :attr:`z` and :attr:`geval` hold the chosen point and ``g`` there (``[B, D]``, ``[B, M]``), and :attr:`accepted`
     (``[B]``) says which samples moved.
 
     Args:
-        g: the system; g0: ``g(z0)``, ``[B, D]``; dz: the direction to search along, ``[B, D]`` (for a root
+        g: the system; g0: ``g(z0)``, ``[B, M]``; dz: the direction to search along, ``[B, D]`` (for a root
             finder ``-J_inv @ g0``); z0: ``[B, D]`` the current iterate.
     """
 
@@ -257,9 +289,9 @@ class LineSearchArmijo(LineSearcher):
     interpolation (Nocedal & Wright, *Numerical Optimization*, section 3.5).
 
     A step ``alpha`` is accepted when ``phi(alpha) <= phi(0) + c1 * alpha * phi'(0)``, with the slope
-    ``phi'(0) = -2 phi(0)`` of the merit function along the Newton direction (exact for Newton, the model
-    slope for the quasi-Newton methods). Each new trial is kept within ``[0.1, 0.5]`` times the last; the
-    search gives up below ``min_alpha``.
+    ``phi'(0) = -2 phi(0)`` of the merit function along the Newton direction (exact for Newton where the
+    Jacobian has full row rank, the model slope for the quasi-Newton methods). Each new trial is kept within
+    ``[0.1, 0.5]`` times the last; the search gives up below ``min_alpha``.
     """
 
     def search(self, alpha0: float = 1.0, c1: float = 1e-4, min_alpha: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -322,12 +354,12 @@ class TerminationCondition:
         self.iteration = 0
 
     def start(self, g0: Tensor) -> None:
-        """Take ``|g(z0)|`` (``g0``: ``[B, D]``) as the reference of ``f_rtol``."""
+        """Take ``|g(z0)|`` (``g0``: ``[B, M]``) as the reference of ``f_rtol``."""
         self.f0_norm = torch.linalg.vector_norm(g0, dim=1)
         self.iteration = 0
 
     def satisfied(self, geval: Tensor, z: Tensor, dz: Tensor) -> Tensor:
-        """``[B]`` whether each sample meets all four conditions (``geval``, ``z``, ``dz``: ``[B, D]``)."""
+        """``[B]`` whether each sample meets all four conditions (``geval``: ``[B, M]``; ``z``, ``dz``: ``[B, D]``)."""
         g_norm = torch.linalg.vector_norm(geval, dim=1)
         if self.f0_norm is None:
             self.f0_norm = g_norm
@@ -349,7 +381,7 @@ class RootLogger:
     """What :func:`root_find` did.
 
     Attributes:
-        data: per iteration, when ``verbose``: lists under ``'geval'``, ``'z'``, ``'dz'`` (``[B, D]`` each,
+        data: per iteration, when ``verbose``: lists under ``'geval'`` (``[B, M]``), ``'z'``, ``'dz'`` (``[B, D]``,
             detached), ``'iteration'`` (int), ``'alpha'`` (``[B]`` step sizes taken) and ``'phi'`` (``[B]``
             ``|g|^2`` after the step); on convergence ``data['termination_condition'] = 'total condition'``.
         converged: whether the termination condition was met (always set).
@@ -387,9 +419,20 @@ def _check_state(z: object) -> Tensor:
 
 
 def _check_residual(geval: object, z: Tensor) -> Tensor:
-    if not isinstance(geval, Tensor) or geval.shape != z.shape:
-        raise ValueError(f"root_find needs g(z) shaped like z {list(z.shape)} (a square system), "
-                         f"got {_shape_of(geval)}")
+    """``g(z)`` must be ``[B, M]`` with ``1 <= M <= D``: a square or underdetermined system.
+
+    More equations than unknowns is refused: such a system has no root unless its equations happen to agree,
+    ``J_inv`` would then be a least-squares (Gauss–Newton) inverse with ``J J_inv != I``, and the line searches'
+    slope ``-2 |g|^2`` would be wrong. That is nonlinear least squares, another problem.
+    """
+    batch, dim = z.shape
+    if not isinstance(geval, Tensor) or geval.ndim != 2 or geval.shape[0] != batch or geval.shape[1] == 0:
+        raise ValueError(f"root_find needs g(z) of shape [{batch}, M] with 1 <= M <= {dim} for z of shape "
+                         f"{list(z.shape)}, got {_shape_of(geval)}")
+    if geval.shape[1] > dim:
+        raise ValueError(f"root_find needs at most as many equations as unknowns: g(z) has shape "
+                         f"{list(geval.shape)} for z of shape {list(z.shape)}, an overdetermined system (a "
+                         "least-squares problem, which generically has no root)")
     bad = ~torch.isfinite(geval).all(1)
     if bool(bad.any()):
         raise ValueError(f"g(z) is not finite at the initial z in samples {bad.nonzero().flatten().tolist()}")
@@ -411,8 +454,14 @@ def root_find(g: Residual, z: Tensor, alpha: float = 0.1, f_tol: float = 1e-2, f
     iterations (not an error: see ``logger.converged``). Autograd flows through the iterations (each
     :func:`batch_jacobian` is a constant); wrap the call in ``torch.no_grad()`` when no gradient is needed.
 
+    ``g`` may have fewer equations than unknowns (``M < D``; e.g. ``[B, 1]`` for ``z`` of shape ``[B, 2]``). That
+    is not broadcasting: it is ``M`` equations in ``D`` unknowns, ``J_inv`` is the ``[B, D, M]`` pseudo-inverse and
+    each step the minimum-norm correction, so from ``z0`` the solve reaches one point of the ``(D - M)``-dimensional
+    root set (for a linear ``g`` with Newton's full step, the orthogonal projection of ``z0`` onto it). The
+    gradient through such a solve is that of the root the iterations reach.
+
     Args:
-        g: the system, ``[B, D] -> [B, D]``, rows independent.
+        g: the system, ``[B, D] -> [B, M]`` with ``1 <= M <= D``, rows independent.
         z: ``[B, D]`` the starting point (finite).
         alpha: step size of the first iteration (of every iteration with ``search_method='none'``), ``> 0``.
         f_tol, f_rtol, x_tol, x_rtol: the termination tolerances, each ``>= 0``.
@@ -426,7 +475,7 @@ def root_find(g: Residual, z: Tensor, alpha: float = 0.1, f_tol: float = 1e-2, f
 
     Raises:
         ValueError: an unknown method or search method, a bad option, ``z`` not a finite ``[B, D]`` tensor, or
-            ``g(z)`` not finite or not shaped like ``z`` (all before iterating).
+            ``g(z)`` not finite or not ``[B, M]`` with ``1 <= M <= D`` (all before iterating).
         TypeError: ``g`` is not callable.
         NonFiniteError: an iterate or ``g`` there became NaN or Inf.
     """
@@ -476,3 +525,243 @@ def root_find(g: Residual, z: Tensor, alpha: float = 0.1, f_tol: float = 1e-2, f
                 J_inv = solver.restart(g, z_new, J_inv, stalled)
         z, geval = z_new, g_new
     return z, logger
+
+
+# --- fixed points z = f(z): the finders of equilibrium models ------------------------------------------------
+#
+# Matrix-free (one evaluation of f per iteration, no Jacobian), for the large states of deep equilibrium models.
+# Convergence is measured per sample on the relative residual ||f(z) - z|| / (||f(z)|| + EPS) (Euclidean norms
+# over all non-batch dimensions); a solve converges when every sample's residual is <= tol. Each finder returns,
+# per sample, the iterate with the smallest residual it saw, and never raises on non-convergence.
+
+EPS = 1e-12
+"""Added to ``||f(z)||`` in the relative residual, so a state whose fixed point is 0 can converge."""
+
+DEFAULT_DAMPING = 1.0
+DEFAULT_MEMORY = 10
+DEFAULT_REGULARIZATION = 1e-8
+
+Map = Callable[[Tensor], Tensor]
+"""A map ``f: [B, *S] -> [B, *S]`` whose fixed point is sought."""
+
+
+@dataclass(frozen=True)
+class RootResult:
+    """The outcome of one fixed-point solve.
+
+    Attributes:
+        z: ``[B, *S]`` per sample, the iterate with the smallest relative residual seen.
+        residual: the largest, over samples, of those smallest relative residuals (inf when a sample never
+            had a finite one).
+        iterations: evaluations of ``f`` made (the first is ``f(z0)``).
+        converged: every sample reached ``residual <= tol``.
+        finite: False when ``f`` produced NaN or Inf (the solve stopped there).
+        history: the largest per-sample relative residual of each evaluated iterate, in order.
+    """
+
+    z: Tensor
+    residual: float
+    iterations: int
+    converged: bool
+    finite: bool
+    history: tuple[float, ...]
+
+
+def _relative_residual(fz: Tensor, z: Tensor) -> Tensor:
+    """``[B]``: ``||fz - z|| / (||fz|| + EPS)`` per sample, for flat ``[B, n]`` states."""
+    return (fz - z).norm(dim=1) / (fz.norm(dim=1) + EPS)
+
+
+class _Tracker:
+    """Keeps, per sample, the best iterate and its residual; decides convergence and stopping."""
+
+    def __init__(self, z0: Tensor, tol: float, max_iter: int) -> None:
+        self.best_z = z0.clone()
+        self.best_res = torch.full((z0.shape[0],), math.inf, dtype=z0.dtype, device=z0.device)
+        self.tol = tol
+        self.max_iter = max_iter
+        self.iterations = 0
+        self.history: list[float] = []
+        self.finite = True
+        self.converged = False
+
+    def update(self, z: Tensor, fz: Tensor) -> bool:
+        """Record ``f(z) = fz``; True when the solve should stop (converged, non-finite or out of iterations)."""
+        self.iterations += 1
+        res = _relative_residual(fz, z)
+        better = res < self.best_res  # False for NaN: a non-finite iterate never replaces the best one
+        self.best_res = torch.where(better, res, self.best_res)
+        self.best_z = torch.where(better[:, None], z, self.best_z)
+        # One host synchronisation per iteration.
+        finite, worst, converged = torch.stack(
+            [torch.isfinite(res).all().to(res.dtype), res.max(), (self.best_res <= self.tol).all().to(res.dtype)]
+        ).tolist()
+        self.finite = bool(finite)
+        self.converged = self.finite and bool(converged)
+        self.history.append(worst if self.finite else math.nan)
+        return self.converged or not self.finite or self.iterations >= self.max_iter
+
+    def result(self, shape: torch.Size) -> RootResult:
+        residual = float(self.best_res.max())
+        return RootResult(
+            self.best_z.reshape(shape), residual, self.iterations, self.converged, self.finite, tuple(self.history)
+        )
+
+
+def _flat(f: Map, z0: Tensor) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+    """``f`` and ``z0`` on flat ``[B, n]`` states (a 1-D ``z0`` is one sample)."""
+    shape = z0.shape
+    batch = shape[0] if z0.ndim > 1 else 1
+
+    def f_flat(z: Tensor) -> Tensor:
+        fz = f(z.reshape(shape))
+        if not isinstance(fz, Tensor) or fz.shape != shape:
+            got = tuple(fz.shape) if isinstance(fz, Tensor) else type(fz).__name__
+            raise ValueError(f"the map must return a tensor shaped like the state {tuple(shape)}, got {got}")
+        return fz.reshape(batch, -1)
+
+    return f_flat, z0.reshape(batch, -1)
+
+
+@torch.no_grad()
+def fixed_point_iteration(
+    f: Map, z0: Tensor, *, tol: float, max_iter: int, damping: float = DEFAULT_DAMPING,
+    memory: int = DEFAULT_MEMORY, regularization: float = DEFAULT_REGULARIZATION,
+) -> RootResult:
+    """Plain (optionally damped) fixed-point iteration ``z <- (1 - damping) z + damping f(z)``.
+
+    Converges linearly for a contraction, at the rate of its Lipschitz constant. ``memory`` and
+    ``regularization`` are not used.
+
+    Args:
+        f: the map ``[B, *S] -> [B, *S]``.
+        z0: ``[B, *S]`` initial iterate.
+        tol: relative-residual tolerance.
+        max_iter: cap on evaluations of ``f``.
+        damping: step fraction in (0, 1]; < 1 can tame oscillating (non-contractive) iterations.
+
+    Returns:
+        The :class:`RootResult`.
+    """
+    f_flat, z = _flat(f, z0)
+    tracker = _Tracker(z, tol, max_iter)
+    while True:
+        fz = f_flat(z)
+        if tracker.update(z, fz):
+            return tracker.result(z0.shape)
+        z = z + damping * (fz - z)
+
+
+@torch.no_grad()
+def anderson_acceleration(
+    f: Map, z0: Tensor, *, tol: float, max_iter: int, damping: float = DEFAULT_DAMPING,
+    memory: int = DEFAULT_MEMORY, regularization: float = DEFAULT_REGULARIZATION,
+) -> RootResult:
+    """Anderson acceleration (type II, Walker & Ni 2011) with a window of the last ``memory`` iterates.
+
+    Each step picks, per sample, weights ``alpha`` (summing to 1) minimising
+    ``||sum_i alpha_i (f(z_i) - z_i)||`` over the window, then mixes
+    ``z <- damping * sum alpha_i f(z_i) + (1 - damping) * sum alpha_i z_i``.
+
+    Args:
+        f: the map ``[B, *S] -> [B, *S]``.
+        z0: ``[B, *S]`` initial iterate.
+        tol: relative-residual tolerance.
+        max_iter: cap on evaluations of ``f``.
+        damping: mixing parameter (beta) in (0, 1].
+        memory: window size m >= 1 (m = 1 is damped fixed-point iteration).
+        regularization: Tikhonov term of the small least-squares problem, relative to the mean squared
+            residual norm in the window (scale-free); at least 10 x the state dtype's machine epsilon is used.
+            Raise it if iterates jump about.
+
+    Returns:
+        The :class:`RootResult`.
+    """
+    f_flat, z = _flat(f, z0)
+    batch, n = z.shape
+    tracker = _Tracker(z, tol, max_iter)
+    X = torch.zeros(batch, memory, n, dtype=z.dtype, device=z.device)
+    F = torch.zeros_like(X)
+    G = torch.zeros_like(X)  # residuals f(z_i) - z_i
+    gram = torch.zeros(batch, memory, memory, dtype=torch.float64, device=z.device)  # the small system in float64
+    # Relative to the mean squared residual; never below the Gram matrix's rounding, so the system stays solvable.
+    ridge = max(regularization, 10 * torch.finfo(z.dtype).eps)
+    k = 0
+    while True:
+        fz = f_flat(z)
+        slot = k % memory
+        X[:, slot], F[:, slot], G[:, slot] = z, fz, fz - z
+        if tracker.update(z, fz):
+            return tracker.result(z0.shape)
+        k += 1
+        size = min(k, memory)
+        row = (G[:, :size] * G[:, slot, None]).sum(dim=-1).double()  # only the new residual's products change
+        gram[:, slot, :size] = row
+        gram[:, :size, slot] = row
+        scale = gram[:, :size, :size].diagonal(dim1=1, dim2=2).mean(dim=1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        system = torch.zeros(batch, size + 1, size + 1, dtype=torch.float64, device=z.device)
+        system[:, 0, 1:] = system[:, 1:, 0] = 1.0
+        system[:, 1:, 1:] = gram[:, :size, :size]
+        system[:, 1:, 1:].diagonal(dim1=1, dim2=2).add_((ridge * scale)[:, None])
+        rhs = torch.zeros(batch, size + 1, 1, dtype=torch.float64, device=z.device)
+        rhs[:, 0] = 1.0
+        alpha = torch.linalg.solve(system, rhs)[:, 1:].to(z.dtype)  # [B, size, 1], sums to 1
+        mixed_f = (alpha * F[:, :size]).sum(dim=1)
+        mixed_x = (alpha * X[:, :size]).sum(dim=1)
+        z = damping * mixed_f + (1.0 - damping) * mixed_x
+
+
+@torch.no_grad()
+def limited_memory_broyden(
+    f: Map, z0: Tensor, *, tol: float, max_iter: int, damping: float = DEFAULT_DAMPING,
+    memory: int = DEFAULT_MEMORY, regularization: float = DEFAULT_REGULARIZATION,
+) -> RootResult:
+    """Limited-memory Broyden's method (the good update, :func:`good_broyden_factors`) on ``g(z) = f(z) - z``.
+
+    Keeps, per sample, an inverse-Jacobian estimate ``H = -I + U V^T`` of rank at most ``memory`` (the update's
+    factors as columns of ``U``, ``V``; it restarts from ``-I`` when full) and steps ``z <- z - damping * H g(z)``.
+    Its first step is a fixed-point step. ``regularization`` is not used.
+
+    Args:
+        f: the map ``[B, *S] -> [B, *S]``.
+        z0: ``[B, *S]`` initial iterate.
+        tol: relative-residual tolerance.
+        max_iter: cap on evaluations of ``f``.
+        damping: step fraction in (0, 1].
+        memory: number of rank-one updates kept, >= 1.
+
+    Returns:
+        The :class:`RootResult`.
+    """
+    f_flat, z = _flat(f, z0)
+    batch, n = z.shape
+    tracker = _Tracker(z, tol, max_iter)
+    U = torch.zeros(batch, n, memory, dtype=z.dtype, device=z.device)
+    V = torch.zeros_like(U)
+
+    def apply_h(v: Tensor) -> Tensor:  # H v = -v + U (V^T v); elementwise: faster than bmm on tiny blocks
+        return -v + (U * (V * v[:, :, None]).sum(dim=1, keepdim=True)).sum(dim=-1)
+
+    def apply_ht(v: Tensor) -> Tensor:  # H^T v = -v + V (U^T v)
+        return -v + (V * (U * v[:, :, None]).sum(dim=1, keepdim=True)).sum(dim=-1)
+
+    fz = f_flat(z)
+    g = fz - z
+    if tracker.update(z, fz):
+        return tracker.result(z0.shape)
+    k = 0
+    while True:
+        z_new = z - damping * apply_h(g)
+        fz = f_flat(z_new)
+        g_new = fz - z_new
+        if tracker.update(z_new, fz):
+            return tracker.result(z0.shape)
+        dz, dg = z_new - z, g_new - g
+        u, v = good_broyden_factors(dz, dg, apply_h(dg), apply_ht(dz))
+        if k == memory:  # restart from H = -I: dropping only the oldest update can make H diverge
+            U.zero_(), V.zero_()
+            k = 0
+        U[:, :, k], V[:, :, k] = u, v
+        k += 1
+        z, g = z_new, g_new

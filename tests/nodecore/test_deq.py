@@ -100,6 +100,19 @@ def test_registry_holds_the_root_finders_and_rejects_unknown_names() -> None:
         assert all(name in str(err.value) for name in ROOT_FINDER_NAMES)
 
 
+def test_the_registry_names_the_finders_of_the_numerics_layer() -> None:
+    """nodecore.root_finders only names them: the implementation is nodecore.numerics.root's, once."""
+    from nodecore import root_finders
+    from nodecore.numerics import root
+
+    assert ROOT_FINDERS["fixed_point"].solve is root_finders.fixed_point is root.fixed_point_iteration
+    assert ROOT_FINDERS["anderson"].solve is root_finders.anderson is root.anderson_acceleration
+    assert ROOT_FINDERS["broyden"].solve is root_finders.broyden is root.limited_memory_broyden
+    assert RootResult is root.RootResult and root_finders.EPS == root.EPS
+    assert (root_finders.DEFAULT_DAMPING, root_finders.DEFAULT_MEMORY, root_finders.DEFAULT_REGULARIZATION) == (
+        root.DEFAULT_DAMPING, root.DEFAULT_MEMORY, root.DEFAULT_REGULARIZATION)
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("tol", 0.0), ("tol", math.nan), ("max_iter", 0), ("max_iter", 2.5), ("backward_tol", -1.0),

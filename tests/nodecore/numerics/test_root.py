@@ -186,6 +186,116 @@ def test_one_step_called_as_torchdyn_calls_it(method: str) -> None:
         torch.testing.assert_close(torch.einsum("bij,bj->bi", new, geval - cubic(z0)), z - z0)
 
 
+# --- fewer equations than unknowns ------------------------------------------------------------------------
+#
+# torchdyn's tests hand root_find a residual of shape [N, 1] for z of shape [N, 2] (their 'ackley'). torchdyn does
+# not broadcast it: its Jacobian is [N, 1, 2] and J_inv its [N, 2, 1] pseudo-inverse, so every step is the
+# minimum-norm solution of the linearised equation. nodecore does the same for any M <= D equations.
+#
+# |z|^2 - r^2 = 0 (one equation, a circle of roots): the gradient 2z is radial, so every J_inv and every Broyden
+# update is a multiple of z0 and every method walks along z0's ray, to the root r z0 / |z0|.
+
+RADII = torch.tensor([[1.0], [2.0], [0.5]], dtype=F64)
+RAY_Z0 = torch.tensor([[1.0, 2.0], [-3.0, 0.5], [0.2, -0.3]], dtype=F64)  # outside, outside and inside the circle
+RAY_ROOT = RADII * RAY_Z0 / RAY_Z0.norm(dim=1, keepdim=True)
+
+
+def circle(z: Tensor) -> Tensor:
+    """``|z|^2 - r^2``: ``[B, 2] -> [B, 1]``."""
+    return z.square().sum(1, keepdim=True) - RADII**2
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+@pytest.mark.parametrize("method", METHODS)
+def test_one_equation_in_two_unknowns_reaches_the_root_on_the_starting_ray(method: str, search: str) -> None:
+    alpha = 1.0 if search == "none" else 0.1
+    z, logger = solve(circle, RAY_Z0, alpha=alpha, f_tol=1e-10, x_tol=1e-10, method=method, search_method=search)
+    assert logger.converged and logger.data["geval"][-1].shape == (3, 1)
+    torch.testing.assert_close(z, RAY_ROOT, rtol=0, atol=1e-9)
+
+
+def test_newton_on_one_equation_is_herons_square_root() -> None:
+    """Newton's minimum-norm step maps the radius rho to (rho^2 + r^2) / (2 rho): the error e to e^2 / (2 rho)."""
+    _, logger = solve(circle, RAY_Z0, alpha=1.0, f_tol=1e-14, x_tol=1e-14, method="newton", search_method="none")
+    radii = [RAY_Z0.norm(dim=1, keepdim=True)] + [z.norm(dim=1, keepdim=True) for z in logger.data["z"]]
+    measured = 0
+    for rho, rho_next in itertools.pairwise(radii):
+        if (rho - RADII).abs().min() < 1e-6:
+            break
+        torch.testing.assert_close(rho_next - RADII, (rho - RADII) ** 2 / (2 * rho), rtol=1e-6, atol=1e-15)
+        measured += 1
+    assert measured >= 3
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_linear_underdetermined_system_ends_at_the_projection_of_z0(method: str, search: str) -> None:
+    """``A z = c`` with ``A`` ``[2, 3]`` per sample: every step lies in the row space of ``A`` (the Broyden updates
+    of a linear map leave ``J_inv = A^+`` exact), so the solve ends at ``z0 - A^+ (A z0 - c)``, the nearest root."""
+    gen = torch.Generator().manual_seed(0)
+    A, c = torch.randn(4, 2, 3, dtype=F64, generator=gen), torch.randn(4, 2, dtype=F64, generator=gen)
+    z0 = torch.randn(4, 3, dtype=F64, generator=gen)
+
+    def g(z: Tensor) -> Tensor:
+        return torch.einsum("bij,bj->bi", A, z) - c
+
+    z, logger = solve(g, z0, alpha=0.5, f_tol=1e-12, x_tol=1e-12, method=method, search_method=search)
+    assert logger.converged
+    torch.testing.assert_close(z, z0 - torch.einsum("bij,bj->bi", torch.linalg.pinv(A), g(z0)), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_nonlinear_equations_in_three_unknowns(method: str) -> None:
+    """The circle where the sphere ``|z| = 2`` meets the plane ``x + y - w = 1``: off any ray, torchdyn's defaults."""
+    def g(z: Tensor) -> Tensor:
+        x, y, w = z.unbind(1)
+        return torch.stack([x**2 + y**2 + w**2 - 4, x + y - w - 1], 1)
+
+    z0 = torch.tensor([[1.0, 2.0, 0.5], [-1.5, 0.5, -1.0], [0.3, -0.3, 2.0]], dtype=F64)
+    z, logger = solve(g, z0, f_tol=1e-10, x_tol=1e-10, method=method)
+    assert logger.converged
+    torch.testing.assert_close(z.norm(dim=1), torch.full((3,), 2.0, dtype=F64), rtol=0, atol=1e-10)
+    torch.testing.assert_close(z[:, 0] + z[:, 1] - z[:, 2], torch.ones(3, dtype=F64), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_through_an_underdetermined_solve_are_those_of_the_root_reached(method: str) -> None:
+    """The root reached is ``r z0 / |z0|``, so ``d sum(z*) / dr = sum(z0 / |z0|)``."""
+    r = RADII.clone().requires_grad_()
+    z, logger = root_find(lambda z: z.square().sum(1, keepdim=True) - r**2, RAY_Z0, f_tol=1e-12, x_tol=1e-12,
+                          method=method)
+    assert logger.converged
+    (grad,) = torch.autograd.grad(z.sum(), r)
+    torch.testing.assert_close(grad, (RAY_Z0 / RAY_Z0.norm(dim=1, keepdim=True)).sum(1, keepdim=True), rtol=1e-8,
+                               atol=0)
+
+
+def test_torchdyns_ackley_has_no_root_and_is_not_reported_converged() -> None:
+    """``-200 exp(-0.02 |z|) < 0`` everywhere: torchdyn's test of it (``func(root) <= 1e-2``) holds at any z. Here |g|
+    falls as z runs off to infinity (Newton's step for the exponential stays 50 long), and no method claims a root."""
+    def ackley(z: Tensor) -> Tensor:
+        return -200 * torch.exp(-0.02 * z.square().sum(-1, keepdim=True).sqrt())
+
+    z0 = 0.1 * torch.randn(10, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    for method in METHODS:
+        z, logger = solve(ackley, z0, alpha=1.0, search_method="armijo", f_tol=1e-3, f_rtol=1e-3, x_tol=1e-2,
+                          x_rtol=1e-2, maxiters=50, method=method)
+        assert not logger.converged and logger.iterations == 50
+        norms = [ackley(z0).abs()] + [g.abs() for g in logger.data["geval"]]
+        assert all((after <= before).all() for before, after in itertools.pairwise(norms))
+        assert (z.norm(dim=1) > z0.norm(dim=1)).all()
+
+
+def test_the_broyden_updates_keep_the_secant_condition_for_a_rectangular_estimate() -> None:
+    gen = torch.Generator().manual_seed(1)
+    J_inv = torch.randn(4, 3, 2, dtype=F64, generator=gen)  # [B, D, M]: 2 equations in 3 unknowns
+    dz, dg = torch.randn(4, 3, dtype=F64, generator=gen), torch.randn(4, 2, dtype=F64, generator=gen)
+    for method in (BroydenFull(), BroydenBad()):
+        new = method.update_jacobian(dg, dz, J_inv)
+        assert new.shape == J_inv.shape
+        torch.testing.assert_close(torch.einsum("bij,bj->bi", new, dg), dz)
+
+
 # --- the termination condition -----------------------------------------------------------------------------
 #
 # g(z) = z - c with step size 1/2 (no line search): every method takes the same steps (the Jacobian is 1, and
@@ -359,8 +469,12 @@ def test_bad_input_fails_before_g_is_called(z, options: dict, message: str) -> N
 
 
 def test_bad_systems_fail_before_iterating() -> None:
-    with pytest.raises(ValueError, match=r"g\(z\) shaped like z \[3, 2\] \(a square system\), got shape \[3, 1\]"):
-        root_find(lambda z: z[:, :1], torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"at most as many equations as unknowns: g\(z\) has shape \[3, 4\] for z "
+                                         r"of shape \[3, 2\], an overdetermined system"):
+        root_find(lambda z: torch.cat([z, z], 1), torch.ones(3, 2))
+    for wrong in (lambda z: z[:2], lambda z: z[:, 0], lambda z: z[:, :0]):  # batch, a 1-D output, no equation
+        with pytest.raises(ValueError, match=r"g\(z\) of shape \[3, M\] with 1 <= M <= 2 for z of shape \[3, 2\]"):
+            root_find(wrong, torch.ones(3, 2))
     with pytest.raises(ValueError, match="got a float"):
         root_find(lambda z: 1.0, torch.ones(3, 2))
     with pytest.raises(ValueError, match=r"g\(z\) is not finite at the initial z in samples \[0\]"):
