@@ -1,7 +1,7 @@
 """The one root-finder registry for equilibrium models: solve ``z = f(z)`` for a batch of states, by name.
 
-A thin layer over :mod:`nodecore.numerics.root`, where the finders' mathematics lives (next to torchdyn's
-``root_find``, with which ``broyden`` shares its update). This module only names them for
+A thin layer over :mod:`nodecore.numerics.fixed_point`, where the finders' mathematics lives (``broyden`` shares
+its update with torchdyn's ``root_find`` in :mod:`nodecore.numerics.root`). This module only names them for
 :class:`nodecore.deq.DEQ` and re-exports what it always exported.
 
 Every finder has the same signature (see :class:`RootFinderFunction`) and returns a :class:`RootResult`; it never
@@ -24,7 +24,7 @@ from typing import Mapping, Protocol
 from torch import Tensor
 
 from nodecore._checks import choice
-from nodecore.numerics.root import (
+from nodecore.numerics.fixed_point import (
     DEFAULT_DAMPING,
     DEFAULT_MEMORY,
     DEFAULT_REGULARIZATION,
@@ -32,9 +32,9 @@ from nodecore.numerics.root import (
     Map,
     RootResult,
 )
-from nodecore.numerics.root import anderson_acceleration as anderson
-from nodecore.numerics.root import fixed_point_iteration as fixed_point
-from nodecore.numerics.root import limited_memory_broyden as broyden
+from nodecore.numerics.fixed_point import anderson_acceleration as anderson
+from nodecore.numerics.fixed_point import fixed_point_iteration as fixed_point
+from nodecore.numerics.fixed_point import limited_memory_broyden as broyden
 
 __all__ = [
     "DEFAULT_DAMPING", "DEFAULT_MEMORY", "DEFAULT_REGULARIZATION", "EPS", "Map", "ROOT_FINDERS", "ROOT_FINDER_NAMES",

@@ -101,16 +101,16 @@ def test_registry_holds_the_root_finders_and_rejects_unknown_names() -> None:
 
 
 def test_the_registry_names_the_finders_of_the_numerics_layer() -> None:
-    """nodecore.root_finders only names them: the implementation is nodecore.numerics.root's, once."""
+    """nodecore.root_finders only names them: the implementation is nodecore.numerics.fixed_point's, once."""
     from nodecore import root_finders
-    from nodecore.numerics import root
+    from nodecore.numerics import fixed_point
 
-    assert ROOT_FINDERS["fixed_point"].solve is root_finders.fixed_point is root.fixed_point_iteration
-    assert ROOT_FINDERS["anderson"].solve is root_finders.anderson is root.anderson_acceleration
-    assert ROOT_FINDERS["broyden"].solve is root_finders.broyden is root.limited_memory_broyden
-    assert RootResult is root.RootResult and root_finders.EPS == root.EPS
+    assert ROOT_FINDERS["fixed_point"].solve is root_finders.fixed_point is fixed_point.fixed_point_iteration
+    assert ROOT_FINDERS["anderson"].solve is root_finders.anderson is fixed_point.anderson_acceleration
+    assert ROOT_FINDERS["broyden"].solve is root_finders.broyden is fixed_point.limited_memory_broyden
+    assert RootResult is fixed_point.RootResult and root_finders.EPS == fixed_point.EPS
     assert (root_finders.DEFAULT_DAMPING, root_finders.DEFAULT_MEMORY, root_finders.DEFAULT_REGULARIZATION) == (
-        root.DEFAULT_DAMPING, root.DEFAULT_MEMORY, root.DEFAULT_REGULARIZATION)
+        fixed_point.DEFAULT_DAMPING, fixed_point.DEFAULT_MEMORY, fixed_point.DEFAULT_REGULARIZATION)
 
 
 @pytest.mark.parametrize(
