@@ -20,7 +20,7 @@ from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.odeint import interpolates
-from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.solvers import RungeKutta, real_dtype
 from nodecore.names import (  # noqa: F401  (defaults shared with the pipeline's config)
     DEFAULT_ATOL,
     DEFAULT_ATOL_ADJOINT,
@@ -411,7 +411,8 @@ class NeuralODE(nn.Module):
         """Integrate from ``x`` over ``t_span``.
 
         Args:
-            x: initial state ``[B, D]`` (any shape the field accepts), floating point.
+            x: initial state ``[B, D]`` (any shape the field accepts), floating point or complex (``t_span`` stays
+                real; the field's parameters may be complex or real of the same precision).
             t_span: ``[T]`` depths, strictly increasing or strictly decreasing (a backward solve), on
                 ``x``'s device. None uses ``self.t_span``, and ``[0, 1]`` when that is None too.
             save_at: ``[S]`` points of ``t_span`` at which to return the solution (all of ``t_span`` when
@@ -453,6 +454,12 @@ class NeuralODE(nn.Module):
         backend = "torchdiffeq" if t_span.requires_grad else self.backend
         if backend != self.backend:
             self._check_torchdiffeq_can_run("a t_span that requires grad (solved by torchdiffeq)")
+        if backend == "torchdiffeq" and x.is_complex() and self.sensitivity != "autograd":
+            raise ValueError(
+                f"a complex state with sensitivity={self.sensitivity!r} needs nodecore's engine (backend='nodecore' "
+                "and a t_span that does not require grad): the torchdiffeq backend's adjoint is real-only; "
+                "sensitivity='autograd' works there"
+            )
         shape_key = (x.shape, x.dtype, x.device)
         func = _SolveFunc(
             self.vf,
@@ -562,8 +569,8 @@ class NeuralODE(nn.Module):
     def _check_inputs(self, x: Tensor, t_span: TSpan | None) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"x must be floating point, got dtype {x.dtype}; convert it with x.float()")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ValueError(f"x must be floating point or complex, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
             raise ValueError(f"x must be a non-empty state tensor such as [batch, dim], got shape {tuple(x.shape)}")
         # torchdyn's autograd integral loss runs in a leading cost column on dim 1, outside the derivative
@@ -579,10 +586,14 @@ class NeuralODE(nn.Module):
         if not torch.isfinite(x).all():
             raise ValueError("x contains NaN or Inf; the initial state must be finite")
         param = next(self.vf.parameters(), None)
-        if param is not None and (param.device != x.device or param.dtype != x.dtype):
+        # A complex state may meet real parameters of its precision (torch promotes real * complex); a real
+        # state may not meet complex ones (the field would leave the real state space).
+        if param is not None and (param.device != x.device or param.dtype not in (x.dtype, real_dtype(x.dtype))):
+            hint = ("make x complex too, e.g. x.to(param.dtype)" if param.dtype.is_complex and not x.is_complex()
+                    else "move one to the other, e.g. model.to(x.device, x.dtype)")
             raise ValueError(
                 f"x is {x.dtype} on {x.device} but the vector field's parameters are {param.dtype} on "
-                f"{param.device}; move one to the other, e.g. model.to(x.device, x.dtype)"
+                f"{param.device}; {hint}"
             )
         # Training passes the same t_span every step: check its values once, while it is unmodified. The
         # cache holds the tensor itself, so an identical object is never a different tensor.

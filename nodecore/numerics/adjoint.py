@@ -28,7 +28,7 @@ from torch import Tensor
 
 from nodecore.numerics.control import PIController
 from nodecore.numerics.integrate import integrate
-from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.solvers import RungeKutta, real_dtype
 from nodecore.numerics.stats import StepCounts
 from nodecore.numerics.tableaus import hermite_with_end_derivative
 
@@ -68,22 +68,27 @@ class DenseTrajectory:
         like = steps[0][2]
         self.shape = like.shape
         self.direction = 1.0 if steps[0][1] > 0 else -1.0
-        # Times as direction * t, increasing, for searchsorted.
-        self.starts = torch.tensor([self.direction * t for t, *_ in steps], dtype=like.dtype, device=like.device)
-        self.sizes = torch.tensor([h for _, h, *_ in steps], dtype=like.dtype, device=like.device)
+        # Times as direction * t, increasing, for searchsorted; real even for a complex state.
+        times = real_dtype(like.dtype)
+        self.starts = torch.tensor([self.direction * t for t, *_ in steps], dtype=times, device=like.device)
+        self.sizes = torch.tensor([h for _, h, *_ in steps], dtype=times, device=like.device)
         self.y0 = torch.stack([y.reshape(-1) for _, _, y, _ in steps])  # [M, N]
         self.stages = torch.stack([k for *_, k in steps])  # [M, S, N]
         self.dense = (solver.coefficients(like).dense if solver.has_dense_output  # [S, p]
                       else torch.tensor(hermite_with_end_derivative(solver.tableau.b), dtype=like.dtype,
                                         device=like.device))
-        self.exponents = torch.arange(1, self.dense.shape[1] + 1, dtype=like.dtype, device=like.device)
+        self.exponents = torch.arange(1, self.dense.shape[1] + 1, dtype=times, device=like.device)
+        self.is_complex = like.is_complex()
 
     def __call__(self, t: Tensor) -> Tensor:
         """``x(t)``, shaped like the state."""
         i = (torch.searchsorted(self.starts, self.direction * t.reshape(1), right=True) - 1).clamp_(0, len(self.starts) - 1)
         h = self.sizes[i]
         theta = (t.reshape(1) - self.direction * self.starts[i]) / h
-        weights = self.dense @ theta.pow(self.exponents)  # [S]
+        powers = theta.pow(self.exponents)
+        if self.is_complex:
+            powers = powers.to(self.dense.dtype)
+        weights = self.dense @ powers  # [S]
         return (self.y0[i[0]] + h * (weights @ self.stages[i[0]])).view(self.shape)
 
 
@@ -166,7 +171,9 @@ class _AdjointSolve(torch.autograd.Function):
                 adjoint = z[offset : offset + n] + incoming.reshape(-1)
                 param_grads = z[offset + n :]
                 end = start
-        grads = [g.view_as(p) for g, p in zip(param_grads.split([p.numel() for p in params]), params)]
+        # A real parameter acting on a complex state gets the real part (torch's convention for real leaves).
+        grads = [g.view_as(p) if p.is_complex() or not g.is_complex() else g.real.reshape(p.shape)
+                 for g, p in zip(param_grads.split([p.numel() for p in params]), params)]
         return (None, None, None, None, adjoint.view(trajectory.shape[1:]), *grads)
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from nodecore._checks import number, positive
+from nodecore.numerics.solvers import time_tensor
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def initial_step(
         d0, d1 = (x / root_n for x in torch.linalg.vector_norm(torch.stack([y_n, k_n]).div_(scale), dim=1).tolist())
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         y1 = torch.add(y, k, alpha=direction * h0).view_as(y0)
-        f1 = f(torch.tensor(t0 + direction * h0, dtype=y0.dtype, device=y0.device), y1).reshape(-1)
+        f1 = f(time_tensor(t0 + direction * h0, y0), y1).reshape(-1)
         if error_size is not None:
             f1 = f1[:error_size]
         d2 = float(torch.linalg.vector_norm(f1.sub(k_n).div_(scale))) / root_n / h0

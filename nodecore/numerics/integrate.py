@@ -15,7 +15,7 @@ from torch import Tensor
 
 from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import PIController, initial_step
-from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace
+from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, time_tensor
 from nodecore.numerics.stats import StepCounts
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -42,6 +42,8 @@ def integrate(
     dense_steps: list[tuple[float, float, Tensor, Tensor]] | None = None,
 ) -> list[Tensor]:
     """Solve ``dx/dt = f(t, x)`` from ``x`` at ``times[0]`` and return the state at every point of ``times``.
+
+    ``x`` may be real or complex; the field's ``t`` is always real, of ``x``'s precision.
 
     Args:
         f: the field; one with a true ``ignores_time`` attribute promises never to read ``t`` (no-grad solves then
@@ -108,7 +110,7 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts) -> Ca
         return f(t, x)
 
     def step(y: Tensor, t: float, h: float) -> Tensor:
-        return solver.step(counted, y, torch.tensor(t, dtype=y.dtype, device=y.device), h)[1]
+        return solver.step(counted, y, time_tensor(t, y), h)[1]
 
     return step
 
@@ -127,7 +129,7 @@ def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Ten
     if not solver.has_dense_output:
         if t_new is None:
             return None
-        end = f(torch.tensor(t_new, dtype=y.dtype, device=y.device), attempt.y1)
+        end = f(time_tensor(t_new, y), attempt.y1)
         counts.nfe += 1
         dense_steps.append((t, h, _kept(y, ws), torch.cat([attempt.stages, end.reshape(1, -1)])))
         return end
@@ -197,7 +199,7 @@ def _adaptive_steps(
 ) -> list[Tensor]:
     direction = 1.0 if times[-1] > times[0] else -1.0
     t, y = times[0], x
-    k0 = f(torch.as_tensor(t, dtype=x.dtype, device=x.device), y)
+    k0 = f(time_tensor(t, x), y)
     counts.nfe += 1
     if first_step is None:
         h = initial_step(f, t, y, k0, solver.order, atol, rtol, direction, error_size)

@@ -68,8 +68,8 @@ def odeint(
 
     Args:
         f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor.
-        x: initial state, any shape.
-        t_span: ``[T]`` strictly monotonic times (decreasing: a backward solve).
+        x: initial state, any shape, floating point or complex.
+        t_span: ``[T]`` strictly monotonic real times (decreasing: a backward solve).
         solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object; the
             asynchronous leapfrog (``'alf'``, an :class:`AsynchronousLeapfrog`) goes to
             :func:`~nodecore.numerics.symplectic.odeint_symplectic` (its state is ``[x, v]``), as in torchdyn.
@@ -106,8 +106,9 @@ def odeint(
         return odeint_symplectic(f, x, t_span, solver, atol, rtol, verbose, return_all_eval, save_at,
                                  max_steps=max_steps, return_stats=return_stats)
     solver = solver_object(solver)
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
+    if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating-point or complex tensor, got {got}")
     t_span = check_t_span(t_span, x)
     keep = save_at_indices(save_at, t_span)
     counts = StepCounts()

@@ -23,9 +23,13 @@ Field = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class _Coefficients:
-    """A tableau's numbers as tensors of one dtype and device, built once."""
+    """A tableau's numbers as tensors of one dtype and device, built once.
 
-    c: Tensor  # [s]
+    For a complex state the weights are complex (``addmv`` wants one dtype) and the nodes ``c`` real: times
+    stay real, in the real dtype of the state's precision.
+    """
+
+    c: Tensor  # [s], real
     a: list[Tensor]  # a[i]: [i]
     b: Tensor  # [s]
     b_error: Tensor | None  # [s]
@@ -33,6 +37,7 @@ class _Coefficients:
     extra_c: list[float]
     extra_a: list[Tensor]
     error3: Tensor | None = None  # DOP853's 3rd-order estimator
+    is_complex: bool = False
 
 
 @dataclass
@@ -76,7 +81,7 @@ class Workspace:
         self.shaped_rows = [[K[i].view(shape) for i in range(stages)] for K in self.stages]
         # The stage times, as 0-dim views of one buffer rewritten at every attempt: a field that keeps ``t``
         # beyond its call must copy it (no-grad solves only; with a graph every time is a fresh tensor).
-        self.times = torch.empty(stages, dtype=like.dtype, device=like.device)
+        self.times = torch.empty(stages, dtype=real_dtype(like.dtype), device=like.device)
         self.time_views = list(self.times.unbind())
         # mats[i]: [N, i] view of the first i stage rows; mats[stages]: all of them.
         self.mats = [[K[:i].t() for i in range(stages + 1)] for K in self.stages]
@@ -154,13 +159,14 @@ class RungeKutta(nn.Module):
             return torch.tensor(values, dtype=torch.float64).to(like.dtype).to(like.device)
 
         return _Coefficients(
-            c=vec(tb.c),
+            c=torch.tensor(tb.c, dtype=torch.float64).to(real_dtype(like.dtype)).to(like.device),
             a=[vec(row) for row in tb.a],
             b=vec(tb.b),
             b_error=None if tb.b_error is None else vec(tb.b_error),
             dense=None if tb.dense is None else torch.tensor(tb.dense, dtype=torch.float64).to(like.dtype).to(like.device),
             extra_c=list(tb.extra_c),
             extra_a=[vec(row) for row in tb.extra_a],
+            is_complex=like.is_complex(),
         )
 
     def workspace(self, like: Tensor) -> Workspace:
@@ -310,7 +316,7 @@ class RungeKutta(nn.Module):
         rows = [stages[i] for i in range(stages.shape[0])]
         for c, a in zip(co.extra_c, co.extra_a):
             y_stage = torch.addmv(flat, torch.stack(rows, 1), a, alpha=h).view(y0.shape)
-            rows.append(f(torch.tensor(t + c * h, dtype=y0.dtype, device=y0.device), y_stage).reshape(-1))
+            rows.append(f(time_tensor(t + c * h, y0), y_stage).reshape(-1))
             counts.nfe += 1
         return torch.stack(rows)
 
@@ -322,6 +328,19 @@ class RungeKutta(nn.Module):
         W = self.dense_weights(thetas, y0)  # [S, m]
         out = torch.addmm(flat[:, None], K.t(), W, alpha=h)  # [N, m]
         return [out[:, j].view(y0.shape) for j in range(len(thetas))]
+
+
+_REAL_OF_COMPLEX = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of ``dtype``'s precision (``complex64 -> float32``); a real dtype is its own."""
+    return _REAL_OF_COMPLEX.get(dtype, dtype)  # not dtype.to_real(): the project supports torch >= 2.1
+
+
+def time_tensor(t: float, like: Tensor) -> Tensor:
+    """``t`` as the 0-dim time tensor handed to the field: real, in the precision of ``like``."""
+    return torch.tensor(t, dtype=real_dtype(like.dtype), device=like.device)
 
 
 def _scale(y0: Tensor, y1: Tensor, atol: float, rtol: float) -> Tensor:
@@ -406,8 +425,10 @@ class DormandPrince853(RungeKutta):
         if size is not None:
             stages_t, y0, y1 = stages_t[:size], y0[:size], y1[:size]
         scale = _scale(y0, y1, atol, rtol)
-        e5 = torch.mv(stages_t, co.b_error).div_(scale).square().sum()
-        e3 = torch.mv(stages_t, co.error3).div_(scale).square().sum()
+        e5, e3 = torch.mv(stages_t, co.b_error).div_(scale), torch.mv(stages_t, co.error3).div_(scale)
+        if co.is_complex:  # |e|^2, real
+            e5, e3 = torch.view_as_real(e5), torch.view_as_real(e3)
+        e5, e3 = e5.square().sum(), e3.square().sum()
         denom = (e5 + 0.01 * e3).sqrt_()
         # NaN stays NaN (the step is rejected).
         return torch.where(denom == 0, torch.zeros_like(e5), e5 / denom)
