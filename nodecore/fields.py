@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from nodecore._checks import integer
+from nodecore.numerics.solvers import time_tensor
 
 Time = Union[Tensor, float, int]
 
@@ -228,6 +229,6 @@ class VectorField(nn.Module):
             layer.t = t
         if self.takes_time:
             if not isinstance(t, Tensor):
-                t = torch.tensor(t, dtype=x.dtype, device=x.device)
+                t = time_tensor(t, x)
             return self.vf(t, x)
         return self.vf(x)

@@ -54,12 +54,22 @@ class _Orders:
     def __repr__(self) -> str:
         return f"<every integer order >= {MIN_ORDER}>"
 
+    def __iter__(self):
+        raise TypeError(f"ORDERS is every integer >= {MIN_ORDER} (it was the tuple (1, 2)); test membership "
+                        "with `order in ORDERS` instead of listing it")
+
 
 ORDERS = _Orders()
 
 _CONTROLLER = IntegralController()  # torchdiffeq's step-size rule, so both backends take similar steps
 # A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
 BLOWUP_GROWTH = 1e8
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward hooks (the module's own or global ones) see the module's calls, ``t`` included."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
 
 
 class _SolveFunc:
@@ -97,8 +107,9 @@ class _SolveFunc:
 
     @property
     def ignores_time(self) -> bool:
-        """Whether the field never reads its time argument (the engine then skips computing stage times)."""
-        return bool(getattr(self.vf, "ignores_time", False))
+        """Whether nothing reads the time argument (the engine then skips computing stage times): the field
+        cannot see it, and no hook on the wrapper is handed it."""
+        return not _hooked(self.vf) and bool(getattr(self.vf, "ignores_time", False))
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
         self.phase.nfe += 1
@@ -123,8 +134,7 @@ class _SolveFunc:
     def _choose_evaluate(self) -> None:
         """Evaluations skip the wrapper module's call machinery unless someone hooked the wrapper."""
         wrapper = self.vf
-        hooked = wrapper._forward_hooks or wrapper._forward_pre_hooks or nn.modules.module._global_forward_hooks
-        self._evaluate = wrapper if hooked else wrapper.forward
+        self._evaluate = wrapper if _hooked(wrapper) else wrapper.forward
 
     def _attempt(self, phase: _PhaseCounts, name: str) -> None:
         phase.attempts += 1
@@ -246,7 +256,9 @@ class NeuralODE(nn.Module):
         interpolator: None (default), ``'dense'`` or torchdyn's ``'4th'``: adaptive solvers step freely and
             read the inner points of ``t_span`` off their own dense output (as torchdiffeq does; within the
             tolerance, and far fewer steps for a dense ``t_span``). ``'step'`` steps onto every point, so
-            each is a step end: torchdyn's behaviour for ``interpolator=None``.
+            each is a step end: torchdyn's behaviour for ``interpolator=None``; the adjoints' backward solve
+            then restarts at every point too, as torchdyn's does (more backward evaluations on a dense
+            ``t_span``, gradients far inside the tolerance).
         integral_loss: torchdyn's running cost ``l(t, x)``. With ``sensitivity='autograd'`` the state carries it
             in its first column (pass ``x0 = [0, x]`` on dim 1; ``trajectory[-1][:, 0]`` is ``∫ l dt``); with the
             adjoints the backward pass adds its gradient, as if ``∫ l dt`` were part of the loss (nodecore

@@ -47,7 +47,7 @@ def integrate(
 
     Args:
         f: the field; one with a true ``ignores_time`` attribute promises never to read ``t`` (no-grad solves then
-            skip computing the stage times, and ``t`` holds stale values).
+            skip computing the stage times, and ``t`` holds NaN or stale values).
         times: strictly monotonic output times (decreasing for a backward solve), as floats.
         counts: incremented in place (evaluations, attempts, rejections).
         interpolate: adaptive solvers with dense output step freely and interpolate at inner ``times``

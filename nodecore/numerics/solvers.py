@@ -81,7 +81,7 @@ class Workspace:
         self.shaped_rows = [[K[i].view(shape) for i in range(stages)] for K in self.stages]
         # The stage times, as 0-dim views of one buffer rewritten at every attempt: a field that keeps ``t``
         # beyond its call must copy it (no-grad solves only; with a graph every time is a fresh tensor).
-        self.times = torch.empty(stages, dtype=real_dtype(like.dtype), device=like.device)
+        self.times = torch.full((stages,), math.nan, dtype=real_dtype(like.dtype), device=like.device)
         self.time_views = list(self.times.unbind())
         # mats[i]: [N, i] view of the first i stage rows; mats[stages]: all of them.
         self.mats = [[K[:i].t() for i in range(stages + 1)] for K in self.stages]
