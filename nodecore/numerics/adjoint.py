@@ -49,10 +49,14 @@ class BackwardSolve:
     seminorm: bool = True
     interpolated: bool = False
     integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None
-    forward_solver: RungeKutta | None = None  # whose dense output the interpolated adjoint reads
+    forward_solver: RungeKutta | None = None  # the forward's solver: whose interpolant the interpolated adjoint reads
     # Restart the backward solve at every output time, as torchdyn and torchdiffeq do, even where no
     # gradient comes in (the forward stepped onto every point: interpolator='step').
     restart_at_every_time: bool = False
+
+    def __post_init__(self) -> None:
+        if self.interpolated and self.forward_solver is None:
+            raise ValueError("the interpolated adjoint needs forward_solver: the solver whose steps it interpolates")
 
 
 class DenseTrajectory:
@@ -134,8 +138,7 @@ class _AdjointSolve(torch.autograd.Function):
         with torch.no_grad():
             trajectory = solve(x0, steps)
         ctx.func, ctx.backward_solve, ctx.times = func, backward, times
-        dense_solver = backward.solver if backward.forward_solver is None else backward.forward_solver
-        ctx.dense = DenseTrajectory(steps, dense_solver) if steps else None
+        ctx.dense = DenseTrajectory(steps, backward.forward_solver) if steps else None
         ctx.save_for_backward(trajectory, *params)
         return trajectory
 

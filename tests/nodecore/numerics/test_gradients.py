@@ -150,3 +150,13 @@ def test_adjoint_memory_is_flat_in_the_number_of_steps():
     assert adjoint_10 == adjoint_100 > 0
     assert autograd_100 > 8 * autograd_10
     assert adjoint_100 * 10 < autograd_100
+
+
+def test_the_interpolated_adjoint_needs_the_forward_solver() -> None:
+    """The interpolant belongs to the solver that took the forward steps; another solver's would not fit."""
+    from nodecore.numerics import DormandPrince45, IntegralController, StepCounts
+    from nodecore.numerics.adjoint import BackwardSolve
+
+    with pytest.raises(ValueError, match="needs forward_solver"):
+        BackwardSolve(solver=DormandPrince45(), atol=1e-6, rtol=1e-6, controller=IntegralController(),
+                      counts=StepCounts(), max_steps=100, interpolated=True)
