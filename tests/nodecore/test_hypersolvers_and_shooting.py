@@ -142,7 +142,7 @@ def test_ode_problem_has_torchdyn_defaults_and_equals_the_same_neural_ode() -> N
     assert (problem.atol, problem.atol_adjoint, problem.seminorm, problem.sensitivity) == (1e-4, 1e-6, False, "adjoint")
     x, t_span = torch.randn(3, 2, dtype=F64), torch.linspace(0, 1, 4, dtype=F64)
     same = NeuralODE(field, "dopri5", atol=1e-4, rtol=1e-4, sensitivity="adjoint", atol_adjoint=1e-6,
-                     rtol_adjoint=1e-6, seminorm=False)
+                     rtol_adjoint=1e-6, seminorm=False, interpolator="step")  # torchdyn's interpolator=None
     t_eval, solution = problem.odeint(x, t_span)
     assert torch.equal(t_eval, t_span) and torch.equal(solution, same(x, t_span)[1])
 

@@ -297,3 +297,22 @@ def test_a_classifier_reads_a_node_built_without_t_eval() -> None:
     (t_a, logits_a), (t_b, logits_b) = outputs
     assert torch.equal(t_a, span) and torch.equal(t_b, span) and torch.equal(logits_a, logits_b)
     assert logits_b.shape == (4, 5, 2)
+
+
+def test_odeproblem_steps_onto_every_point_as_torchdyn_does_with_interpolator_none() -> None:
+    """torchdyn's ODEProblem(interpolator=None) makes each point of t_span a step end (and the adjoint restarts
+    there); nodecore's ODEProblem keeps that meaning, while NeuralODE's default reads them off the dense output."""
+    from nodecore.core import ODEProblem
+
+    field = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
+    x = torch.randn(16, 2)
+    t_span = torch.linspace(0, 1, 30)
+    problem = ODEProblem(field, "dopri5", None)
+    assert problem.interpolator == "step"
+    _, stepped = problem.odeint(x, t_span)
+    assert problem.stats.steps_forward >= len(t_span) - 1
+    dense = ODEProblem(field, "dopri5", "4th")
+    _, interpolated = dense.odeint(x, t_span)
+    assert dense.stats.steps_forward < len(t_span) - 1
+    assert torch.allclose(stepped, interpolated, atol=1e-3)
+    assert ODEProblem(field, "dopri5", None, backend="torchdiffeq").interpolator is None
