@@ -138,8 +138,9 @@ class Stages:
             for cell, plan, futures in zip(cells, plans, submitted):
                 if depth < len(plan):
                     name, ref, retryable, inputs = plan[depth]
-                    task = self(ref.task(), retryable=retryable, name=f"{ref.run_name}-{cell.name}")
-                    futures[name] = task.submit(**inputs(futures), **self.common)
+                    run_name = f"{ref.run_name}-{cell.name}"
+                    task = self(ref.task(), retryable=retryable, name=run_name)
+                    futures[name] = remember_name(task.submit(**inputs(futures), **self.common), run_name)
         return submitted
 
     def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:
@@ -183,6 +184,16 @@ def resolve(futures: list[PrefectFuture]) -> list[Any]:
 
 
 CACHED_SUFFIX = " (cached)"
+# The name each submitted task run was given (task_run_name), by task-run id. Prefect creates a run under its
+# task's name and renames it when it starts, so the server may still hold the task's name when a cached run
+# is marked: renaming from the server's copy would then keep the task's name for good.
+_RUN_NAMES: dict[Any, str] = {}
+
+
+def remember_name(future: PrefectFuture, name: str) -> PrefectFuture:
+    """Record the run name ``future``'s task run was submitted with (for :func:`mark_cached`); returns it."""
+    _RUN_NAMES[future.task_run_id] = name
+    return future
 
 
 def mark_cached(futures: list[PrefectFuture]) -> None:
@@ -190,6 +201,7 @@ def mark_cached(futures: list[PrefectFuture]) -> None:
 
     One read of the task runs and one rename per cached one; a failure to rename only logs a warning.
     """
+    given = {future.task_run_id: _RUN_NAMES.pop(future.task_run_id, None) for future in futures}
     cached = [future.task_run_id for future in futures if future.state.name == "Cached"]
     if not cached:
         return
@@ -197,8 +209,9 @@ def mark_cached(futures: list[PrefectFuture]) -> None:
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=cached)))
             for run in runs:
-                if not run.name.endswith(CACHED_SUFFIX):
-                    client.set_task_run_name(run.id, run.name + CACHED_SUFFIX)
+                name = given.get(run.id) or run.name
+                if not name.endswith(CACHED_SUFFIX):
+                    client.set_task_run_name(run.id, name + CACHED_SUFFIX)
     except Exception as err:  # cosmetic: never fail a run over a name
         get_run_logger().warning("could not mark %d cached task runs in the UI: %s", len(cached), err)
 

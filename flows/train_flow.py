@@ -24,7 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
 from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices
-from flows.stages import BUILD_FIELD, GENERATE, Stages, resolve, resolve_cells
+from flows.stages import BUILD_FIELD, GENERATE, Stages, remember_name, resolve, resolve_cells
 from tasks.cache import StageOutput
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
@@ -48,8 +48,8 @@ def _submit_upstream(stages: Stages, cells: list[Cell], dataset: Any, fields: di
     fields = dict(fields)
     for kind in dict.fromkeys(cell.model for cell in cells):
         if not fields[kind]:
-            fields[kind] = stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
-                dataset=dataset, model=config.model, kind=kind, **stages.common)
+            fields[kind] = remember_name(stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
+                dataset=dataset, model=config.model, kind=kind, **stages.common), f"build-{kind}")
     return dataset, fields
 
 
