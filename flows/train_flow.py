@@ -10,7 +10,6 @@ recorded and the run stays viewable in the UI after the script ends; with it, it
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -23,7 +22,7 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.config import PipelineConfig
-from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices
+from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices, usable_cores
 from flows.stages import BUILD_FIELD, GENERATE, Stages, remember_name, resolve, resolve_cells
 from tasks.cache import StageOutput
 from flows.cli import check_artifacts_store
@@ -75,8 +74,7 @@ def _process_runner() -> Any:
     """One worker process per core, each importing torch and nodecore as it starts (before its first task)."""
     from prefect.task_runners import ProcessPoolTaskRunner
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return ProcessPoolTaskRunner(max_workers=cores, initializer=_warm_up)
+    return ProcessPoolTaskRunner(max_workers=usable_cores(), initializer=_warm_up)
 
 
 def _warm_up() -> None:

@@ -98,9 +98,16 @@ def device_slot(device: str, *, host: str | None = None) -> str:
     return f"nodecore-device-{host}-{physical_device(device).replace(':', '-')}"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, else every core)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def slot_limit(device: str, *, cpu_slots: int | None = None) -> int:
-    """Trainings a device takes at once: one per GPU; on the CPU, one per core."""
-    return (cpu_slots or os.cpu_count() or 1) if device == "cpu" else 1
+    """Trainings a device takes at once: one per GPU; on the CPU, one per core this process may use."""
+    return (cpu_slots or usable_cores()) if device == "cpu" else 1
 
 
 def artifact_key(prefix: str, cell: str) -> str:

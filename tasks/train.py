@@ -32,6 +32,7 @@ from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
 from tasks.config import ModelConfig, SolverConfig, TrainingConfig
+from tasks.cores import cpu_threads, torch_threads
 from tasks.grid import Cell, artifact_key
 from tasks.slots import hold_device
 
@@ -226,6 +227,7 @@ def train_cell(
         queue_seconds = slot.queue_seconds
         update_progress_artifact(progress_id, progress(start_epoch), description=(
             f"{description} (queued {queue_seconds:.1f} s for device slot {slot.index + 1} of {slot.limit})"))
+        threads = cpu_threads(local, slot.limit)
         classifier.to(local)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
@@ -244,8 +246,9 @@ def train_cell(
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
-        train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
-              batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
+        with torch_threads(threads):
+            train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
+                  batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
         seconds = time.perf_counter() - started
     logger.info("%s: trained in %.1f s after %.1f s queued for its device slot", cell, seconds, queue_seconds)
 

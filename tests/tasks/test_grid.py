@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import threading
@@ -21,6 +20,7 @@ from tasks.grid import (
     physical_device,
     resolve_devices,
     slot_limit,
+    usable_cores,
 )
 from flows.server import ServerInfo, prefect_settings_context
 from tasks.slots import SLOT_DIR_ENV, hold_device
@@ -84,7 +84,7 @@ def test_device_slots_give_one_training_per_gpu() -> None:
     assert device_slot("cpu", host="gpu-box") == "nodecore-device-gpu-box-cpu"
     assert device_slot("cpu") == f"nodecore-device-{socket.gethostname()}-cpu"
     assert slot_limit("cuda:0") == slot_limit("cuda:3", cpu_slots=8) == 1
-    assert slot_limit("cpu", cpu_slots=3) == 3 and slot_limit("cpu") == (os.cpu_count() or 1)
+    assert slot_limit("cpu", cpu_slots=3) == 3 and slot_limit("cpu") == usable_cores()
 
 
 @pytest.mark.parametrize(
