@@ -202,3 +202,18 @@ def test_a_file_or_a_path_through_a_file_is_refused(tmp_path: Path) -> None:
 def test_a_folder_that_cannot_be_created_is_refused() -> None:
     with pytest.raises(ValueError, match="'/sys/nodecore-artifacts' cannot be created in '/sys': "):
         check_writable_folder("/sys/nodecore-artifacts")
+
+
+def test_a_console_run_sends_no_flow_heartbeats_unless_the_environment_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import get_current_settings
+
+    from flows.train_flow import without_flow_heartbeats
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    before = get_current_settings().flows.heartbeat_frequency
+    with without_flow_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with without_flow_heartbeats():
+        assert get_current_settings().flows.heartbeat_frequency == before  # left to Prefect's own reading
