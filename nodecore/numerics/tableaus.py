@@ -9,6 +9,7 @@ coefficient matrix ``dense[i][j]`` of ``θ^(j+1)``. Methods whose interpolant ne
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
@@ -97,23 +98,32 @@ def _unit(i: int, n: int) -> list[float]:
     return [1.0 if j == i else 0.0 for j in range(n)]
 
 
+# The cubic Hermite basis on [0, 1]: y(θ) = h00 y0 + H01 y1 + h (H10 y0' + H11 y1'), with h00 = 1 - H01. With
+# y1 = y0 + h * sum(b_i k_i) this is y0 + h * (H01 * sum(b_i k_i) + H10 k_0 + H11 y1'): stage weights.
+H01 = -2 * THETA**3 + 3 * THETA**2
+H10 = THETA**3 - 2 * THETA**2 + THETA
+H11 = THETA**3 - THETA**2
+
+
 def _hermite_dense(b: Sequence[float], fsal_index: int) -> tuple[tuple[float, ...], ...]:
     """Cubic Hermite interpolation between ``(y0, k_0)`` and ``(y1, k_fsal)``, as stage weights (order 3)."""
-    h10 = THETA**3 - 2 * THETA**2 + THETA
-    h01 = -2 * THETA**3 + 3 * THETA**2
-    h11 = THETA**3 - THETA**2
     n = len(b)
-    return _coefficients([h01 * b[i] + h10 * _unit(0, n)[i] + h11 * _unit(fsal_index, n)[i] for i in range(n)])
+    return _coefficients([H01 * b[i] + H10 * _unit(0, n)[i] + H11 * _unit(fsal_index, n)[i] for i in range(n)])
 
 
 def hermite_with_end_derivative(b: Sequence[float]) -> tuple[tuple[float, ...], ...]:
     """Cubic Hermite interpolation of a step of any method with weights ``b``, as stage weights over its ``s``
-    stages plus one more row for ``f(t + h, y1)``: the order-3 interpolant of methods without dense output."""
-    h10 = THETA**3 - 2 * THETA**2 + THETA
-    h01 = -2 * THETA**3 + 3 * THETA**2
-    h11 = THETA**3 - THETA**2
+    stages plus one more row for ``f(t + h, y1)``: the order-3 interpolant of methods without dense output.
+
+    Cached per ``b``: an interpolated adjoint asks for it on every forward pass.
+    """
+    return _hermite_with_end_derivative(tuple(float(x) for x in b))
+
+
+@functools.lru_cache(maxsize=64)
+def _hermite_with_end_derivative(b: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
     n = len(b)
-    return _coefficients([h01 * b[i] + h10 * _unit(0, n)[i] for i in range(n)] + [h11])
+    return _coefficients([H01 * b[i] + H10 * _unit(0, n)[i] for i in range(n)] + [H11])
 
 
 def _nested_dense(rows: Sequence[Sequence[float]]) -> tuple[tuple[float, ...], ...]:
