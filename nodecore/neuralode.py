@@ -19,7 +19,7 @@ from nodecore.fields import Time, VectorField
 from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate
-from nodecore.numerics.odeint import interpolates
+from nodecore.numerics.odeint import MAPPING_STATE_HINT, interpolates
 from nodecore.numerics.solvers import RungeKutta, real_dtype
 from nodecore.names import (  # noqa: F401  (defaults shared with the pipeline's config)
     DEFAULT_ATOL,
@@ -580,7 +580,8 @@ class NeuralODE(nn.Module):
 
     def _check_inputs(self, x: Tensor, t_span: TSpan | None) -> Tensor:
         if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            hint = MAPPING_STATE_HINT if isinstance(x, Mapping) else ""
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}{hint}")
         if not (x.is_floating_point() or x.is_complex()):
             raise ValueError(f"x must be floating point or complex, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:

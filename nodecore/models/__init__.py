@@ -3,7 +3,8 @@
 The flows, energy fields and SDEs live in :mod:`nodecore.models.cnf`, :mod:`nodecore.models.energy` and
 :mod:`nodecore.models.sde`; the Neural ODE
 classes torchdyn re-exports here in :mod:`nodecore.neuralode` and :mod:`nodecore.problems`; nodecore's own models
-(DEQs, the ODE classifier, physics systems) in their modules. This package only gathers them.
+(DEQs, the ODE classifier, physics systems) in their modules. This package only gathers them. torchdyn's
+``models.hybrid`` (``HybridNeuralDE``) is :mod:`nodecore.models.hybrid`, imported by that path as in torchdyn.
 """
 
 from nodecore.classifiers import ODEClassifier

@@ -30,7 +30,13 @@ def interpolates(interpolator: str | None) -> bool:
         ValueError: an unknown value; the message lists the valid ones.
     """
     return interpolator is None or choice("interpolator", interpolator, INTERPOLATORS) != "step"
+
+
 DEFAULT_MAX_STEPS = 10_000
+# torchdyn stacks dict-valued states, but only a user's own solver step can carry one (its solvers compute
+# ``x + dt * k``, which a dict does not support): nodecore steps tensors only, and says so.
+MAPPING_STATE_HINT = ("; dict-valued states are not supported: concatenate the entries into one tensor (torch.cat "
+                      "on the last dim) and split it inside the field")
 
 
 def odeint(
@@ -108,7 +114,8 @@ def odeint(
     solver = solver_object(solver)
     if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
         got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        raise TypeError(f"x must be a floating-point or complex tensor, got {got}")
+        hint = MAPPING_STATE_HINT if isinstance(x, Mapping) else ""
+        raise TypeError(f"x must be a floating-point or complex tensor, got {got}{hint}")
     t_span = check_t_span(t_span, x)
     keep = save_at_indices(save_at, t_span)
     counts = StepCounts()

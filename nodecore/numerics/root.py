@@ -221,7 +221,8 @@ class _Trials:
 class LineSearcher:
     """Base of the backtracking searches along ``dz`` from ``z0``, one step size per sample.
 
-    The merit function is ``phi(alpha) = |g(z0 + alpha * dz)|^2`` per sample (inf where not finite). A search
+    The merit function is ``phi(alpha) = |g(z0 + alpha * dz)|^2`` per sample (inf where the point or ``g`` there
+    is not finite). A search
     never increases ``phi``: a sample with no acceptable step takes the tried step with the smallest ``phi``
     below ``phi(0)``, or stays at ``z0`` (step size 0) if every tried step increased it. After :meth:`search`,
     :attr:`z` and :attr:`geval` hold the chosen point and ``g`` there (``[B, D]``, ``[B, M]``), and :attr:`accepted`
@@ -241,11 +242,13 @@ class LineSearcher:
     def phi(self, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(phi, z, g(z))`` at ``z = z0 + alpha * dz`` for per-sample step sizes ``alpha`` (``[B]``).
 
-        ``phi`` is detached: the step sizes chosen from it are constants to autograd.
+        ``phi`` is detached (the step sizes chosen from it are constants to autograd), and inf where ``z`` is not
+        finite: a ``g`` that is finite at infinity (``exp(-|z|)`` there is 0) must not make such a point acceptable.
         """
         z = self.z0 + alpha[:, None] * self.dz
         geval = self.g(z)
-        return _squared_norm(geval.detach()), z, geval
+        phi = torch.where(torch.isfinite(z.detach()).all(-1), _squared_norm(geval.detach()), torch.inf)
+        return phi, z, geval
 
     def search(self, alpha0: float = 1.0) -> tuple[Tensor, Tensor]:
         """Step sizes ``[B]`` and ``phi`` there ``[B]``, trying ``alpha0`` first."""
@@ -399,6 +402,34 @@ ROOT_SOLVER_DICT: Mapping[str, RootMethod] = MappingProxyType(
 RETURN_CODES: Mapping[int, str] = MappingProxyType({2: "total condition"})
 
 
+SHOWN_SAMPLES = 5
+"""How many failing sample indices an error message lists before it only counts them."""
+
+
+def _samples(bad: Tensor) -> str:
+    """``samples [0, 3]`` for a ``[B]`` mask, or ``samples [0, 1, 2, 3, 4, ...] (1000 of 1000)`` past a few."""
+    indices = bad.nonzero().flatten().tolist()
+    if len(indices) <= SHOWN_SAMPLES:
+        return f"samples {indices}"
+    shown = ", ".join(map(str, indices[:SHOWN_SAMPLES]))
+    return f"samples [{shown}, ...] ({len(indices)} of {bad.numel()})"
+
+
+def _blow_up_message(iteration: int, z: Tensor, geval: Tensor, search_method: str) -> str:
+    """Why :func:`root_find` stopped on a non-finite iterate, and what to try that is not already in use."""
+    bad_z, bad_g = ~torch.isfinite(z).all(1), ~torch.isfinite(geval).all(1)
+    what = "z and g(z)" if bool(bad_z.any()) and bool(bad_g.any()) else "z" if bool(bad_z.any()) else "g(z)"
+    hints = []
+    if search_method == "none":
+        hints += ["search_method='armijo' or 'naive' (a line search rejects non-finite points)", "a smaller alpha"]
+    elif iteration == 1:
+        hints.append("a smaller alpha")
+    hints.append("a starting z nearer the root")
+    tries = f"{', '.join(hints[:-1])} or {hints[-1]}" if len(hints) > 1 else hints[-1]
+    return (f"root_find: {what} became NaN or Inf at iteration {iteration} with search_method={search_method!r}, "
+            f"in {_samples(bad_z | bad_g)}; try {tries}")
+
+
 def _check_state(z: object) -> Tensor:
     if not isinstance(z, Tensor) or not z.is_floating_point():
         kind = f"dtype {z.dtype}" if isinstance(z, Tensor) else f"a {type(z).__name__}"
@@ -407,7 +438,7 @@ def _check_state(z: object) -> Tensor:
         raise ValueError(f"root_find needs z of shape [batch, dim] with batch, dim >= 1, got {list(z.shape)}")
     bad = ~torch.isfinite(z).all(1)
     if bool(bad.any()):
-        raise ValueError(f"root_find needs a finite z; samples {bad.nonzero().flatten().tolist()} have NaN or Inf")
+        raise ValueError(f"root_find needs a finite z; {_samples(bad)} have NaN or Inf")
     return z
 
 
@@ -428,7 +459,7 @@ def _check_residual(geval: object, z: Tensor) -> Tensor:
                          "least-squares problem, which generically has no root)")
     bad = ~torch.isfinite(geval).all(1)
     if bool(bad.any()):
-        raise ValueError(f"g(z) is not finite at the initial z in samples {bad.nonzero().flatten().tolist()}")
+        raise ValueError(f"g(z) is not finite at the initial z in {_samples(bad)}")
     return geval
 
 
@@ -470,7 +501,8 @@ def root_find(g: Residual, z: Tensor, alpha: float = 0.1, f_tol: float = 1e-2, f
         ValueError: an unknown method or search method, a bad option, ``z`` not a finite ``[B, D]`` tensor, or
             ``g(z)`` not finite or not ``[B, M]`` with ``1 <= M <= D`` (all before iterating).
         TypeError: ``g`` is not callable.
-        NonFiniteError: an iterate or ``g`` there became NaN or Inf.
+        NonFiniteError: an iterate or ``g`` there became NaN or Inf. Only without a line search (or with a ``g``
+            that is not deterministic): a line search never accepts a point where ``z`` or ``g(z)`` is not finite.
     """
     solver = ROOT_SOLVER_DICT[choice("method", method, ROOT_SOLVER_DICT)]
     searcher = SEARCH_METHODS[choice("search_method", search_method, SEARCH_METHODS)]
@@ -498,10 +530,7 @@ def root_find(g: Residual, z: Tensor, alpha: float = 0.1, f_tol: float = 1e-2, f
             z_new, g_new, stalled = search.z, search.geval, ~search.accepted
         bad = ~(torch.isfinite(z_new).all(1) & torch.isfinite(g_new).all(1))
         if bool(bad.any()):
-            raise NonFiniteError(
-                f"root_find: z or g(z) became NaN or Inf at iteration {iteration} in samples "
-                f"{bad.nonzero().flatten().tolist()}; try search_method='naive' or 'armijo', a smaller alpha "
-                "or a starting z nearer the root")
+            raise NonFiniteError(_blow_up_message(iteration, z_new, g_new, search_method))
         logger.iterations = iteration
         if verbose:
             logger.log({"geval": g_new.detach(), "z": z_new.detach(), "dz": dz.detach(), "iteration": iteration,

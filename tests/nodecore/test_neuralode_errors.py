@@ -133,6 +133,19 @@ def test_x_must_be_a_tensor(bad) -> None:
     assert type(bad).__name__ in str(info.value)
 
 
+def test_a_dict_state_is_refused_with_the_workaround() -> None:
+    """torchdyn's test_dict_out_and_args passes a dict state (stepped by its own dummy solver): refused, by name."""
+    from nodecore.numerics import odeint
+
+    state = {"i1": torch.rand(1, 1), "i2": torch.rand(1, 1)}
+    for solve in (lambda: model()(state, [0.0, 1.0]), lambda: odeint(lambda t, x: x, state, [0.0, 1.0], "euler")):
+        with pytest.raises(TypeError, match=r"got dict; dict-valued states are not supported: concatenate the "
+                                            r"entries into one tensor \(torch.cat on the last dim\)"):
+            solve()
+    with pytest.raises(TypeError, match="got list$"):  # no hint for what is not a mapping
+        model()([[1.0, 0.0]], [0.0, 1.0])
+
+
 @pytest.mark.parametrize("bad", [torch.tensor(1.0, dtype=F64), torch.empty(0, 2, dtype=F64)])
 def test_x_must_be_a_non_empty_state(bad: Tensor) -> None:
     with pytest.raises(ValueError, match="non-empty state tensor") as info:

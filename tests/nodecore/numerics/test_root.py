@@ -1,7 +1,8 @@
 """root_find (torchdyn's API) on batched systems with known roots: every method and line search finds them to the
 requested tolerance; Newton converges quadratically, Broyden superlinearly, chord linearly at its predicted rate;
 the termination condition stops exactly when all four of its conditions hold; line searches never let |g| grow;
-bad input fails before any work. Also torchdyn's import paths for the numerics utilities and integrators."""
+bad input fails before any work, and a blow-up says what to try. Also torchdyn's import paths for the numerics
+utilities, integrators and ``numerics.solvers.root``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from nodecore.numerics.root import (
     NaiveSearch,
     RootLogger,
     TerminationCondition,
+    _blow_up_message,
     batch_jacobian,
     root_find,
 )
@@ -489,10 +491,61 @@ def test_a_blow_up_during_the_iteration_raises() -> None:
     def g(z: Tensor) -> Tensor:  # arctan, undefined beyond |z| = 5: Newton's full steps from 3 get there
         return torch.where(z.abs() > 5, torch.full_like(z, float("nan")), torch.atan(z))
 
-    with pytest.raises(NonFiniteError, match=r"iteration 1 in samples \[0\]"):
+    with pytest.raises(NonFiniteError, match=r"iteration 1 with search_method='none', in samples \[0\]; try "
+                                             r"search_method='armijo' or 'naive'"):
         root_find(g, torch.tensor([[3.0], [0.1]], dtype=F64), alpha=1.0, method="newton", search_method="none")
     z, logger = root_find(g, torch.tensor([[3.0], [0.1]], dtype=F64), alpha=1.0, method="newton")  # searched
     assert logger.converged and z.abs().max() < 1e-2
+
+
+def test_a_blow_up_message_lists_a_few_samples_and_counts_the_rest() -> None:
+    def g(z: Tensor) -> Tensor:  # every sample's full Newton step from 3 lands where g is NaN
+        return torch.where(z.abs() > 5, torch.full_like(z, float("nan")), torch.atan(z))
+
+    with pytest.raises(NonFiniteError) as raised:
+        root_find(g, torch.full((40, 1), 3.0, dtype=F64), alpha=1.0, method="newton", search_method="none")
+    message = str(raised.value)
+    assert "in samples [0, 1, 2, 3, 4, ...] (40 of 40); " in message and "39" not in message
+    assert message.startswith("root_find: g(z) became NaN or Inf at iteration 1 ")
+
+
+def test_a_blow_up_message_suggests_only_what_is_not_in_use() -> None:
+    """With a line search no iterate can become non-finite (see the next test); should one, the message names the
+    search in use and offers neither it nor another search."""
+    z = torch.tensor([[1.0], [float("inf")]])
+    for search in ("armijo", "naive"):
+        message = _blow_up_message(3, z, torch.ones(2, 1), search)
+        assert message == (f"root_find: z became NaN or Inf at iteration 3 with search_method={search!r}, in "
+                           "samples [1]; try a starting z nearer the root")
+    assert "a smaller alpha or a starting z" in _blow_up_message(1, z, torch.ones(2, 1), "armijo")  # alpha: 1st step
+
+
+def test_a_line_search_never_accepts_a_non_finite_point() -> None:
+    """``exp(-|z|)`` is finite (0) at infinity: a trial at ``z = inf`` looks like a perfect decrease of ``|g|``."""
+    def g(z: Tensor) -> Tensor:
+        return torch.exp(-z.abs())
+
+    z0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    direction = torch.tensor([[float("inf")], [1.0]], dtype=F64)
+    for searcher in (NaiveSearch, LineSearchArmijo):
+        search = searcher(g, g(z0), direction, z0)
+        alpha, phi = search.search()
+        assert search.accepted.tolist() == [False, True] and alpha[0] == 0 and torch.isfinite(search.z).all()
+        torch.testing.assert_close(phi[0], g(z0[:1]).square().sum())
+
+
+def test_torchdyns_float32_ackley_case_runs_to_maxiters_without_a_blow_up() -> None:
+    """torchdyn's test as it stands (float32, 1000 samples, armijo): |g| underflows as z runs off (|g| ~ 1e-38 by
+    iteration ~160) and the next quasi-Newton step is infinite. The line search refuses it, as torchdyn's does."""
+    def ackley(z: Tensor) -> Tensor:
+        return -200 * torch.exp(-0.02 * z.square().sum(-1, keepdim=True).sqrt())
+
+    z0 = 0.01 * torch.randn(1000, 2, generator=torch.Generator().manual_seed(0))
+    for method in ("broyden", "broyden_fast"):
+        z, logger = root_find(ackley, z0, alpha=0.1, search_method="armijo", f_tol=1e-3, f_rtol=1e-3, x_tol=1e-2,
+                              x_rtol=1e-2, maxiters=500, method=method, verbose=False)
+        assert torch.isfinite(z).all() and not logger.converged and logger.iterations == 500
+        assert (ackley(z) <= 1e-2).all()  # torchdyn's assertion: true of any z, ackley < 0 everywhere
 
 
 # --- the logger and torchdyn's import paths ----------------------------------------------------------------
@@ -509,6 +562,36 @@ def test_the_logger_records_every_iteration_only_when_verbose() -> None:
     _, quiet = root_find(cubic, z0, method="newton", verbose=False)
     assert quiet.converged and quiet.iterations == loud.iterations
     assert all(value == [] for value in quiet.data.values()) and "termination_condition" not in quiet.data
+
+
+def test_torchdyns_solvers_root_path_hands_out_torchdyns_names() -> None:
+    """``from torchdyn.numerics.solvers.root import *`` (torchdyn's tests, 1.0.6 and master) with the word swapped:
+    torchdyn's names (less its three unconstructible line-search placeholders), as nodecore.numerics.root's objects."""
+    import nodecore.numerics.root as root
+
+    names: dict[str, object] = {}
+    exec("from nodecore.numerics.solvers.root import *", names)  # noqa: S102 (a star import inside a function)
+    names.pop("__builtins__")
+    torchdyns = {"Broyden", "BroydenBad", "BroydenFull", "Chord", "LineSearchArmijo", "LineSearcher", "NaiveSearch",
+                 "Newton", "RETURN_CODES", "ROOT_SOLVER_DICT", "RootLogger", "SEARCH_METHODS", "TerminationCondition",
+                 "batch_jacobian", "root_find", "einsum", "jacobian", "norm", "np", "torch"}
+    assert set(names) == torchdyns
+    for name in torchdyns - {"einsum", "jacobian", "norm", "np", "torch"}:
+        assert names[name] is getattr(root, name), name
+    assert names["torch"] is torch and names["np"].ndarray is not None
+
+
+def test_the_solvers_module_is_unchanged_by_becoming_a_package() -> None:
+    """Every import of ``nodecore.numerics.solvers`` in nodecore still works, with the classes defined there."""
+    import nodecore.numerics as numerics
+    from nodecore.numerics import solvers
+    from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, real_dtype, time_tensor
+
+    assert RungeKutta is numerics.RungeKutta and RungeKutta.__module__ == "nodecore.numerics.solvers"
+    assert all(callable(item) for item in (Attempt, Workspace, real_dtype, time_tensor))
+    for name in ("AdaptiveHeun", "BogackiShampine32", "DormandPrince45", "DormandPrince853", "Euler", "Midpoint",
+                 "RungeKutta4", "RungeKutta38", "Tsitouras45"):
+        assert getattr(solvers, name) is getattr(numerics, name)
 
 
 def test_torchdyn_import_paths() -> None:

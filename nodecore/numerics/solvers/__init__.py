@@ -1,4 +1,7 @@
-"""Runge–Kutta solvers as objects: a tableau plus a tiny class, stepped by one loop (:mod:`.integrate`).
+"""Runge–Kutta solvers as objects: a tableau plus a tiny class, stepped by one loop (``numerics.integrate``).
+
+A package only so that torchdyn's import path ``torchdyn.numerics.solvers.root`` has a home (:mod:`.root`); the
+solvers themselves are all here.
 
 Every solver takes one step with :meth:`RungeKutta.step` (torchdyn's signature, public for hypersolvers and
 multiple shooting). The loop uses the faster internal methods below, which combine all earlier stages of a
