@@ -42,6 +42,16 @@ def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOu
     return outputs
 
 
+class SupersededOutput(ValueError):
+    """A stage output a cell result names is no longer its key's: another build of the key wrote its manifest since.
+
+    Two hosts built the key at once (one timed out but still ran): the manifest written last names the other
+    build's files, and this cell's later stages were made from the lost build's. Each is verified, but together
+    they would pair one training with another training's evaluation and plots; the cell is run again instead,
+    and takes the winning build from the cache.
+    """
+
+
 def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
     """The stage outputs a dispatched :func:`cell_flow` wrote to ``path`` in ``store``, each re-read from its
     verified manifest.
@@ -50,6 +60,7 @@ def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
     verified manifests, so an edited result file can point at nothing but real outputs.
 
     Raises:
+        SupersededOutput: a verified manifest is not the output the file names (see the class).
         ValueError: the file is not a cell result, or names an output without a verified manifest.
     """
     try:
@@ -66,5 +77,8 @@ def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
         if verified is None:
             raise ValueError(f"cell result {str(path)!r} names {output.stage}/{output.key}, which has no "
                              "verified manifest")
+        if verified.digest != output.digest:
+            raise SupersededOutput(f"cell result {str(path)!r} names an output of {output.stage}/{output.key} that "
+                                   "another build of that key has replaced")
         outputs[name] = verified
     return outputs

@@ -1,11 +1,16 @@
 """Stages as cached, retried Prefect tasks whose outputs are files in the artifacts store.
 
-The store is a local folder or any fsspec URL (:mod:`tasks.store`). Each stage writes into
-``<root>/<stage>/<key>/``; the key digests everything that determines the output:
+The store is a local folder or any fsspec URL (:mod:`tasks.store`). Each build of a stage writes into its
+own ``<root>/<stage>/<key>/build-<random>/``; the key digests everything that determines the output:
 the stage's inputs (configs and the digests of upstream outputs) and its code version (see
-:mod:`tasks.code_version`). A ``manifest.json`` written last, atomically, lists the files with their
+:mod:`tasks.code_version`). ``<stage>/<key>/manifest.json``, written last, atomically, lists the files with their
 SHA-256; a folder without a valid manifest is never taken as a result, so a killed run leaves nothing that
 a later run trusts. A manifest may name only files inside the artifacts root.
+
+Two builds of one key (a host that timed out but still runs, and its cell re-dispatched to another host) never
+write the same names: whichever manifest is written last names its own build's files, which match it. After
+its manifest is written, a build deletes the builds of its key that the manifest does not name and that have
+not been written to for :data:`ORPHAN_GRACE_SECONDS` (a race's loser may still be feeding its downstream stages).
 
 Two layers use the same key:
 
@@ -23,6 +28,9 @@ import hashlib
 import inspect
 import json
 import logging
+import re
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -38,6 +46,9 @@ from tasks.code_version import code_digest
 from tasks.store import ArtifactStore, artifact_store
 
 MANIFEST = "manifest.json"
+BUILD_PREFIX = "build-"  # each build's folder under its key: build-<16 hex digits>
+_BUILD = re.compile(rf"^{BUILD_PREFIX}[0-9a-f]{{16}}$")
+ORPHAN_GRACE_SECONDS = 3600.0  # a build its key's manifest does not name is deleted only once this long untouched
 _log = logging.getLogger(__name__)
 _unsigned_reported = False  # whether this process has said that a manifest's signature did not verify
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
@@ -93,49 +104,62 @@ class StageOutputSerializer(Serializer):  # type: ignore[type-arg]
 
 @dataclass(frozen=True)
 class StageContext:
-    """Where a stage runs: its own local output ``folder`` and the local ``root`` its inputs were fetched into.
+    """Where a stage runs: this build's own local output ``folder``, the local ``root`` its inputs were fetched
+    into, and ``key_folder``, its cache key's folder, which every build of the key shares.
 
-    With a remote store both are in the store's local working copy; :meth:`share` and :meth:`restore` move
-    files that must outlive this process (a training's resume checkpoints) to and from the store itself.
+    ``folder`` is unique to the build (``<key_folder>/build-<random>``). Files that must outlive a build (a
+    training's resume checkpoints) go in ``key_folder``: with a remote store, :meth:`share` and :meth:`restore`
+    move them to and from the store itself (all three folders are in the store's local working copy).
     """
 
     folder: Path
     root: Path
+    key_folder: Path
     store: ArtifactStore | None = None
 
     def _relative(self, path: Path) -> str:
         return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
 
     def share(self, *paths: Path) -> None:
-        """Upload files of this stage's folder to the store now, before the stage's manifest exists."""
+        """Upload files of the key folder to the store now, before the stage's manifest exists."""
         if self.store is not None:
             for path in paths:
                 self.store.put(path, self._relative(path))
 
     def unshare(self, *paths: Path) -> None:
-        """Delete files of this stage's folder from the store (their local copies too)."""
+        """Delete files of the key folder from the store (their local copies too)."""
         if self.store is not None:
             for path in paths:
                 self.store.remove(self._relative(path))
 
     def shared(self) -> list[Path]:
-        """The files of this stage's folder that the store holds (as paths in :attr:`folder`)."""
+        """The files directly in the key folder that the store holds (as paths in :attr:`key_folder`)."""
         if self.store is None:
             return []
-        return [self.folder / name for name in self.store.names(self._relative(self.folder))]
+        return [self.key_folder / name for name in self.store.names(self._relative(self.key_folder))]
 
-    def restore(self) -> None:
-        """Copy into :attr:`folder` what the store holds in this stage's folder (e.g. another host's checkpoints)."""
-        if self.store is not None and not self.store.is_local:
-            self.store.download_folder(self._relative(self.folder))
+    def restore(self, name: str, digest: str | None = None) -> Path | None:
+        """A local copy of the key folder's file ``name`` as the store holds it, downloaded if need be; None if
+        there is none (or, given ``digest``, none with that SHA-256). Without ``digest`` it is unverified: the
+        caller checks it (a resume record's signature)."""
+        path = self.key_folder / name
+        if self.store is None:
+            return path if path.is_file() else None
+        relative = self._relative(path)
+        return self.store.download(relative) if digest is None else self.store.fetch(relative, digest)
 
 
 @dataclass(frozen=True)
 class Built:
-    """What a stage's build function returns: the files it wrote (in its folder) and small JSON data."""
+    """What a stage's build function returns: the files it wrote (in its folder) and small JSON data.
+
+    ``discard`` names files of the key folder (a training's resume checkpoints) to delete, here and in the
+    store, in that order, and only once the stage's manifest is in the store: a build killed before keeps them.
+    """
 
     files: Mapping[str, Path]
     data: Mapping[str, Any]
+    discard: tuple[Path, ...] = ()
 
 
 def _canonical(value: Any) -> Any:
@@ -240,19 +264,28 @@ def read_stage(store: ArtifactStore, stage: str, key: str) -> StageOutput | None
     """The verified output of ``stage``/``key`` in ``store``, its files present in the store's local root.
 
     For a remote store the manifest is read from the store and each file is checked (and if need be
-    downloaded) against the digest it records: see :meth:`ArtifactStore.fetch`.
+    downloaded) against the digest it records: see :meth:`ArtifactStore.fetch`. The store itself must still
+    hold every file, with the size of the verified copy (one listing of the key's folder): a local copy alone
+    vouches for nothing, and a file the store lost makes the stage a miss, so it is recomputed.
     """
     if store.is_local:
         return read_manifest(store.local_root / stage / key, store.local_root)
+    folder = f"{stage}/{key}/"
+    held: dict[str, tuple[int, float | None]] | None = None
 
     def fetched(relative: str, digest: str) -> bool:
+        nonlocal held
         try:
             confined(store.local_root, relative)
         except ValueError:
             return False
-        return store.fetch(relative, digest) is not None
+        if held is None:  # listed once the signature verified, and only then
+            held = store.listing(folder.rstrip("/"))
+        stored = held.get(relative[len(folder):]) if relative.startswith(folder) else None
+        local = store.fetch(relative, digest) if stored is not None else None
+        return local is not None and local.stat().st_size == stored[0]
 
-    return _verified(store.read_bytes(f"{stage}/{key}/{MANIFEST}"), stage, key, fetched)
+    return _verified(store.read_bytes(f"{folder}{MANIFEST}"), stage, key, fetched)
 
 
 def cached_output(store: ArtifactStore, stage: str, key: str) -> StageOutput | None:
@@ -281,7 +314,11 @@ def fetch_inputs(store: ArtifactStore, inputs: Mapping[str, Any]) -> None:
 
 
 def _write_manifest(store: ArtifactStore, stage: str, key: str, built: Built) -> StageOutput:
-    """Upload the built files (a remote store), then write the signed manifest: last, so it vouches for them."""
+    """Upload the built files (a remote store), then write the signed manifest: last, so it vouches for them.
+
+    The files' names are their build's own (``<stage>/<key>/build-<random>/...``): a concurrent build of the
+    same key uploads other objects, so the manifest that is written last names files that match it.
+    """
     root = store.local_root
     files = {name: Path(path).resolve().relative_to(root.resolve()).as_posix() for name, path in built.files.items()}
     digests = {name: file_digest(root / relative) for name, relative in files.items()}
@@ -291,6 +328,47 @@ def _write_manifest(store: ArtifactStore, stage: str, key: str, built: Built) ->
     manifest = _SignedManifest(output=output, signature=signing.sign(_signed_payload(output)))
     store.write_bytes(f"{stage}/{key}/{MANIFEST}", manifest.model_dump_json(indent=2).encode())
     return output
+
+
+def _build_of(relative: str, stage: str, key: str) -> str | None:
+    """The build folder name in a manifest's file path ``<stage>/<key>/build-.../...``, if it has one."""
+    parts = relative.split("/")
+    return parts[2] if len(parts) > 3 and parts[:2] == [stage, key] and _BUILD.match(parts[2]) else None
+
+
+def prune_builds(store: ArtifactStore, stage: str, key: str, output: StageOutput) -> list[str]:
+    """Delete from the store (and the local root) the builds of ``stage``/``key`` that ``output`` does not name
+    and whose newest object is older than :data:`ORPHAN_GRACE_SECONDS`; return their names.
+
+    The grace keeps a concurrent build's objects while it may still be uploading them or feeding its downstream
+    stages; a build whose store gives no modification times is kept.
+    """
+    named = {_build_of(relative, stage, key) for relative in output.files.values()}
+    newest: dict[str, float | None] = {}
+    for name, (_, modified) in store.listing(f"{stage}/{key}").items():
+        build, sep, _ = name.partition("/")
+        if sep and _BUILD.match(build) and build not in named:
+            before = newest.get(build, float("-inf"))
+            newest[build] = None if modified is None or before is None else max(before, modified)
+    cutoff = time.time() - ORPHAN_GRACE_SECONDS
+    old = sorted(build for build, modified in newest.items() if modified is not None and modified < cutoff)
+    for build in old:
+        store.remove_folder(f"{stage}/{key}/{build}")
+    return old
+
+
+def _settle(store: ArtifactStore, context: StageContext, output: StageOutput, built: Built) -> None:
+    """After the manifest is in the store: discard what the build asked to (resume checkpoints), then prune old
+    builds. Best effort: the output is already complete, so a failure here is logged, not raised."""
+    try:
+        context.unshare(*built.discard)
+    except Exception as err:  # the store's own errors vary (botocore, OSError, ...)
+        _log.warning("%s/%s: could not delete %d superseded files from %s: %s", output.stage, output.key,
+                     len(built.discard), store.location, err)
+    try:
+        prune_builds(store, output.stage, output.key, output)
+    except Exception as err:
+        _log.warning("%s/%s: could not delete old builds from %s: %s", output.stage, output.key, store.location, err)
 
 
 @dataclass
@@ -338,10 +416,14 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
                 return cached
             store.remove(f"{stage}/{key}/{MANIFEST}")  # a rebuild never leaves the old manifest vouching for it
             fetch_inputs(store, inputs)
-            folder = store.local_root / stage / key
-            folder.mkdir(parents=True, exist_ok=True)
-            context = StageContext(folder, store.local_root, store)
-            return _write_manifest(store, stage, key, build(context, **inputs))
+            key_folder = store.local_root / stage / key
+            folder = key_folder / f"{BUILD_PREFIX}{secrets.token_hex(8)}"
+            folder.mkdir(parents=True)
+            context = StageContext(folder, store.local_root, key_folder, store)
+            built = build(context, **inputs)
+            output = _write_manifest(store, stage, key, built)
+            _settle(store, context, output, built)
+            return output
 
         run.__signature__ = signature  # type: ignore[attr-defined]
         run.__name__ = build.__name__

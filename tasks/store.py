@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shutil
 import threading
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -31,6 +33,23 @@ from nodecore.files import atomic_write, file_digest
 CACHE_ENV = "NODECORE_STORE_CACHE"
 DEFAULT_CACHE = Path("~/.cache/nodecore/stores")
 _PARTIAL = ".partial-"
+
+
+def _modified(info: dict) -> float | None:
+    """The modification time in an fsspec listing entry, as a POSIX time (s3fs: ``LastModified``; local: ``mtime``;
+    memory: ``created``), or None if it names none."""
+    for field in ("LastModified", "mtime", "updated", "created"):
+        value = info.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                continue
+    return None
 
 
 def _split(location: str) -> tuple[str, str]:
@@ -190,24 +209,56 @@ class ArtifactStore:
             handle.write(data)
         return local
 
-    def download_folder(self, relative: str) -> list[Path]:
-        """Copy every file of the store's folder ``relative`` into the local root (unverified: callers check).
+    def download(self, relative: str) -> Path | None:
+        """Copy ``relative`` from the store into the local root as the store holds it; None if there is no such object.
 
-        Returns the local paths. Used for files without a manifest yet, such as a training's resume
-        checkpoints, whose own (signed) record carries their digests.
+        Unverified: for files without a manifest, such as a training's resume record, whose own signature the
+        caller checks. A local store's own file is returned as it is.
         """
         self._key(relative)
+        local = self.local_root / relative
+        if self.is_local:
+            return local if local.is_file() else None
+        data = self.read_bytes(relative)
+        if data is None:
+            return None
+        with atomic_write(local) as handle:
+            handle.write(data)
+        return local
+
+    def listing(self, relative: str) -> dict[str, tuple[int, float | None]]:
+        """Every file under the store's folder ``relative``, at any depth, as ``{path below it: (size in bytes,
+        modified)}``; ``modified`` is a POSIX time, None where the store does not say.
+
+        What the store itself holds (not the working copy), in one listing request on S3 rather than one per
+        file. Temporary ``*.partial-*`` objects are left out; a folder that does not exist lists nothing.
+        """
+        key = self._key(relative)
         if self.is_local:
             folder = self.local_root / relative
-            return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-        paths = []
-        for name in self.names(relative):
-            data = self.read_bytes(f"{relative}/{name}")
-            if data is not None:
-                with atomic_write(self.local_root / relative / name) as handle:
-                    handle.write(data)
-                paths.append(self.local_root / relative / name)
-        return paths
+            found = {}
+            for path in folder.rglob("*") if folder.is_dir() else ():
+                if path.is_file() and not path.is_symlink():
+                    stat = path.stat()
+                    found[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime)
+            return found
+        try:
+            entries = self.fs.find(key, detail=True)  # never cached: the store has no listings cache
+        except FileNotFoundError:
+            return {}
+        return {name[len(key) + 1:]: (int(info.get("size") or 0), _modified(info))
+                for name, info in entries.items()
+                if info.get("type") == "file" and name.startswith(f"{key}/") and _PARTIAL not in name}
+
+    def remove_folder(self, relative: str) -> None:
+        """Delete the folder ``relative`` and everything under it from the store and the local root, if present."""
+        key = self._key(relative)
+        shutil.rmtree(self.local_root / relative, ignore_errors=True)
+        if not self.is_local:
+            try:
+                self.fs.rm(key, recursive=True)
+            except FileNotFoundError:
+                pass
 
     def check_writable(self) -> None:
         """Write and delete a probe object, so a missing bucket or bad credentials show before any work starts.

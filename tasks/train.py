@@ -1,11 +1,15 @@
 """Stage 3: train one grid cell's NeuralODE on its assigned device, resumably.
 
-Every ``checkpoint_every`` epochs the training writes ``resume-<epoch>.pt`` into its stage folder and then
-records its SHA-256 and epoch in ``resume.json`` (each written atomically; with a remote store both are
-uploaded at once, so a retry on another host resumes from them). A rerun resumes only from a
+Every ``checkpoint_every`` epochs the training writes ``resume-<epoch>.pt`` into its key's folder (shared by
+every build of the key) and then records its SHA-256 and epoch in ``resume.json`` (each written atomically).
+With a remote store the new checkpoint and then the record are uploaded at once, and the checkpoints the record
+no longer lists are deleted from the store; a retry on another host downloads the record and only the newest
+checkpoint that matches it (:func:`restore_resume`). A rerun resumes only from a
 checkpoint whose bytes still have the recorded digest; any other one (flipped bytes, truncated, missing,
 never recorded) is discarded with a warning in the run log, and the run falls back to the one before it:
 two generations are kept, so one damaged file costs ``checkpoint_every`` epochs, not the whole training.
+The checkpoints are deleted only once the stage's manifest is in the store (:attr:`Built.discard`): a host
+killed before that leaves them for the retry.
 """
 
 from __future__ import annotations
@@ -63,23 +67,32 @@ def _write_resume_record(folder: Path, entries: list[dict[str, Any]]) -> None:
         handle.write(json.dumps(record, indent=1).encode())
 
 
+def _parse_resume_record(folder: Path) -> list[dict[str, Any]]:
+    """The checkpoints ``folder``'s signed resume record lists, newest first.
+
+    Raises:
+        FileNotFoundError: there is no record.
+        OSError, ValueError, KeyError, TypeError: it is unreadable, unsigned, or names a file it may not.
+    """
+    record = json.loads((folder / RESUME).read_text())
+    entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
+               for e in record["checkpoints"]]
+    if not signing.verify(_record_payload(folder, entries), str(record.get("signature", ""))):
+        raise ValueError("not signed with this host's artifacts key, or signed for another stage folder")
+    for entry in entries:  # the name follows from the epoch: a record never points outside the folder
+        if entry["file"] != _resume_name(entry["epoch"]):
+            raise ValueError(f"file {entry['file']!r} is not {_resume_name(entry['epoch'])!r}")
+    return entries
+
+
 def _read_resume_record(folder: Path, log: Log) -> list[dict[str, Any]]:
     """The recorded resume checkpoints, newest first; none (with a warning) if the record is unreadable."""
-    path = folder / RESUME
     try:
-        record = json.loads(path.read_text())
-        entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
-                   for e in record["checkpoints"]]
-        if not signing.verify(_record_payload(folder, entries), str(record.get("signature", ""))):
-            raise ValueError("not signed with this host's artifacts key, or signed for another stage folder")
-        for entry in entries:  # the name follows from the epoch: a record never points outside the folder
-            if entry["file"] != _resume_name(entry["epoch"]):
-                raise ValueError(f"file {entry['file']!r} is not {_resume_name(entry['epoch'])!r}")
-        return entries
+        return _parse_resume_record(folder)
     except FileNotFoundError:
         return []
     except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("discarding the resume record %s: unreadable (%s)", path, err)
+        log.warning("discarding the resume record %s: unreadable (%s)", folder / RESUME, err)
         return []
 
 
@@ -155,10 +168,40 @@ def load_resume(folder: Path, log: Log) -> Checkpoint | None:
     return chosen
 
 
-def clear_resume(folder: Path) -> None:
-    """Remove the resume checkpoints and their record (the training finished)."""
-    _remove_unrecorded(folder, [])
-    (folder / RESUME).unlink(missing_ok=True)
+def share_resume(ctx: StageContext, path: Path, log: Log) -> None:
+    """Put the new resume checkpoint ``path`` and then the record in the store; then delete from the store the
+    checkpoints the record no longer lists, so it keeps only what a retry may resume from."""
+    ctx.share(path, ctx.key_folder / RESUME)  # the record last
+    recorded = {entry["file"] for entry in _read_resume_record(ctx.key_folder, log)}
+    ctx.unshare(*(p for p in ctx.shared() if p.name.startswith("resume-") and p.name not in recorded))
+
+
+def restore_resume(ctx: StageContext, log: Log) -> None:
+    """Bring the store's resume record, and the newest checkpoint it lists whose bytes match it, into the key
+    folder (another host's, after a retry); older checkpoints are downloaded only if the newer ones do not match.
+
+    Nothing to do for a local store, or where the store holds no record (a local one is then kept). A record that
+    does not verify is left for :func:`load_resume` to discard, and no checkpoint is downloaded for it.
+    """
+    if ctx.store is None or ctx.store.is_local or ctx.restore(RESUME) is None:
+        return
+    try:
+        entries = _parse_resume_record(ctx.key_folder)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    for entry in entries:
+        if ctx.restore(entry["file"], entry["sha256"]) is not None:
+            return
+        log.warning("the resume checkpoint %s (epoch %d) is missing from %s or does not match its record",
+                    entry["file"], entry["epoch"], ctx.store.location)
+
+
+def resume_files(ctx: StageContext) -> tuple[Path, ...]:
+    """The resume record and checkpoints of the key folder, here or in the store, the record first: what a
+    finished training discards once its manifest is in the store (see :attr:`Built.discard`)."""
+    folder = ctx.key_folder
+    checkpoints = {*folder.glob("resume-*.pt"), *(p for p in ctx.shared() if p.name.startswith("resume-"))}
+    return (folder / RESUME, *sorted(checkpoints))
 
 
 def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
@@ -204,10 +247,10 @@ def train_cell(
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
-    ctx.restore()  # another host's resume checkpoints, when the store is remote
-    resume = load_resume(ctx.folder, logger)
+    restore_resume(ctx, logger)  # another host's resume checkpoint, when the store is remote
+    resume = load_resume(ctx.key_folder, logger)
     if resume is not None:
-        load_weights(classifier, resume.state_dict, source=ctx.folder / "resume")
+        load_weights(classifier, resume.state_dict, source=ctx.key_folder / "resume")
         optimizer.load_state_dict(resume.optimizer_state)
         history, start_epoch = History.from_dict(resume.history), resume.epoch
         logger.info("%s: resuming from the checkpoint at epoch %d", cell, start_epoch)
@@ -241,8 +284,9 @@ def train_cell(
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
                 update_progress_artifact(progress_id, progress(done))
             if done % training.checkpoint_every == 0 and done < training.epochs:
-                save_resume(ctx.folder, classifier, optimizer, config=config, epoch=done, history=history, log=logger)
-                ctx.share(*sorted(ctx.folder.glob("resume-*.pt")), ctx.folder / RESUME)  # the record last
+                saved = save_resume(ctx.key_folder, classifier, optimizer, config=config, epoch=done, history=history,
+                                    log=logger)
+                share_resume(ctx, saved, logger)
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
@@ -258,10 +302,9 @@ def train_cell(
     history_path = ctx.folder / "history.json"
     with atomic_write(history_path) as handle:
         handle.write(json.dumps(history.to_dict()).encode())
-    clear_resume(ctx.folder)
-    ctx.unshare(*(path for path in ctx.shared() if path.name.startswith("resume")))
     last = history.epochs[-1] if history.epochs else None
     return Built(
+        discard=resume_files(ctx),  # deleted once the manifest is in the store, not before: a kill keeps them
         files={"checkpoint": checkpoint, "history": history_path},
         data={"solver": solver, "device": device, "kind": config["kind"], "cell": cell, "host": host_label(),
               "train_seconds": seconds, "queue_seconds": queue_seconds,

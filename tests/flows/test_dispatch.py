@@ -33,3 +33,28 @@ def test_a_relative_artifacts_folder_is_sent_as_this_hosts_absolute_path(
                                         device="cpu", env={}, dataset=output, field=output)
     assert sent["config"].run.artifacts_dir == str((tmp_path / "artifacts").resolve())
     assert sent["config"].model_copy(update={"run": config.run}) == config  # nothing else changed
+
+
+def test_a_cell_whose_outputs_another_build_replaced_is_dispatched_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raced by a timed-out host's build of its training: the result names an output that is no longer its key's,
+    so the dispatch raises CellLost, which the training flow retries (the retry takes the winner from the cache)."""
+    from types import SimpleNamespace
+
+    from prefect.states import Completed
+
+    def run_deployment(name: str, *, parameters: dict, **options: object) -> SimpleNamespace:
+        return SimpleNamespace(id="run-1", state=Completed())
+
+    def superseded(path: str, store: object) -> None:
+        raise flows.dispatch.SupersededOutput("cell result names an output that another build of that key has replaced")
+
+    monkeypatch.setattr(flows.dispatch, "run_deployment", run_deployment)
+    monkeypatch.setattr(flows.dispatch, "read_cell_result", superseded)
+    config = PipelineConfig.model_validate({"run": {"artifacts_dir": str(tmp_path), "executor": "deployments"}})
+    output = StageOutput(stage="generate-dataset", key="0" * 24, files={}, digests={})
+    with pytest.raises(flows.dispatch.CellLost, match="another build .* running it again") as raised:
+        flows.dispatch.dispatch_cell.fn(config=config, cell=Cell(solver="euler", device="cpu"), pool="cpu",
+                                        device="cpu", env={}, dataset=output, field=output)
+    assert flows.dispatch._lost_cells_only(None, None, SimpleNamespace(result=lambda: (_ for _ in ()).throw(
+        raised.value)))  # the retry condition takes it

@@ -86,20 +86,27 @@ def test_a_failed_training_resumes_from_the_checkpoint_in_the_bucket(
 def test_shared_files_survive_the_loss_of_the_working_copy(s3_server: str, bucket: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """What lets another host resume: :meth:`StageContext.share` uploads, :meth:`restore` brings them back."""
+    import hashlib
+
     from tasks.cache import StageContext
 
+    def context(store: ArtifactStore) -> StageContext:
+        key_folder = store.local_root / "train" / ("f" * 24)
+        return StageContext(key_folder / "build-0123456789abcdef", store.local_root, key_folder, store)
+
     store = ArtifactStore(bucket)
-    folder = store.local_root / "train" / ("f" * 24)
+    folder = context(store).key_folder
     folder.mkdir(parents=True)
     (folder / "resume-000002.pt").write_bytes(b"weights")
     (folder / "resume.json").write_text("{}")
-    StageContext(folder, store.local_root, store).share(folder / "resume-000002.pt", folder / "resume.json")
+    context(store).share(folder / "resume-000002.pt", folder / "resume.json")
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "host-b"))
-    other = ArtifactStore(bucket)
-    context = StageContext(other.local_root / "train" / ("f" * 24), other.local_root, other)
-    context.restore()
-    assert (context.folder / "resume-000002.pt").read_bytes() == b"weights"
-    assert sorted(p.name for p in context.shared()) == ["resume-000002.pt", "resume.json"]
-    context.unshare(*context.shared())
-    assert context.shared() == [] and not (context.folder / "resume.json").exists()
+    other = context(ArtifactStore(bucket))
+    assert other.restore("resume-000002.pt", hashlib.sha256(b"other").hexdigest()) is None  # verified: no match
+    assert not (other.key_folder / "resume-000002.pt").exists()
+    assert other.restore("resume-000002.pt", hashlib.sha256(b"weights").hexdigest()).read_bytes() == b"weights"
+    assert other.restore("resume.json").read_text() == "{}" and other.restore("resume-000004.pt") is None
+    assert sorted(p.name for p in other.shared()) == ["resume-000002.pt", "resume.json"]
+    other.unshare(*other.shared())
+    assert other.shared() == [] and not (other.key_folder / "resume.json").exists()

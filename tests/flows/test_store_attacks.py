@@ -103,7 +103,8 @@ def test_forged_metrics_in_a_manifest_are_not_reported(prefect_server: ServerInf
     (key,) = stage_folders(store, "evaluate")
     folder = store / "evaluate" / key
     manifest = json.loads((folder / MANIFEST).read_text())
-    true_accuracy = json.loads((folder / "metrics.json").read_text())["test_accuracy"]
+    metrics = StageOutput.model_validate(manifest["output"]).path(store, "metrics")
+    true_accuracy = json.loads(metrics.read_text())["test_accuracy"]
     manifest["output"]["data"]["test_accuracy"] = 0.123  # the files and their digests stay valid
     (folder / MANIFEST).write_text(json.dumps(manifest))
 
@@ -115,7 +116,7 @@ def test_forged_metrics_in_a_manifest_are_not_reported(prefect_server: ServerInf
 
 
 def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path) -> None:
-    from flows.cell_flow import read_cell_result
+    from flows.cell_flow import SupersededOutput, read_cell_result
     from tasks.store import artifact_store
 
     summary = json.loads((store / "summary.json").read_text())
@@ -129,6 +130,14 @@ def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path) -> Non
     result.write_text(json.dumps({**{n: o.model_dump(mode="json") for n, o in cell.items()},
                                   "metrics": forged.model_dump(mode="json")}))
     assert read_cell_result("cells/cell.json", artifacts)["metrics"] == cell["metrics"]  # from the real manifest
+
+    # Other files under the same key: another build's (a raced host's), or forged. Its later stages would not
+    # belong with the manifest's, so the whole result is refused (the dispatch then runs the cell again).
+    other_build = cell["trained"].model_copy(update={"digests": {n: "0" * 64 for n in cell["trained"].digests}})
+    result.write_text(json.dumps({**{n: o.model_dump(mode="json") for n, o in cell.items()},
+                                  "trained": other_build.model_dump(mode="json")}))
+    with pytest.raises(SupersededOutput, match="another build of that key"):
+        read_cell_result("cells/cell.json", artifacts)
 
     elsewhere = cell["metrics"].model_copy(update={"key": "0" * 24})
     result.write_text(json.dumps({"metrics": elsewhere.model_dump(mode="json")}))

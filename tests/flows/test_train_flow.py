@@ -148,8 +148,9 @@ def test_every_stage_folder_has_a_verified_manifest(baseline: Run) -> None:
 
 def test_dataset_parquet_reads_back_with_its_schema(baseline: Run) -> None:
     (key,) = stage_folders(baseline.root, "generate-dataset")
+    dataset = read_manifest(baseline.root / "generate-dataset" / key, baseline.root)
     for split, n, seed in (("train", 64, 0), ("test", 64, 1)):
-        X, y, meta = read_dataset(baseline.root / "generate-dataset" / key / f"{split}.parquet")
+        X, y, meta = read_dataset(dataset.path(baseline.root, split))
         assert X.dtype == torch.float32 and X.shape == (n, 2)
         assert y.dtype == torch.int64 and y.shape == (n,) and set(y.tolist()) == {0, 1}
         assert meta["split"] == split and meta["seed"] == seed and meta["dataset_type"] == "moons"
@@ -173,7 +174,7 @@ def test_cell_artifacts_read_back(baseline: Run) -> None:
         assert checkpoint.epoch == 4 and checkpoint.nodecore_version == nodecore.__version__
         assert checkpoint.state_dict and all(t.device.type == "cpu" for t in checkpoint.state_dict.values())
         assert checkpoint.config["device"] == "cpu" and checkpoint.config["ode"]["solver"] == solver
-        assert not list(checkpoint_path.parent.glob("resume*"))  # the resume checkpoints are cleaned up
+        assert not list(checkpoint_path.parent.parent.glob("**/resume*"))  # the resume checkpoints are cleaned up
         history = json.loads(outputs["trained"].path(baseline.root, "history").read_text())
         assert history == checkpoint.history
         # plots: four decodable PNGs, each with its JPEG thumbnail (what the report inlines)
@@ -201,7 +202,7 @@ def test_cell_artifacts_read_back(baseline: Run) -> None:
 
 def test_shared_field_checkpoint_reads_back(baseline: Run) -> None:
     (key,) = stage_folders(baseline.root, "build-vector-field")
-    path = baseline.root / "build-vector-field" / key / "field.pt"
+    path = read_manifest(baseline.root / "build-vector-field" / key, baseline.root).path(baseline.root, "field")
     assert isinstance(torch.load(path, weights_only=True), dict)
     checkpoint = load_checkpoint(path)
     assert checkpoint.config["field"]["dim"] == 2 and checkpoint.state_dict
@@ -377,26 +378,27 @@ def test_deleted_artifact_recomputes_exactly_its_stage(prefect_server: ServerInf
     plots = _summary_cells(warm)["euler@cpu"]["plots"]
     deleted = plots.path(warm, "depth")
     deleted.unlink()
-    assert read_manifest(deleted.parent, warm) is None  # the manifest no longer verifies
+    assert read_manifest(deleted.parent.parent, warm) is None  # the manifest no longer verifies
     runs = _completed(prefect_server, tiny_config(warm), count=len(CELL_TASKS) + 1)  # rk4's cell: not submitted
     assert set(runs) == _cell_tasks("euler@cpu") | {"report"}
     recomputed = {name for name, state in state_names(runs).items() if state != "Cached"}
     assert recomputed == {"render-euler@cpu", "report"}
-    assert deleted.read_bytes()[:8] == PNG_SIGNATURE and read_manifest(deleted.parent, warm) is not None
+    rebuilt = read_manifest(deleted.parent.parent, warm)  # <stage>/<key>/: the build's folder is below it
+    assert rebuilt is not None and rebuilt.path(warm, "depth").read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_stage_folder_without_manifest_is_not_taken_as_cached(prefect_server: ServerInfo, warm: Path) -> None:
     """A killed run leaves a stage's files but no manifest (it is written last): that stage is redone."""
     metrics = _summary_cells(warm)["rk4@cpu"]["metrics"]
-    folder = metrics.path(warm, "metrics").parent
+    folder = metrics.path(warm, "metrics").parent.parent  # <stage>/<key>/, above the build's folder
     (folder / MANIFEST).unlink()
-    (folder / "metrics.json").write_text("{half a file")
+    metrics.path(warm, "metrics").write_text("{half a file")
     runs = _completed(prefect_server, tiny_config(warm), count=len(CELL_TASKS) + 1)
     assert set(runs) == _cell_tasks("rk4@cpu") | {"report"}
     recomputed = {name for name, state in state_names(runs).items() if state != "Cached"}
     assert recomputed == {"evaluate-rk4@cpu", "report"}
-    assert read_manifest(folder, warm) is not None
-    assert 0.0 <= json.loads((folder / "metrics.json").read_text())["test_accuracy"] <= 1.0
+    rebuilt = read_manifest(folder, warm)
+    assert rebuilt is not None and 0.0 <= json.loads(rebuilt.path(warm, "metrics").read_text())["test_accuracy"] <= 1.0
 
 
 # --- retries and failures ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,9 @@ def _run(root: Path, **kwargs: object) -> StageOutput:
 def test_a_stage_writes_its_files_and_a_manifest_that_reads_back(root: Path) -> None:
     output = _run(root)
     folder = root / "toy" / output.key
-    assert output.files == {"a": f"toy/{output.key}/a.txt", "b": f"toy/{output.key}/sub/b.bin"}
+    (build,) = [p.name for p in folder.iterdir() if p.is_dir()]  # each build writes its own folder of the key
+    assert re.fullmatch(r"build-[0-9a-f]{16}", build)
+    assert output.files == {"a": f"toy/{output.key}/{build}/a.txt", "b": f"toy/{output.key}/{build}/sub/b.bin"}
     assert output.path(root, "a").read_text() == "n_train=512" and output.data == {"n": 512}
     assert read_manifest(folder, root) == output
     assert json.loads((folder / MANIFEST).read_text())["output"]["digests"] == output.digests
@@ -144,16 +147,23 @@ def test_a_verified_stage_is_not_rebuilt_unless_refreshed(root: Path) -> None:
     again = _run(root)
     assert again.reused and again.model_copy(update={"reused": False}) == first and BUILDS == [512]
     assert again.digest == first.digest  # being reused is not part of the identity downstream keys see
-    assert _run(root, refresh=True) == first and BUILDS == [512, 512]
+    rebuilt = _run(root, refresh=True)
+    assert rebuilt.digest == first.digest and rebuilt.files != first.files and BUILDS == [512, 512]  # a new build
     other = _run(root, dataset=DatasetConfig(n_train=8))
     assert other.key != first.key and BUILDS == [512, 512, 8]
+
+
+def _built(folder: Path, name: str) -> Path:
+    """The file ``name`` of the build that ``folder``'s manifest names."""
+    output = StageOutput.model_validate(json.loads((folder / MANIFEST).read_text())["output"])
+    return output.path(folder.parent.parent, name)
 
 
 @pytest.mark.parametrize(
     "tamper",
     [
-        lambda folder: (folder / "a.txt").write_text("n_train=513"),  # content changed
-        lambda folder: (folder / "sub" / "b.bin").unlink(),  # file deleted
+        lambda folder: _built(folder, "a").write_text("n_train=513"),  # content changed
+        lambda folder: _built(folder, "b").unlink(),  # file deleted
         lambda folder: (folder / MANIFEST).unlink(),  # manifest missing (killed before it was written)
         lambda folder: (folder / MANIFEST).write_text((folder / MANIFEST).read_text()[:-20]),  # truncated
         _edit_digest,
@@ -165,8 +175,9 @@ def test_a_tampered_stage_is_rejected_and_rebuilt(root: Path, tamper) -> None:
     folder = root / "toy" / output.key
     tamper(folder)
     assert read_manifest(folder, root) is None
-    assert _run(root) == output and BUILDS == [512, 512]
-    assert read_manifest(folder, root) == output
+    rebuilt = _run(root)
+    assert not rebuilt.reused and rebuilt.digest == output.digest and BUILDS == [512, 512]
+    assert read_manifest(folder, root) == rebuilt
 
 
 def test_a_build_that_dies_leaves_no_manifest(root: Path) -> None:
@@ -174,7 +185,7 @@ def test_a_build_that_dies_leaves_no_manifest(root: Path) -> None:
     with pytest.raises(RuntimeError, match="killed"):
         _run(root)
     (folder,) = (root / "toy").iterdir()
-    assert (folder / "a.txt").is_file() and not (folder / MANIFEST).exists()
+    assert len(list(folder.glob("build-*/a.txt"))) == 1 and not (folder / MANIFEST).exists()
     assert read_manifest(folder, root) is None
     DIE["after_first_file"] = False
     output = _run(root)  # the half-written folder was not taken as a result
@@ -223,7 +234,8 @@ def test_forged_data_in_a_manifest_is_not_served(root: Path, host_key: str) -> N
     folder = root / "toy" / output.key
     _edit_manifest(folder, lambda recorded: recorded["data"].update(n=123))  # files untouched, digests valid
     assert read_manifest(folder, root) is None
-    assert _run(root) == output and output.data == {"n": 512} and BUILDS == [512, 512]  # rebuilt, not served
+    rebuilt = _run(root)
+    assert rebuilt.digest == output.digest and rebuilt.data == {"n": 512} and BUILDS == [512, 512]  # not served
 
 
 def test_a_manifest_signed_under_another_key_is_not_trusted(root: Path, host_key: str,

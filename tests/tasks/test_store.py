@@ -2,7 +2,9 @@
 
 Stages run for real (``toy_stage`` of the cache tests) with the store as their root: files and the manifest
 land in the bucket, a rerun from an empty working copy is served from the bucket, a damaged or forged object
-is never trusted, and a stage whose process is killed in the middle of its upload is recomputed.
+is never trusted, and a stage whose process is killed in the middle of its upload is recomputed. Two builds of
+one key raced object by object leave a verified stage, old builds are pruned, and an object the bucket lost
+behind a matching local copy makes the stage a miss.
 """
 
 from __future__ import annotations
@@ -10,16 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+import types
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tasks.cache import MANIFEST, read_stage
+import tasks.cache
+from tasks.cache import MANIFEST, Built, StageContext, StageOutput, fetch_inputs, read_stage, stage_task
 from tasks.config import DatasetConfig
 from tasks.store import CACHE_ENV, ArtifactStore, artifact_store, check_location, normalise
 from tests.tasks.test_cache import BUILDS, toy_stage
@@ -178,3 +185,114 @@ def test_paths_leaving_the_store_and_chained_urls_are_refused(tmp_path: Path) ->
     assert not (tmp_path / "outside.json").exists()
     with pytest.raises(ValueError, match="chained fsspec URLs are not supported"):
         check_location("simplecache::memory://b/x")
+
+
+# --- two builds of one key, lost objects, old builds -------------------------------------------------------
+
+
+@stage_task("racy")
+def racy_stage(ctx: StageContext, *, dataset: DatasetConfig) -> Built:
+    """Two files whose bytes differ from build to build, as two hosts' trainings of one cell may."""
+    token = secrets.token_hex(8)
+    (ctx.folder / "a.txt").write_text(token)
+    (ctx.folder / "sub").mkdir()
+    (ctx.folder / "sub" / "b.bin").write_text(token * 2)
+    return Built(files={"a": ctx.folder / "a.txt", "b": ctx.folder / "sub" / "b.bin"}, data={"token": token})
+
+
+class Turns:
+    """Lets a racing thread's store write (an upload or the manifest) through only when ``script`` says it is that
+    thread's turn: two builds interleaved object by object, in a chosen order. Other threads pass freely."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script, self.cond = list(script), threading.Condition()
+
+    def __call__(self, write):
+        def in_turn(store: ArtifactStore, *args: object) -> object:
+            who = threading.current_thread().name
+            if who not in self.script:
+                return write(store, *args)
+            with self.cond:
+                assert self.cond.wait_for(lambda: self.script[0] == who, timeout=60), (who, self.script)
+            try:
+                return write(store, *args)
+            finally:
+                with self.cond:
+                    self.script.pop(0)
+                    self.cond.notify_all()
+        return in_turn
+
+
+def _host(location: str, folder: Path, monkeypatch: pytest.MonkeyPatch) -> ArtifactStore:
+    """The store as a host with its own working copy ``folder`` sees it."""
+    monkeypatch.setenv(CACHE_ENV, str(folder))
+    store = ArtifactStore(location)
+    assert store.local_root.parent == folder  # fixed now: the working copy is read once
+    return store
+
+
+def test_two_builds_of_one_key_interleaved_object_by_object_leave_a_verified_stage(
+        bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host that timed out but still runs races the cell re-dispatched to another host: A uploads a, B uploads a,
+    A uploads b, B uploads b, B writes its manifest, A writes its manifest (last: it wins)."""
+    hosts = {name: _host(bucket, tmp_path / f"host-{name}", monkeypatch) for name in ("A", "B")}
+    monkeypatch.setattr(tasks.cache, "artifact_store", lambda location: hosts[threading.current_thread().name])
+    turns = Turns(["A", "B", "A", "B", "B", "A"])
+    monkeypatch.setattr(ArtifactStore, "put", turns(ArtifactStore.put))
+    monkeypatch.setattr(ArtifactStore, "write_bytes", turns(ArtifactStore.write_bytes))
+    outputs: dict[str, StageOutput] = {}
+
+    def build() -> None:
+        outputs[threading.current_thread().name] = racy_stage.fn(root=bucket, dataset=DatasetConfig())
+
+    threads = [threading.Thread(target=build, name=name) for name in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert set(outputs) == {"A", "B"} and not turns.script
+    a, b = outputs["A"], outputs["B"]
+    assert a.key == b.key and a.digests != b.digests  # one key, two different builds
+
+    fresh = _host(bucket, tmp_path / "host-C", monkeypatch)  # a third host: the bucket only
+    assert read_stage(fresh, "racy", a.key) == a  # the manifest written last names objects that match it
+    fetch_inputs(fresh, {"a": a, "b": b})  # and the loser's objects are still there for its downstream stages
+    monkeypatch.setattr(tasks.cache, "artifact_store", lambda location: fresh)
+    again = racy_stage.fn(root=bucket, dataset=DatasetConfig())
+    assert again.reused and again.data == a.data  # the next run takes it from the cache: nothing is recomputed
+
+
+def test_builds_the_manifest_does_not_name_are_pruned_once_old(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _run(bucket)
+    store = artifact_store(bucket)
+    second = _run(bucket, refresh=True)
+    builds = lambda: {name.split("/")[0] for name in store.listing(f"toy/{first.key}") if "/" in name}
+    build_of = lambda output: output.files["a"].split("/")[2]
+    assert builds() == {build_of(first), build_of(second)}  # within the grace: a racing build's may still be in use
+
+    later = types.SimpleNamespace(time=lambda: time.time() + tasks.cache.ORPHAN_GRACE_SECONDS + 60)
+    monkeypatch.setattr(tasks.cache, "time", later)  # two builds, both older than the grace by now
+    third = _run(bucket, refresh=True)
+    assert builds() == {build_of(third)} and set(_objects(store)) == {*third.files.values(), f"toy/{first.key}/{MANIFEST}"}
+    assert not (store.local_root / "toy" / first.key / build_of(first)).exists()  # the working copy's too
+    assert read_stage(ArtifactStore(bucket), "toy", first.key) == third
+
+
+@pytest.mark.parametrize("loss", ["deleted", "replaced-by-shorter"])
+def test_an_object_the_bucket_lost_behind_a_matching_local_copy_is_recomputed(
+        bucket: str, monkeypatch: pytest.MonkeyPatch, loss: str) -> None:
+    first = _run(bucket)
+    store = artifact_store(bucket)
+    reads: list[str] = []
+    real_cat = store.fs.cat_file
+    monkeypatch.setattr(store.fs, "cat_file", lambda path, *a, **k: reads.append(path) or real_cat(path, *a, **k))
+    assert read_stage(store, "toy", first.key) == first  # the control: a hit...
+    assert reads == [f"{store.base}/toy/{first.key}/{MANIFEST}"]  # ...that downloads nothing but the manifest
+
+    lost = f"{store.base}/{first.files['b']}"
+    store.fs.rm_file(lost) if loss == "deleted" else store.fs.pipe_file(lost, b"short")
+    assert (store.local_root / first.files["b"]).read_bytes() == bytes(range(256))  # the local copy still matches
+    assert read_stage(store, "toy", first.key) is None  # but the store no longer holds what the manifest names
+    again = _run(bucket)
+    assert not again.reused and BUILDS == [512, 512]  # recomputed
+    assert read_stage(ArtifactStore(bucket), "toy", first.key) == again

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +16,19 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from torch import nn
 
+import tasks.cache
 import tasks.faults
 from flows.server import ServerInfo, prefect_settings_context
 from nodecore.checkpoints import load_checkpoint, save_checkpoint
 from nodecore.files import file_digest
 from nodecore.training import EpochStats, History
-from tasks.cache import StageOutput
+from tasks.cache import StageContext, StageOutput
 from tasks.config import PipelineConfig
 from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
 from tasks.slots import SLOT_DIR_ENV
-from tasks.train import RESUME, load_resume, save_resume, train_cell
+from tasks.store import CACHE_ENV, ArtifactStore
+from tasks.train import RESUME, load_resume, restore_resume, save_resume, share_resume, train_cell
 from tests.flows._pipeline import flow_settings, tiny_config
 
 LOG = logging.getLogger("tests.resume")
@@ -153,6 +156,51 @@ def test_a_forged_or_moved_resume_record_is_not_resumed_from(tmp_path: Path, cap
     assert load_resume(folder, LOG).epoch == 2 and load_resume(elsewhere, LOG) is None
 
 
+# --- resume checkpoints in an object store (S3) -------------------------------------------------------
+
+
+def _context(store: ArtifactStore) -> StageContext:
+    key_folder = store.local_root / "train" / ("c" * 24)
+    return StageContext(key_folder / "build-0123456789abcdef", store.local_root, key_folder, store)
+
+
+def test_the_bucket_keeps_only_the_recorded_generations_and_a_retry_fetches_only_the_newest(
+        s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    name = f"nodecore-{uuid.uuid4().hex[:12]}"
+    ArtifactStore(f"s3://{name}").fs.mkdir(name)
+    location = f"s3://{name}/grid"
+
+    def host(label: str) -> StageContext:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / label))
+        return _context(ArtifactStore(location))
+
+    trainer = host("host-a")
+    model, optimizer = nn.Linear(2, 2), None
+    for epoch in (2, 4, 6, 8):
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        optimizer = optimizer or torch.optim.Adam(model.parameters())
+        saved = save_resume(trainer.key_folder, model, optimizer, config={"kind": "test"}, epoch=epoch,
+                            history=History(), log=LOG)
+        share_resume(trainer, saved, LOG)
+    in_bucket = sorted(p.name for p in trainer.shared())
+    assert in_bucket == ["resume-000006.pt", "resume-000008.pt", RESUME]  # no stale generation stays behind
+
+    retry = host("host-b")  # a retry on another host: only the record and the newest checkpoint are downloaded
+    restore_resume(retry, LOG)
+    assert sorted(p.name for p in retry.key_folder.iterdir()) == ["resume-000008.pt", RESUME]
+    assert load_resume(retry.key_folder, LOG).epoch == 8
+
+    store = trainer.store
+    store.fs.pipe_file(f"{store.base}/train/{'c' * 24}/resume-000008.pt", b"damaged in the bucket")
+    fallback = host("host-c")  # the newest no longer matches its record: the one before it is fetched instead
+    restore_resume(fallback, LOG)
+    assert sorted(p.name for p in fallback.key_folder.iterdir()) == ["resume-000006.pt", RESUME]
+    assert any("resume-000008.pt (epoch 8)" in w for w in _warnings(caplog)), _warnings(caplog)
+    checkpoint = load_resume(fallback.key_folder, LOG)
+    assert checkpoint.epoch == 6 and torch.equal(checkpoint.state_dict["weight"], torch.full((2, 2), 6.0))
+
+
 # --- inside the train stage ----------------------------------------------------------------------------
 
 EPOCHS = ("--training.epochs", "6", "--training.checkpoint_every", "2")
@@ -256,3 +304,56 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
     clean_root, clean_output = clean
     for name, tensor in _weights(clean_root, clean_output).items():
         torch.testing.assert_close(_weights(root, output)[name], tensor, rtol=1e-6, atol=1e-7)
+
+
+def test_a_training_killed_before_its_manifest_is_in_the_store_resumes_instead_of_retraining(
+    prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean: tuple[Path, StageOutput],
+) -> None:
+    """Killed after training, before the manifest is written: the resume checkpoints are still there."""
+    root = tmp_path / "artifacts"
+    write_manifest = tasks.cache._write_manifest
+
+    def killed(store: Any, stage: str, key: str, built: Any) -> StageOutput:
+        if stage == "train":
+            raise RuntimeError("killed before the manifest was written")
+        return write_manifest(store, stage, key, built)
+
+    monkeypatch.setattr(tasks.cache, "_write_manifest", killed)
+    state = _train(prefect_server, root)
+    assert state.is_failed() and "killed before the manifest" in state.message, state.message
+    (folder,) = (root / "train").iterdir()
+    assert _recorded(folder) == [4, 2]  # 6 epochs, a checkpoint every 2: nothing was cleaned up yet
+
+    monkeypatch.setattr(tasks.cache, "_write_manifest", write_manifest)
+    state = _train(prefect_server, root)
+    assert state.is_completed(), state.message
+    output = state.result()
+    assert output.data["resumed_from_epoch"] == 4  # not retrained from epoch 0
+    clean_root, clean_output = clean
+    for name, tensor in _weights(clean_root, clean_output).items():
+        torch.testing.assert_close(_weights(root, output)[name], tensor, rtol=1e-6, atol=1e-7)
+    assert not list(folder.glob("resume*"))  # deleted once the manifest was in the store
+
+
+def test_a_training_killed_right_after_its_manifest_is_not_retrained(
+    prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Killed between the manifest and the cleanup of the resume checkpoints: the rerun takes it from the cache."""
+    root = tmp_path / "artifacts"
+    settle = tasks.cache._settle
+
+    def killed(store: Any, context: Any, output: StageOutput, built: Any) -> None:
+        if output.stage == "train":
+            raise RuntimeError("killed after the manifest was written")
+        settle(store, context, output, built)
+
+    monkeypatch.setattr(tasks.cache, "_settle", killed)
+    state = _train(prefect_server, root)
+    assert state.is_failed() and "killed after the manifest" in state.message, state.message
+    (folder,) = (root / "train").iterdir()
+    assert _recorded(folder) == [4, 2]  # the resume checkpoints were left (deleted only after the manifest)
+
+    monkeypatch.setattr(tasks.cache, "_settle", settle)
+    state = _train(prefect_server, root)
+    assert state.is_completed(), state.message
+    assert state.result().reused  # from its manifest: not trained again
