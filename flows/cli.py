@@ -189,7 +189,11 @@ def check_artifacts_store(location: str) -> str:
     store = artifact_store(location)
     if store.is_local:
         check_writable_folder(store.location)
-    else:
+    elif store.location not in _WRITABLE_STORES:  # a probe is two round trips: once per process is enough
         store.check_writable()
+        _WRITABLE_STORES.add(store.location)
     return normalise(location)
+
+
+_WRITABLE_STORES: set[str] = set()  # remote stores this process has written a probe to
 

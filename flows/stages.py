@@ -3,9 +3,11 @@ cache already holds of them (found without submitting anything)."""
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import importlib.util
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +53,7 @@ TRAIN = StageRef("train", "tasks.train", "train_cell", "train")
 EVALUATE = StageRef("evaluate", "tasks.evaluate", "evaluate_cell", "evaluate")
 TRAJECTORIES = StageRef("integrate-trajectories", "tasks.trajectories", "integrate_trajectories", "trajectories")
 RENDER = StageRef("render", "tasks.render", "render_plots", "render")
+REMOTE_CHECKS = 8  # cells whose cache a remote store's check reads at once
 Inputs = Callable[[dict[str, Any]], dict[str, Any]]  # a stage's inputs, given its cell's upstream outputs so far
 
 
@@ -72,15 +75,19 @@ class Stages:
         """
         if self.config.run.refresh:
             return None
-        code_file = ref.code_file()
-        if code_file not in self._code_digests:  # the function the stage task itself calls
-            self._code_digests[code_file] = stage_cache.code_digest(code_file)
-        key = stage_key(ref.stage, self._code_digests[code_file], inputs)
+        key = stage_key(ref.stage, self._code_digest(ref), inputs)
         try:
             return cached_output(self.store, ref.stage, key)
         except Exception as err:  # a store that fails now (network, NFS): submit the stage, whose reads retry
             get_run_logger().warning("could not check the cache of %s/%s, submitting it: %s", ref.stage, key, err)
             return None
+
+    def _code_digest(self, ref: StageRef) -> str:
+        """The code version of the function ``ref``'s task calls, read once per run."""
+        code_file = ref.code_file()
+        if code_file not in self._code_digests:
+            self._code_digests[code_file] = stage_cache.code_digest(code_file)
+        return self._code_digests[code_file]
 
     @property
     def records(self) -> ManifestRecords:
@@ -142,6 +149,29 @@ class Stages:
                     task = self(ref.task(), retryable=retryable, name=run_name)
                     futures[name] = remember_name(task.submit(**inputs(futures), **self.common), run_name)
         return submitted
+
+    def cached_cells(self, cells: list[Cell], dataset: StageOutput | None, fields: dict[str, StageOutput | None]
+                     ) -> dict[Cell, dict[str, StageOutput]]:
+        """:meth:`cached_cell` of each cell whose dataset and field are cached, for those cached in full.
+
+        A remote store's checks are round trips (a manifest read and a listing per stage), so they run
+        :data:`REMOTE_CHECKS` cells at a time; a local store's run one after the other.
+        """
+        candidates = [cell for cell in cells if dataset is not None and fields[cell.model] is not None]
+        if not candidates:
+            return {}
+        for ref in (TRAIN, EVALUATE, TRAJECTORIES, RENDER):  # each source read once, before any thread asks
+            self._code_digest(ref)
+        if self.store.is_local or len(candidates) == 1:
+            found = [self.cached_cell(cell, dataset, fields[cell.model]) for cell in candidates]
+        else:
+            # Each check runs in its own copy of this thread's context: the run logger it may warn through
+            # needs the flow run (a worker thread's own context is empty).
+            contexts = [contextvars.copy_context() for _ in candidates]
+            with ThreadPoolExecutor(max_workers=min(REMOTE_CHECKS, len(candidates))) as pool:
+                found = list(pool.map(lambda context, cell: context.run(
+                    self.cached_cell, cell, dataset, fields[cell.model]), contexts, candidates))
+        return {cell: outputs for cell, outputs in zip(candidates, found) if outputs is not None}
 
     def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:
         """Every stage output of ``cell`` when all of them are in the cache (verified), else None: a cell that

@@ -106,8 +106,7 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     dataset: Any = stages.cached(GENERATE, {"dataset": config.dataset})
     fields: dict[str, Any] = {kind: dataset and stages.cached(
         BUILD_FIELD, {"dataset": dataset, "model": config.model, "kind": kind}) for kind in config.models}
-    results = {cell: found for cell in cells if dataset and fields[cell.model]
-               and (found := stages.cached_cell(cell, dataset, fields[cell.model])) is not None}
+    results = stages.cached_cells(cells, dataset, fields)
     pending = [cell for cell in cells if cell not in results]
     get_run_logger().info("%d of %d cells are cached in full (verified manifests): taken without task runs; %d "
                           "to run", len(results), len(cells), len(pending))
