@@ -112,7 +112,8 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
                           "to run", len(results), len(cells), len(pending))
     if pending:
         results |= zip(pending, _run_cells(config, stages, pending, dataset, fields))
-    return publish_report.submit(stages.store.location, [results[cell] for cell in cells]).result()
+    return publish_report.submit(stages.store.location, [results[cell] for cell in cells],
+                                 link_expiry_seconds=config.run.link_expiry_seconds).result()
 
 
 def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], dataset: StageOutput | None,

@@ -3,7 +3,7 @@
 Prefect validates these models as flow parameters and renders them as the run form in the UI; the CLI
 (``python flows/train_flow.py --help``) exposes every field as an option. Both ways in refuse the same bad
 values here, before any stage runs: every float is finite, every seed fits numpy's, the artifacts folder is
-named, and the dataset's classes fit every model kind of the grid.
+named, presigned links live no longer than S3 allows, and the dataset's classes fit every model kind of the grid.
 """
 
 from __future__ import annotations
@@ -37,6 +37,21 @@ RootFinderName = Literal[ROOT_FINDER_NAMES]  # type: ignore[valid-type]
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_SEED = 2**32 - 1  # numpy's (and so scikit-learn's) seed limit
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+MIN_LINK_EXPIRY_SECONDS, MAX_LINK_EXPIRY_SECONDS = 1, 604_800  # 7 days: the longest S3 accepts for a SigV4 URL
+DEFAULT_LINK_EXPIRY_SECONDS = 86_400  # a day: a report read the day it was made; a cached rerun gives fresh links
+
+
+def check_link_expiry(seconds: int) -> int:
+    """``seconds`` if it is a valid lifetime for a presigned link, within S3's SigV4 limits.
+
+    Raises:
+        ValueError: naming the value and the valid range.
+    """
+    if not MIN_LINK_EXPIRY_SECONDS <= seconds <= MAX_LINK_EXPIRY_SECONDS:
+        raise ValueError(f"a link expiry of {seconds!r} seconds is out of range; give {MIN_LINK_EXPIRY_SECONDS} to "
+                         f"{MAX_LINK_EXPIRY_SECONDS} seconds ({MAX_LINK_EXPIRY_SECONDS} = 7 days, the longest S3 "
+                         "accepts for a presigned URL)")
+    return seconds
 
 
 class _Config(BaseModel):
@@ -130,6 +145,12 @@ class RunConfig(_Config):
     cell_timeout_seconds: Optional[float] = Field(
         None, gt=0, description=("cancel and re-dispatch a cell that has not finished after this long, e.g. "
                                  "because its host died (executor=deployments; up to run.retries times)"))
+    link_expiry_seconds: int = Field(
+        DEFAULT_LINK_EXPIRY_SECONDS,
+        json_schema_extra={"minimum": MIN_LINK_EXPIRY_SECONDS, "maximum": MAX_LINK_EXPIRY_SECONDS},
+        description=("lifetime in seconds of the presigned https links to a remote store's files (s3://) in the "
+                     f"report and the Prefect UI: {MIN_LINK_EXPIRY_SECONDS} to {MAX_LINK_EXPIRY_SECONDS} (7 days); "
+                     "a store that cannot sign URLs keeps its plain URLs"))
 
     @field_validator("artifacts_dir")
     @classmethod
@@ -138,6 +159,11 @@ class RunConfig(_Config):
             raise ValueError(f"{value!r} names no folder (the run would write into the current folder); "
                              "give a folder such as 'artifacts' or '/shared/nodecore'")
         return value
+
+    @field_validator("link_expiry_seconds")
+    @classmethod
+    def _link_expiry_in_range(cls, value: int) -> int:
+        return check_link_expiry(value)
 
 
 class PipelineConfig(_Config):

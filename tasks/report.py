@@ -3,6 +3,11 @@
 Every run writes its own ``reports/<UTC time>-<flow run id>/report.md`` and ``summary.json``, which no
 other run touches; ``report.md`` and ``summary.json`` at the artifacts root are copies of the latest
 finished run's (each written atomically), and ``reports/LATEST`` names its folder.
+
+``report.md`` links its plots and stage folders relative to itself, in a remote store too: such links work
+wherever the store's files are read together (a synced copy, a mounted bucket) and never expire. The Prefect
+artifacts link a remote store's files by presigned URLs where its filesystem signs them (S3), valid for
+``run.link_expiry_seconds``; their text is the store URL (``s3://...``), which says where the file lives.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from tasks.cache import StageOutput, fetch_inputs
+from tasks.config import DEFAULT_LINK_EXPIRY_SECONDS, check_link_expiry
 from tasks.grid import artifact_key
 from tasks.render import THUMBNAIL
 from tasks.store import artifact_store
@@ -130,15 +136,21 @@ def run_folder_name(flow_run_id: str | None, *, now: float | None = None) -> str
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
-def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, Any]:
+def publish_report(root: str, cells: list[dict[str, StageOutput]], *,
+                   link_expiry_seconds: int = DEFAULT_LINK_EXPIRY_SECONDS) -> dict[str, Any]:
     """Write this run's report and summary (and the latest copies at ``root``); create the Prefect artifacts.
 
-    ``root`` is the artifacts store (a folder or URL); links and the returned locations are its URLs
-    (``file://`` ones for a folder).
+    ``root`` is the artifacts store (a folder or URL); the returned locations are its URLs (local paths for a
+    folder). The artifacts' links are what a browser opens (:meth:`ArtifactStore.browser_url`): presigned URLs
+    valid for ``link_expiry_seconds`` where the store signs them, shown as the store URL; else the store URL.
 
     Returns:
         The rows, this run's ``report`` and ``summary`` locations, and the ``latest_report`` copy at the root.
+
+    Raises:
+        ValueError: ``link_expiry_seconds`` is outside 1 to 604800 (before anything is written).
     """
+    expires_in = check_link_expiry(link_expiry_seconds)
     store = artifact_store(root)
     fetch_inputs(store, {"plots": [cell["plots"] for cell in cells]})  # read for the inline thumbnails
     rows = comparison_rows(cells)
@@ -160,22 +172,35 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]]) -> dict[str, 
     def shown(relative: str) -> str:  # what the console prints: a local path, or the store's URL
         return str(store.local_root / relative) if store.is_local else store.url(relative)
 
+    # Said beside a presigned link, so that a dead link explains itself (the links are signed just after this).
+    valid_until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + expires_in))
+
+    def link(relative: str) -> tuple[str, str, str]:
+        """(what a browser opens, the store URL, "" or a note that the link is presigned and until when)."""
+        opened, url = store.browser_url(relative, expires_in), store.url(relative)
+        return opened, url, "" if opened == url else f"; presigned, valid until {valid_until}"
+
     create_table_artifact(key="nodecore-grid", table=display_rows(rows),
                           description="one row per (model, solver, device) cell; every column in summary.json")
     create_markdown_artifact(key="nodecore-report",
                              markdown=render_report(rows, cells, store.local_root, inline=True),
                              description="comparison report with plots")
-    create_link_artifact(key="nodecore-report-file", link=store.url(f"{run_folder}/report.md"),
-                         link_text=shown(f"{run_folder}/report.md"))
-    checkpoints = {row["cell"]: store.url(cell["trained"].files["checkpoint"]) for row, cell in zip(rows, cells)}
-    create_markdown_artifact(key="nodecore-checkpoints", description="the trained weights of every cell",
-                             markdown="\n".join(["| cell | checkpoint |", "|---|---|",
-                                                  *(f"| {c} | [{url}]({url}) |" for c, url in checkpoints.items())]))
+    opened, _, note = link(f"{run_folder}/report.md")
+    create_link_artifact(key="nodecore-report-file", link=opened, link_text=shown(f"{run_folder}/report.md"),
+                         description=f"this run's report.md{note}" if note else None)
+    checkpoints = {row["cell"]: link(cell["trained"].files["checkpoint"]) for row, cell in zip(rows, cells)}
+    note = next((note for _, _, note in checkpoints.values() if note), "")
+    create_markdown_artifact(key="nodecore-checkpoints", description=f"the trained weights of every cell{note}",
+                             markdown="\n".join(["| cell | checkpoint |", "|---|---|", *(
+                                 f"| {c} | [{url}]({opened}) |" for c, (opened, url, _) in checkpoints.items())]))
     # A link per checkpoint this run trained (its key's history is the cell's checkpoints, run by run). The server
     # takes ~35 ms per artifact, so a cell taken whole from the cache adds none: its checkpoint did not change.
+    # A presigned link's text is the store URL, which says where the checkpoint lives.
     for row, cell in zip(rows, cells):
         if not cell["trained"].reused:
-            create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]), link=checkpoints[row["cell"]],
-                                 link_text=f"checkpoint {row['cell']}", description=f"trained weights of {row['cell']}")
+            opened, url, note = checkpoints[row["cell"]]
+            create_link_artifact(key=artifact_key("nodecore-checkpoint", row["cell"]), link=opened,
+                                 link_text=url if note else f"checkpoint {row['cell']}",
+                                 description=f"trained weights of {row['cell']}{note}")
     return {"rows": rows, "report": shown(f"{run_folder}/report.md"), "summary": shown(f"{run_folder}/summary.json"),
             "latest_report": shown("report.md"), "warnings": warnings}

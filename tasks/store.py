@@ -275,6 +275,31 @@ class ArtifactStore:
         except Exception as err:  # the driver's own errors (botocore, gcsfs, ...) vary
             raise ValueError(f"the store {self.location!r} cannot be written: {type(err).__name__}: {err}") from None
 
+    def browser_url(self, relative: str, expires_in: int) -> str:
+        """A URL of ``relative`` that a browser opens without credentials, for links in reports and the UI.
+
+        Where the store's filesystem signs URLs (s3fs), a presigned GET URL valid for ``expires_in`` seconds;
+        it carries a signature, not the secret key. s3fs is asked for SigV4 unless its config names a signature
+        version (botocore otherwise presigns with SigV2 in older regions, which S3 refuses for buckets made since
+        mid-2020 and S3-compatible servers may not speak). A SigV4 URL is signed for the client's region
+        (``AWS_DEFAULT_REGION``), which must be the bucket's. Elsewhere, :meth:`url`: a local store, or a
+        filesystem that cannot sign (``memory://``: fsspec raises NotImplementedError).
+
+        Raises:
+            ValueError: ``relative`` leaves the store.
+        """
+        key = self._key(relative)
+        if self.is_local:
+            return self.url(relative)
+        fs = self.fs
+        config = getattr(fs, "config_kwargs", None)  # s3fs: botocore's client config
+        if isinstance(config, dict) and "signature_version" not in config:
+            fs = type(fs)(**{**fs.storage_options, "config_kwargs": {**config, "signature_version": "s3v4"}})
+        try:
+            return fs.sign(key, expiration=expires_in)
+        except NotImplementedError:
+            return self.url(relative)
+
 
 _STORES: dict[tuple[str, str | None], ArtifactStore] = {}
 _LOCK = threading.Lock()

@@ -20,6 +20,7 @@ from flows.server import ServerInfo, prefect_settings_context
 from tasks.cache import MANIFEST, StageOutput
 from tasks.store import CACHE_ENV, ArtifactStore
 from tests.flows._pipeline import expected_task_labels, flow_settings, state_names, task_runs, tiny_config
+from tests.flows.test_s3_links import LINK, download
 
 SOLVERS = ["euler"]
 STAGES = ("generate-dataset", "build-vector-field", "train", "evaluate", "integrate-trajectories", "render")
@@ -60,7 +61,12 @@ def test_a_run_on_s3_lands_in_the_bucket_and_reruns_cached_from_it(
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
     links = {a.key: a.data for a in artifacts if a.key and a.type == "markdown" and "checkpoint" in a.key}
-    assert links and all(f"]({bucket}/train/" in data for data in links.values()), links
+    assert links and all(f"[{bucket}/train/" in data for data in links.values()), links  # text: the store URL
+    links["nodecore-report-file"] = next(a.data for a in artifacts if a.key == "nodecore-report-file")
+    for key, data in links.items():  # presigned URLs: a browser, with no credentials, gets the files' bytes
+        found = LINK.findall(data)
+        assert found and all("X-Amz-Signature=" in target and download(target) == store.read_bytes(
+            text[len(bucket) + 1:]) for text, target in found), (key, data)
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "host-b"))  # a host with nothing local: only the bucket
     # Every stage verifies from the bucket (fetched into the empty working copy): nothing is even submitted.
