@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from deployments.definitions import CPU_POOL, DEPLOYMENTS, GPU_POOL, DeploymentSpec
 from flows.processes import is_process, read_pid, terminate
 from flows.server import REPO_ROOT, ensure_server, is_healthy, resolve_home, server_status, stop_server, user_api_url
+from flows.zombies import AUTOMATION_NAME as ZOMBIE_AUTOMATION, ensure_zombie_detection
 
 POOLS = (CPU_POOL, GPU_POOL)
 
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("deploy", "up"):
         for name, deployment_id in deploy_all().items():
             print(f"deployment {name}: {deployment_id}")
+        if (within := ensure_zombie_detection()) is not None:
+            print(f"a cell run without a heartbeat for {within.total_seconds():.0f} s is marked Crashed "
+                  f"(automation {ZOMBIE_AUTOMATION!r})")
     if args.command == "up":
         if (pid := running_worker(CPU_POOL)) is not None:
             print(f"a {CPU_POOL} worker is already running (pid {pid})")

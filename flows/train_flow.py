@@ -29,6 +29,7 @@ from flows.stages import BUILD_FIELD, GENERATE, Stages, remember_name, resolve, 
 from tasks.cache import StageOutput
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
+from flows.zombies import ensure_zombie_detection
 from tasks.report import publish_report
 
 
@@ -124,6 +125,10 @@ def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], datase
     if config.run.executor in ("dask", "processes"):
         runner = _dask_runner(config) if config.run.executor == "dask" else _process_runner()
         return cells_flow.with_options(task_runner=runner)(config, cells, dataset, fields)
+    within = ensure_zombie_detection()  # a dead host's cell run is marked Crashed, so its dispatch retries it
+    if within is not None:
+        get_run_logger().info("a cell run without a heartbeat for %.0f s is marked Crashed and dispatched again",
+                              within.total_seconds())
     upstream, by_kind = _submit_upstream(stages, cells, dataset, fields)
     dataset, *outputs = _resolved([upstream, *by_kind.values()])
     by_kind = dict(zip(by_kind, outputs))

@@ -1,0 +1,85 @@
+"""A cell whose host dies is noticed without a timeout: the server marks its flow run Crashed once its heartbeats
+stop (a real server, real heartbeats from a real process killed with SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from uuid import UUID
+
+from prefect.automations import Automation
+from prefect.client.orchestration import get_client
+
+from flows.cell_flow import CELL_FLOW_NAME
+from flows.server import ServerInfo, prefect_settings_context
+from flows.zombies import AUTOMATION_NAME, ensure_zombie_detection
+
+HEARTBEAT = 30  # Prefect's shortest period
+
+SCRIPT = """
+import sys, time
+from prefect import flow, runtime
+
+@flow(name=sys.argv[1])
+def silent_host():
+    print(runtime.flow_run.id, flush=True)
+    time.sleep(600)
+
+silent_host()
+"""
+
+
+def _start(flow_name: str, script: Path, info: ServerInfo) -> tuple[subprocess.Popen, UUID]:
+    env = {**os.environ, "PREFECT_API_URL": info.api_url, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT)}
+    process = subprocess.Popen([sys.executable, str(script), flow_name], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    assert process.stdout is not None
+    return process, UUID(process.stdout.readline().strip())
+
+
+def _state(run_id: UUID) -> str:
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state.type.value
+
+
+def test_a_cell_run_whose_heartbeats_stop_is_crashed_and_another_flows_run_is_left_alone(
+        prefect_server: ServerInfo, tmp_path: Path) -> None:
+    with prefect_settings_context(prefect_server):
+        # Prefect's default period (180 s): three missed heartbeats, 9 minutes.
+        assert ensure_zombie_detection() == timedelta(seconds=3 * 180)
+        # Updated in place, not duplicated, for this test's hosts: one 30-s period.
+        assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=HEARTBEAT)
+        assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=HEARTBEAT)
+        with get_client(sync_client=True) as client:
+            assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+        assert Automation.read(name=AUTOMATION_NAME).trigger.within == timedelta(seconds=HEARTBEAT)
+
+        script = tmp_path / "host.py"
+        script.write_text(SCRIPT)
+        cell, cell_id = _start(CELL_FLOW_NAME, script, prefect_server)
+        other, other_id = _start("someone-elses-flow", script, prefect_server)
+        try:
+            time.sleep(5)  # their first heartbeats (sent as each run starts) reach the server
+            for process in (cell, other):
+                os.killpg(process.pid, signal.SIGKILL)  # the host dies: no state change, no more heartbeats
+                process.wait()
+            assert _state(cell_id) == _state(other_id) == "RUNNING"
+            deadline = time.monotonic() + HEARTBEAT + 90
+            while _state(cell_id) == "RUNNING" and time.monotonic() < deadline:
+                time.sleep(2)
+            assert _state(cell_id) == "CRASHED"
+            assert _state(other_id) == "RUNNING"  # only the cell flow's runs are watched
+            with get_client(sync_client=True) as client:
+                assert "heartbeat" in client.read_flow_run(cell_id).state.message
+        finally:
+            for process in (cell, other):
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGKILL)
+            with get_client(sync_client=True) as client:  # leave the session's server as it was
+                for automation in client.read_automations_by_name(AUTOMATION_NAME):
+                    client.delete_automation(automation.id)
