@@ -95,12 +95,16 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _index_markdown(cells: list[dict[str, StageOutput]], link_prefix: str) -> list[str]:
+def _index_markdown(cells: list[dict[str, StageOutput]], link_prefix: str, *, links: bool) -> list[str]:
+    """The cell -> stage folder table: links relative to the report file (``links``), else the folders' paths
+    as text (the UI's copy, where a relative link would lead nowhere)."""
     by_cell: dict[str, list[str]] = {}
     for entry in stage_index(cells):
-        by_cell.setdefault(entry["cell"], []).append(f"[{entry['stage']}]({link_prefix}{entry['folder']}/)")
-    return ["## Where each cell's files are", "", "| cell | stage folders |", "|---|---|",
-            *(f"| {cell} | {' · '.join(links)} |" for cell, links in by_cell.items()), ""]
+        by_cell.setdefault(entry["cell"], []).append(
+            f"[{entry['stage']}]({link_prefix}{entry['folder']}/)" if links else f"`{entry['folder']}`")
+    where = [] if links else ["Folders under the artifacts store, each with its signed `manifest.json`.", ""]
+    return ["## Where each cell's files are", "", *where, "| cell | stage folders |", "|---|---|",
+            *(f"| {cell} | {' · '.join(entries)} |" for cell, entries in by_cell.items()), ""]
 
 
 def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]], root: Path, *,
@@ -109,7 +113,7 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
     path under ``root`` (``"../../"`` for a report two folders below the root)."""
     parts = ["# nodecore training grid", "", markdown_table(rows), ""]
     parts += [f"> **Warning** {warning}" for warning in chance_warnings(cells)]
-    parts += ["", *_index_markdown(cells, link_prefix)]
+    parts += ["", *_index_markdown(cells, link_prefix, links=not inline)]
     budget = INLINE_BUDGET_BYTES
     for row, cell in zip(rows, cells):
         parts += [f"## {row['cell']}", ""]

@@ -231,6 +231,10 @@ def test_stores_that_do_not_sign_publish_the_links_they_did(kind: str, tmp_path:
     link = created["nodecore-checkpoint-euler-cpu"]
     assert (link["link"], link["link_text"], link["description"]) == (url, "checkpoint euler@cpu",
                                                                        "trained weights of euler@cpu")
+    # The UI's copy of the report names the stage folders as text: a relative link there would lead nowhere.
+    ui = created["nodecore-report"]["markdown"]
+    assert "| euler@cpu | `evaluate/e0` · `train/t0` · `render/r0` |" in ui and "](train/t0/)" not in ui
+    assert "](../../train/t0/)" in store.read_bytes(_report(store)).decode()  # the file's copy links them
 
 
 # --- the option ------------------------------------------------------------------------------------------
