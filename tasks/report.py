@@ -191,7 +191,7 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]], *,
                              description="comparison report with plots")
     opened, _, note = link(f"{run_folder}/report.md")
     create_link_artifact(key="nodecore-report-file", link=opened, link_text=shown(f"{run_folder}/report.md"),
-                         description=f"this run's report.md{note}" if note else None)
+                         description=f"this run's report.md{note}")
     checkpoints = {row["cell"]: link(cell["trained"].files["checkpoint"]) for row, cell in zip(rows, cells)}
     note = next((note for _, _, note in checkpoints.values() if note), "")
     create_markdown_artifact(key="nodecore-checkpoints", description=f"the trained weights of every cell{note}",

@@ -225,7 +225,7 @@ def test_stores_that_do_not_sign_publish_the_links_they_did(kind: str, tmp_path:
     assert url.startswith("memory://" if kind == "memory" else "file://")
     report = created["nodecore-report-file"]
     assert report["link"] == store.url(_report(store))
-    assert report["link_text"] == result["report"] and report["description"] is None
+    assert report["link_text"] == result["report"] and report["description"] == "this run's report.md"
     assert created["nodecore-checkpoints"]["markdown"].endswith(f"| euler@cpu | [{url}]({url}) |")
     assert created["nodecore-checkpoints"]["description"] == "the trained weights of every cell"
     link = created["nodecore-checkpoint-euler-cpu"]
