@@ -123,9 +123,29 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 
+def _check_order(spec: MLPFieldSpec, ode: dict[str, Any], where: str) -> None:
+    """Raise unless ``spec`` is the field of a Neural ODE of the order ``ode`` (its options) asks for."""
+    order = ode.get("order", 1)
+    if order != spec.order:
+        n = spec.dim // order if isinstance(order, int) and order >= 1 and spec.dim % order == 0 else None
+        fix = (f"MLPFieldSpec(dim={spec.dim}, out_dim={n}, ...)" if n is not None
+               else f"a field spec with dim a multiple of {order}")
+        raise ValueError(
+            f"{where}: the field spec maps dim={spec.dim} -> {spec.width_out}, the field of an order-{spec.order} "
+            f"Neural ODE, but the model's order is {order!r}; the field of an order-k model maps the state "
+            f"[x, ..., x^(k-1)] (k n wide) to x^(k) (n wide): use {fix}"
+        )
+
+
 def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:
-    """The part of a checkpoint config that rebuilds a plain Neural ODE: ``{"kind", "field", "ode"}``."""
-    return {"kind": "node", "field": spec.to_dict(), "ode": model.options()}
+    """The part of a checkpoint config that rebuilds a plain Neural ODE: ``{"kind", "field", "ode"}``.
+
+    Raises:
+        ValueError: ``spec`` is not a field of ``model.order`` (``spec.order != model.order``).
+    """
+    ode = model.options()
+    _check_order(spec, ode, "model_config")
+    return {"kind": "node", "field": spec.to_dict(), "ode": ode}
 
 
 def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpec | None = None,
@@ -157,16 +177,21 @@ def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpe
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    """Build an untrained model from a config made by :func:`model_config` or :func:`classifier_config`."""
+    """Build an untrained model from a config made by :func:`model_config` or :func:`classifier_config`.
+
+    Raises:
+        ValueError: an unknown kind, or a field spec that is not the field of the order the ``ode`` options give.
+    """
     kind = config.get("kind", "node")
     if kind == "deq":
         return DEQClassifier(config["dim"], config["hidden"], config["n_classes"], **config["deq"])
-    node = NeuralODE(build_field(MLPFieldSpec.from_dict(config["field"])), **config["ode"])
+    spec = MLPFieldSpec.from_dict(config["field"])
+    _check_order(spec, config["ode"], "build_model")
+    node = NeuralODE(build_field(spec), **config["ode"])
     if kind == "node":
         return node
     if kind == "anode":
-        spec = config["field"]
-        return ODEClassifier(node, nn.Linear(spec["dim"], config["n_classes"]),
+        return ODEClassifier(node, nn.Linear(spec.dim, config["n_classes"]),
                              augmenter=Augmenter(1, config["augment_dims"]))
     raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
 

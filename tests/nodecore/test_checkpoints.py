@@ -66,3 +66,77 @@ def test_a_node_classifier_needs_a_state_dimension_per_class():
     assert augmented(torch.zeros(3, 2), torch.linspace(0, 1, 2))[1][-1].shape == (3, 6)
     equilibrium = build_model(classifier_config("deq", dim=2, n_classes=6))
     assert equilibrium(torch.zeros(3, 2)).shape == (3, 6)
+
+
+# --- higher-order models ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order, depth_variant", [(1, False), (2, True), (3, False), (4, True)])
+def test_an_order_k_mlp_model_round_trips_through_load_model_bit_for_bit(tmp_path, order, depth_variant):
+    spec = MLPFieldSpec(dim=2 * order, out_dim=2, hidden=8, depth_variant=depth_variant)
+    assert spec.order == order
+    torch.manual_seed(0)
+    model = NeuralODE(build_field(spec), "tsit5", order=order, sensitivity="adjoint", t_span=[0.0, 0.5, 1.0])
+    path = save_checkpoint(tmp_path / "m.pt", model, config=model_config(spec, model))
+    torch.manual_seed(1)  # the rebuilt model starts from other weights: the file's must replace them
+    rebuilt, checkpoint = load_model(path)
+    assert checkpoint.config["ode"]["order"] == order and rebuilt.order == order
+    assert rebuilt.options() == model.options()
+    assert rebuilt.vf.vf[-1].out_features == 2
+    x = torch.randn(5, 2 * order)
+    t_eval, trajectory = model(x)
+    t_rebuilt, trajectory_rebuilt = rebuilt(x)
+    assert torch.equal(t_rebuilt, t_eval) and torch.equal(trajectory_rebuilt, trajectory)
+    assert trajectory.shape == (3, 5, 2 * order)
+
+
+def test_a_square_spec_serialises_as_before_and_out_dim_equal_to_dim_is_square():
+    assert MLPFieldSpec(hidden=8).to_dict() == {"dim": 2, "hidden": 8, "layers": 1, "activation": "tanh",
+                                                "depth_variant": False}
+    assert MLPFieldSpec(dim=3, out_dim=3) == MLPFieldSpec(dim=3) and MLPFieldSpec(dim=3, out_dim=3).order == 1
+    spec = MLPFieldSpec(dim=6, out_dim=2, layers=2)
+    assert MLPFieldSpec.from_dict(spec.to_dict()) == spec
+    assert [m.out_features for m in build_field(spec) if isinstance(m, torch.nn.Linear)] == [16, 16, 2]
+
+
+def test_a_checkpoint_written_before_out_dim_and_order_existed_still_loads(tmp_path):
+    # What an earlier nodecore wrote: a field spec without out_dim and ODE options without order.
+    torch.manual_seed(0)
+    model = NeuralODE(build_field(MLPFieldSpec(hidden=8)), solver="rk4", step_size=0.1)
+    ode = {key: value for key, value in model.options().items() if key != "order"}
+    old_field = {"dim": 2, "hidden": 8, "layers": 1, "activation": "tanh", "depth_variant": False}
+    path = save_checkpoint(tmp_path / "old.pt", model, config={"kind": "node", "field": old_field, "ode": ode})
+    rebuilt, _ = load_model(path)
+    x = torch.randn(4, 2)
+    assert rebuilt.order == 1
+    assert torch.equal(rebuilt(x, torch.linspace(0, 1, 3))[1], model(x, torch.linspace(0, 1, 3))[1])
+
+
+def test_an_order_2_augmented_classifier_builds_from_its_config():
+    from nodecore.checkpoints import build_model, classifier_config
+
+    config = classifier_config("anode", dim=2, n_classes=3, augment_dims=2, field=MLPFieldSpec(dim=4, out_dim=2),
+                               ode={"order": 2, "solver": "rk4", "step_size": 0.25})
+    model = build_model(config)
+    assert model(torch.zeros(3, 2), torch.linspace(0, 1, 2))[1][-1].shape == (3, 3)
+
+
+def test_inconsistent_higher_order_specs_fail_with_the_fix_in_the_message(tmp_path):
+    from nodecore.checkpoints import build_model
+
+    with pytest.raises(ValueError, match=r"out_dim must divide dim.*dim=5, out_dim=2"):
+        MLPFieldSpec(dim=5, out_dim=2)
+    with pytest.raises(ValueError, match="out_dim must be an integer >= 1"):
+        MLPFieldSpec(dim=4, out_dim=0)
+    with pytest.raises(ValueError, match="unknown MLPFieldSpec entries 'width'; valid entries: dim, "):
+        MLPFieldSpec.from_dict({"dim": 2, "width": 3})
+    spec = MLPFieldSpec(dim=6, out_dim=2)
+    with pytest.raises(ValueError, match=r"model_config: .* order-3 .* model's order is 2.*out_dim=3"):
+        model_config(spec, NeuralODE(build_field(MLPFieldSpec(dim=6, out_dim=3)), order=2))
+    # A hand-edited config: a square field with order 3 in the ODE options.
+    config = {"kind": "node", "field": MLPFieldSpec(dim=6).to_dict(), "ode": {"order": 3}}
+    with pytest.raises(ValueError, match=r"build_model: the field spec maps dim=6 -> 6.*MLPFieldSpec\(dim=6, out_dim=2"):
+        build_model(config)
+    config = {"kind": "node", "field": MLPFieldSpec(dim=5).to_dict(), "ode": {"order": 3}}
+    with pytest.raises(ValueError, match="dim a multiple of 3"):
+        build_model(config)
