@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from nodecore._checks import choice, integer
 from nodecore.fields import VectorField
 from nodecore.neuralode import NeuralODE, TSpan
-from nodecore.numerics.shooting import MS_SOLVERS, MultipleShootingSolver, odeint_mshooting
+from nodecore.numerics.shooting import MS_SOLVERS, SHOOTING_SENSITIVITIES, MultipleShootingSolver, odeint_mshooting
 from nodecore.numerics.solvers import RungeKutta
 
 
@@ -60,14 +60,19 @@ class MultipleShootingLayer(nn.Module):
     Args:
         vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``; it must not depend on ``t``.
         solver: ``'mszero'`` (Parareal) or ``'msbackward'`` (Newton), or a multiple-shooting solver object.
-        sensitivity: ``'autograd'`` only (gradients flow through the iterations).
+        sensitivity: ``'autograd'`` (gradients flow through the iterations) or ``'adjoint'`` (torchdyn's
+            ``'interpolated_adjoint'`` is the same here): the implicit-function-theorem gradient of the shooting
+            solution, one sequential sweep of fine-solver vector–Jacobian products through the returned points,
+            memory flat in ``maxiter`` (see :mod:`nodecore.numerics.shooting`). Exact for a converged solve
+            (``maxiter`` >= the intervals, or a small defect).
         maxiter: shooting iterations; ``fine_steps``: points per interval of the fine solver.
         solver_adjoint, atol_adjoint, rtol_adjoint, seminorm, integral_loss: torchdyn's adjoint options. The
-            adjoint of multiple shooting is not implemented: a ``solver_adjoint`` or ``integral_loss`` is
-            refused; the tolerances and ``seminorm`` are accepted for torchdyn's signature and unused.
+            adjoint here is the fine solver's own discrete one, so there is no adjoint ODE to configure: a
+            ``solver_adjoint`` or ``integral_loss`` is refused; the tolerances and ``seminorm`` are accepted for
+            torchdyn's signature and unused.
 
     Raises:
-        ValueError: an unknown solver or sensitivity; NotImplementedError: the adjoint options.
+        ValueError: an unknown solver or sensitivity; NotImplementedError: ``solver_adjoint`` or ``integral_loss``.
     """
 
     def __init__(
@@ -84,9 +89,13 @@ class MultipleShootingLayer(nn.Module):
         integral_loss: None = None,
     ) -> None:
         super().__init__()
-        choice("sensitivity", sensitivity, ("autograd",), plural="sensitivities")
+        self.sensitivity = choice("sensitivity", sensitivity, SHOOTING_SENSITIVITIES, plural="sensitivities")
         if solver_adjoint is not None or integral_loss is not None:
-            raise NotImplementedError("the adjoint of multiple shooting is not implemented; use sensitivity='autograd'")
+            given = "solver_adjoint" if solver_adjoint is not None else "integral_loss"
+            raise NotImplementedError(
+                f"{given} is not supported by multiple shooting: its adjoint is the fine solver's discrete one "
+                "(no adjoint ODE is solved), and integral losses are not implemented; leave it None"
+            )
         if isinstance(solver, str):
             choice("multiple-shooting solver", solver, tuple(MS_SOLVERS))
         self.vf = VectorField(vector_field)
@@ -96,4 +105,5 @@ class MultipleShootingLayer(nn.Module):
 
     def forward(self, x: Tensor, t_span: TSpan, B0: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(t_eval [N+1], solution [N+1, *x.shape])`` over the equally spaced ``t_span``."""
-        return odeint_mshooting(self.vf, x, t_span, self.solver, B0, self.fine_steps, self.maxiter)
+        return odeint_mshooting(self.vf, x, t_span, self.solver, B0, self.fine_steps, self.maxiter,
+                                sensitivity=self.sensitivity)

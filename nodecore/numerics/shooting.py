@@ -11,14 +11,24 @@ after ``k`` iterations, so ``maxiter >= N`` reproduces the sequential fine solve
 
 The fine propagators of all intervals run as one batched solve, which assumes a field that does not depend
 on ``t`` (as torchdyn's do) and equally spaced ``t_span``; both are checked.
+
+Gradients: ``sensitivity='autograd'`` backpropagates through every iteration (memory grows with ``maxiter``
+times the intervals). ``'adjoint'`` differentiates the solution of the shooting equations ``B[m+1] = F(B[m])``,
+``B[0] = x``, by the implicit function theorem: with ``lambda_N = dL/dB[N]`` and
+``lambda_m = dL/dB[m] + (dF/dz)(B[m])^T lambda_{m+1}``, ``dL/dx = lambda_0`` and
+``dL/dtheta = sum_m (dF/dtheta)(B[m])^T lambda_{m+1}`` — the discrete adjoint of one sequential fine sweep
+through the returned points, one interval's graph at a time. It is the gradient of the sequential fine solve
+when the iteration has converged (``maxiter >= N``, or a small defect); before that it linearises around the
+unconverged points, and does not differentiate the iterations. The initial guess ``B0`` gets no gradient.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from nodecore._checks import choice, integer
 from nodecore.numerics.control import IntegralController
@@ -81,6 +91,40 @@ class MSBackward(MultipleShootingSolver):
         return B
 
 
+class _ShootingAdjoint(torch.autograd.Function):
+    """The shooting solution ``B`` with the implicit-function-theorem gradient (the module docstring's recursion)."""
+
+    @staticmethod
+    def forward(ctx, solver: MultipleShootingSolver, f: nn.Module, sub_times: list[float], maxiter: int, B0: Tensor,
+                x: Tensor, *params: Tensor) -> Tensor:
+        B = solver.root_solve(f, x, B0, sub_times, maxiter)  # grad mode is off here: no graph is kept
+        ctx.solver, ctx.f, ctx.sub_times, ctx.params = solver, f, sub_times, params
+        ctx.save_for_backward(B)
+        return B
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_B: Tensor) -> tuple:
+        (B,) = ctx.saved_tensors
+        solver, f, sub_times, params = ctx.solver, ctx.f, ctx.sub_times, ctx.params
+        lam = grad_B[-1]
+        grads = [torch.zeros_like(p) for p in params]
+        for m in range(B.shape[0] - 2, -1, -1):
+            with torch.enable_grad():
+                z = B[m].detach().requires_grad_()
+                step = solver.propagate(solver.fine_method, f, z, sub_times)
+                d_z, *d_params = torch.autograd.grad(step, (z, *params), lam, allow_unused=True)
+            lam = grad_B[m] + (d_z if d_z is not None else 0.0)
+            for total, d in zip(grads, d_params):
+                if d is not None:
+                    total.add_(d)
+        return (None, None, None, None, None, lam, *grads)
+
+
+#: Gradient methods of :func:`odeint_mshooting`: torchdyn's names; ``'interpolated_adjoint'`` is ``'adjoint'`` here
+#: (both read the forward points, none solves an adjoint ODE).
+SHOOTING_SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint", "interpolated_adjoint")
+
 MS_SOLVERS: dict[str, type[MultipleShootingSolver]] = {
     "mszero": MSZero, "zero": MSZero, "parareal": MSZero,
     "msbackward": MSBackward, "backward": MSBackward, "newton": MSBackward,
@@ -95,6 +139,8 @@ def odeint_mshooting(
     B0: Tensor | None = None,
     fine_steps: int = 2,
     maxiter: int = 4,
+    *,
+    sensitivity: Literal["autograd", "adjoint", "interpolated_adjoint"] = "autograd",
 ) -> tuple[Tensor, Tensor]:
     """Solve ``dx/dt = f(t, x)`` on ``t_span`` by multiple shooting; torchdyn's functional API.
 
@@ -106,10 +152,25 @@ def odeint_mshooting(
         B0: initial guess of the shooting points ``[N+1, *S]``; the coarse solver's sequential sweep when None.
         fine_steps: points of each interval's grid (``fine_steps - 1`` constant steps per interval).
         maxiter: iterations; ``maxiter >= N`` gives the sequential fine solve.
+        sensitivity: ``'autograd'`` (through the iterations) or ``'adjoint'`` (= ``'interpolated_adjoint'``): the
+            implicit-function-theorem gradient of the shooting solution (see the module docstring); then ``f`` must
+            be an ``nn.Module``, whose parameters get the gradients.
 
     Returns:
         ``(t_span, B)`` with ``B [N+1, *S]`` the solution at ``t_span``.
+
+    Raises:
+        ValueError: an unknown solver or sensitivity, ``t_span`` not equally spaced, a bad ``B0``, ``fine_steps`` or
+            ``maxiter``.
+        TypeError: ``sensitivity='adjoint'`` with an ``f`` that is not an ``nn.Module``.
     """
+    sensitivity = choice("sensitivity", sensitivity, SHOOTING_SENSITIVITIES, plural="sensitivities")
+    if sensitivity != "autograd" and not isinstance(f, nn.Module):
+        raise TypeError(
+            f"sensitivity={sensitivity!r} returns gradients for the field's parameters, so f must be an nn.Module "
+            f"(got {type(f).__name__}); tensors a plain function captures would get no gradient. Wrap it in an "
+            "nn.Module or use sensitivity='autograd'"
+        )
     if isinstance(solver, str):
         solver = MS_SOLVERS[choice("multiple-shooting solver", solver, tuple(MS_SOLVERS))]()
     fine_steps = integer("fine_steps", fine_steps, minimum=2)
@@ -127,11 +188,21 @@ def odeint_mshooting(
         raise ValueError(f"multiple shooting needs equally spaced t_span, got {t_span.tolist()}")
     step = float(dt[0])
     sub_times = [step * k / (fine_steps - 1) for k in range(fine_steps)]
-    if B0 is None:
-        points = [x]
-        for _ in range(t_span.numel() - 1):
-            points.append(solver.propagate(solver.coarse_method, f, points[-1], sub_times))
-        B0 = torch.stack(points)
-    elif B0.shape != (t_span.numel(), *x.shape):
+    if B0 is not None and B0.shape != (t_span.numel(), *x.shape):
         raise ValueError(f"B0 must have shape {(t_span.numel(), *x.shape)} (one state per time), got {tuple(B0.shape)}")
+    if sensitivity != "autograd":
+        with torch.no_grad():
+            B0 = _coarse_sweep(solver, f, x, t_span.numel(), sub_times) if B0 is None else B0.detach()
+        params = tuple(p for p in f.parameters() if p.requires_grad)
+        return t_span, _ShootingAdjoint.apply(solver, f, sub_times, maxiter, B0, x, *params)
+    if B0 is None:
+        B0 = _coarse_sweep(solver, f, x, t_span.numel(), sub_times)
     return t_span, solver.root_solve(f, x, B0, sub_times, maxiter)
+
+
+def _coarse_sweep(solver: MultipleShootingSolver, f: Field, x: Tensor, points: int, sub_times: list[float]) -> Tensor:
+    """The default initial guess: the coarse solver's sequential sweep from ``x``, ``[points, *x.shape]``."""
+    states = [x]
+    for _ in range(points - 1):
+        states.append(solver.propagate(solver.coarse_method, f, states[-1], sub_times))
+    return torch.stack(states)

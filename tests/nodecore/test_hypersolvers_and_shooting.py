@@ -158,8 +158,10 @@ def test_a_multiple_shooting_layer_trains_and_matches_the_sequential_solve() -> 
     assert torch.allclose(B, sequential, rtol=0, atol=1e-12)
     B[-1].square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.parameters())
-    with pytest.raises(ValueError, match="sensitivities: autograd"):
-        MultipleShootingLayer(field, "mszero", sensitivity="adjoint")
+    with pytest.raises(ValueError, match="sensitivities: autograd, adjoint, interpolated_adjoint"):
+        MultipleShootingLayer(field, "mszero", sensitivity="backsolve")
+    with pytest.raises(NotImplementedError, match="solver_adjoint is not supported by multiple shooting"):
+        MultipleShootingLayer(field, "mszero", sensitivity="adjoint", solver_adjoint="rk4")
 
 
 def test_torchdyn_import_paths_for_the_core_and_numerics_names() -> None:
@@ -173,3 +175,109 @@ def test_torchdyn_import_paths_for_the_core_and_numerics_names() -> None:
     assert (Node, Problem, MSL) == (nodecore.NeuralODE, nodecore.ODEProblem, nodecore.MultipleShootingLayer)
     t_eval, solution = odeint(damped, torch.ones(1, 2, dtype=F64), torch.linspace(0, 1, 3, dtype=F64), Tsitouras45())
     assert solution.shape == (3, 1, 2) and torch.equal(t_eval, torch.linspace(0, 1, 3, dtype=F64))
+
+
+# --- the multiple-shooting adjoint --------------------------------------------------------------------------------
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, 8, dtype=F64), nn.Tanh(), nn.Linear(8, 2, dtype=F64))
+
+
+def _loss(B: Tensor) -> Tensor:
+    """A loss on the last and an inner point, so both ends of the adjoint recursion carry a gradient."""
+    return B[-1].square().sum() + (B[3] * torch.tensor([1.0, -2.0], dtype=F64)).sum()
+
+
+def _gradients(net: nn.Module, x: Tensor, solve) -> Tensor:
+    """``[dL/dx, dL/dtheta]`` flattened, for the trajectory ``solve(x)``."""
+    x = x.detach().requires_grad_()
+    net.zero_grad()
+    _loss(solve(x)).backward()
+    return torch.cat([x.grad.flatten(), *(p.grad.flatten() for p in net.parameters())])
+
+
+@pytest.mark.parametrize("method", ["mszero", "msbackward"])
+@pytest.mark.parametrize("sensitivity", ["adjoint", "interpolated_adjoint"])
+def test_converged_shooting_adjoint_equals_autograd_and_the_sequential_solve(method: str, sensitivity: str) -> None:
+    from nodecore.fields import VectorField
+
+    net = _mlp()
+    field = VectorField(net)
+    x, t_span = torch.randn(3, 2, dtype=F64), torch.linspace(0, 2, 7, dtype=F64)
+    adjoint = _gradients(net, x, lambda z: odeint_mshooting(field, z, t_span, method, fine_steps=4, maxiter=6,
+                                                            sensitivity=sensitivity)[1])
+    autograd = _gradients(net, x, lambda z: odeint_mshooting(field, z, t_span, method, fine_steps=4, maxiter=6)[1])
+    sequential = _gradients(net, x, lambda z: odeint(lambda t, y: net(y), z, t_span, "rk4", step_size=2 / 18)[1])
+    torch.testing.assert_close(adjoint, sequential, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(autograd, sequential, rtol=1e-12, atol=1e-12)
+
+
+def test_shooting_adjoint_matches_central_finite_differences() -> None:
+    from nodecore.fields import VectorField
+
+    net = _mlp()
+    field = VectorField(net)
+    x, t_span = torch.randn(2, 2, dtype=F64), torch.linspace(0, 1.5, 6, dtype=F64)
+
+    def loss(z: Tensor) -> Tensor:
+        return _loss(odeint_mshooting(field, z, t_span, "msbackward", fine_steps=3, maxiter=5, sensitivity="adjoint")[1])
+
+    gradient = _gradients(net, x, lambda z: odeint_mshooting(field, z, t_span, "msbackward", fine_steps=3, maxiter=5,
+                                                             sensitivity="adjoint")[1])
+    h = 1e-6
+    weight = net[0].weight
+    with torch.no_grad():
+        for k, (i, j) in enumerate([(0, 0), (3, 1), (7, 0)]):
+            weight[i, j] += h
+            up = loss(x)
+            weight[i, j] -= 2 * h
+            down = loss(x)
+            weight[i, j] += h
+            torch.testing.assert_close(gradient[x.numel() + 2 * i + j], (up - down) / (2 * h), rtol=1e-7, atol=1e-9)
+        for i in range(x.numel()):
+            shift = torch.zeros(x.numel(), dtype=F64)
+            shift[i] = h
+            shift = shift.reshape(x.shape)
+            torch.testing.assert_close(gradient[i], (loss(x + shift) - loss(x - shift)) / (2 * h), rtol=1e-7,
+                                       atol=1e-9)
+
+
+def _saved_bytes(solve) -> int:
+    """Bytes of the tensors autograd saves for the backward pass of ``solve()``."""
+    total = 0
+
+    def pack(tensor: Tensor) -> Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        solve()
+    return total
+
+
+def test_the_shooting_adjoint_saves_only_the_points_whatever_maxiter() -> None:
+    from nodecore.fields import VectorField
+
+    field = VectorField(_mlp())
+    x, t_span = torch.randn(16, 2, dtype=F64, requires_grad=True), torch.linspace(0, 2, 9, dtype=F64)
+    saved = {(sensitivity, maxiter): _saved_bytes(
+        lambda: odeint_mshooting(field, x, t_span, "mszero", fine_steps=4, maxiter=maxiter, sensitivity=sensitivity))
+        for sensitivity in ("autograd", "adjoint") for maxiter in (2, 8)}
+    points = 9 * x.numel() * 8
+    assert saved["adjoint", 2] == saved["adjoint", 8] == points
+    assert saved["autograd", 8] > 3 * saved["autograd", 2] > 30 * points
+
+
+def test_a_multiple_shooting_layer_with_the_adjoint_trains_as_with_autograd() -> None:
+    from nodecore import MultipleShootingLayer
+
+    net = _mlp()
+    x, t_span = torch.randn(3, 2, dtype=F64), torch.linspace(0, 1, 5, dtype=F64)
+    by_adjoint = _gradients(net, x, lambda z: MultipleShootingLayer(net, "mszero", "adjoint", maxiter=4)(z, t_span)[1])
+    by_autograd = _gradients(net, x, lambda z: MultipleShootingLayer(net, "mszero", maxiter=4)(z, t_span)[1])
+    torch.testing.assert_close(by_adjoint, by_autograd, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="f must be an nn.Module"):
+        odeint_mshooting(damped, x, t_span, "mszero", sensitivity="adjoint")
