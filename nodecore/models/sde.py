@@ -8,9 +8,7 @@ options and shapes before any work starts and wraps the user's modules in torchs
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -20,91 +18,31 @@ from torch import Tensor, nn
 from nodecore._checks import choice, integer, positive
 from nodecore._shapes import explained_shapes
 from nodecore.fields import Time, VectorField
+from nodecore.numerics.solvers.sde import (  # noqa: F401  (the registry's names, importable from here as before)
+    NOISE_TYPES,
+    SDE_SOLVER_NAMES,
+    SDE_SOLVERS,
+    SDE_TYPES,
+    NoiseType,
+    SDESolver,
+    SDEType,
+    check_diffusion,
+    check_sde_options,
+)
 
-NoiseType = Literal["diagonal", "general", "scalar", "additive"]
-SDEType = Literal["ito", "stratonovich"]
 SDESensitivity = Literal["autograd", "adjoint"]
 SSpan = Tensor | Sequence[float]
 
-# torchsde's noise types: the shape the diffusion returns for a state [B, D] (m: Brownian channels).
-NOISE_TYPES: tuple[str, ...] = ("diagonal", "general", "scalar", "additive")
-_DIFFUSION_SHAPES: Mapping[str, str] = MappingProxyType({
-    "diagonal": "[B, D] (one Brownian channel per state dimension)",
-    "general": "[B, D, m] (m Brownian channels)",
-    "scalar": "[B, D, 1] (one Brownian channel shared by all dimensions)",
-    "additive": "[B, D, m], independent of the state x",
-})
-SDE_TYPES: tuple[str, ...] = ("ito", "stratonovich")
 SDE_SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint")
 SDE_ORDERS: tuple[int, ...] = (1,)
-
-_ALL_NOISE = NOISE_TYPES
-_NO_GENERAL = ("diagonal", "scalar", "additive")
-_ANY_LEVY = ("none", "space-time", "davie", "foster")
 
 
 class SDEAccuracyWarning(RuntimeWarning):
     """An SDE solve will converge, but more slowly than its solver's order promises."""
 
 
-@dataclass(frozen=True)
-class SDESolver:
-    """A torchsde solver and what it can solve.
-
-    Attributes:
-        name: torchsde's method name (``NeuralSDE(..., solver=name)``).
-        sde_types: the SDE types it solves (``'ito'``, ``'stratonovich'``).
-        noise_types: the noise types it solves.
-        levy_areas: the Lévy-area approximations its Brownian motion may carry; the first is the one
-            nodecore's own Brownian motion is built with.
-        description: one line for reports.
-    """
-
-    name: str
-    sde_types: tuple[str, ...]
-    noise_types: tuple[str, ...]
-    levy_areas: tuple[str, ...]
-    description: str
-
-
-# The SDE solvers torchsde 0.2.6 offers for forward solves (its 'adjoint_reversible_heun' is the backward half
-# of 'reversible_heun' and is not listed). A test checks this table against torchsde's own solver classes.
-SDE_SOLVERS: Mapping[str, SDESolver] = MappingProxyType({s.name: s for s in (
-    SDESolver("euler", ("ito",), _ALL_NOISE, _ANY_LEVY, "Euler–Maruyama (strong order 0.5; 1.0 for additive noise)"),
-    SDESolver("milstein", SDE_TYPES, _NO_GENERAL, _ANY_LEVY, "Milstein (strong order 1.0)"),
-    SDESolver("srk", ("ito",), _NO_GENERAL, ("space-time", "davie", "foster"),
-              "stochastic Runge–Kutta of Rößler (strong order 1.5; torchdyn's default)"),
-    SDESolver("midpoint", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "midpoint (strong order 1.0; 0.5 general)"),
-    SDESolver("heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "Heun (strong order 1.0; 0.5 general)"),
-    SDESolver("euler_heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY, "Euler–Heun (strong order 1.0; 0.5 general)"),
-    SDESolver("reversible_heun", ("stratonovich",), _ALL_NOISE, _ANY_LEVY,
-              "reversible Heun (strong order 0.5; 1.0 additive); exact gradients with sensitivity='adjoint'"),
-    SDESolver("log_ode", ("stratonovich",), _ALL_NOISE, ("foster", "davie"),
-              "log-ODE midpoint (strong order 1.0; 0.5 general)"),
-)})
-SDE_SOLVER_NAMES: tuple[str, ...] = tuple(SDE_SOLVERS)
 # Solvers whose diagonal-noise step uses the diffusion's derivative (see SDEProblem._uses_diffusion_derivative).
 _DERIVATIVE_SOLVERS: tuple[str, ...] = ("milstein", "srk")
-
-
-def check_sde_options(solver: str, noise_type: str, sde_type: str) -> SDESolver:
-    """The registry entry of ``solver``, checked to solve ``sde_type`` SDEs with ``noise_type`` noise.
-
-    Raises:
-        ValueError: an unknown solver, noise type or SDE type, or a solver that cannot solve this SDE; the
-        message lists the valid values (for the mismatch: the solvers that can).
-    """
-    noise_type = choice("noise_type", noise_type, NOISE_TYPES)
-    sde_type = choice("sde_type", sde_type, SDE_TYPES)
-    entry = SDE_SOLVERS[choice("solver", solver, SDE_SOLVER_NAMES)]
-    if sde_type not in entry.sde_types or noise_type not in entry.noise_types:
-        fits = [s.name for s in SDE_SOLVERS.values() if sde_type in s.sde_types and noise_type in s.noise_types]
-        raise ValueError(
-            f"solver {solver!r} cannot solve an {sde_type!r} SDE with {noise_type!r} noise (it solves "
-            f"{'/'.join(entry.sde_types)} SDEs with {', '.join(entry.noise_types)} noise); valid solvers for "
-            f"sde_type={sde_type!r}, noise_type={noise_type!r}: {', '.join(fits)}"
-        )
-    return entry
 
 
 class SDEFunc(nn.Module):
@@ -347,20 +285,7 @@ class SDEProblem(nn.Module):
         if not isinstance(drift, Tensor) or drift.shape != x.shape:
             got = tuple(drift.shape) if isinstance(drift, Tensor) else type(drift).__name__
             raise ValueError(f"the drift must return a tensor shaped like the state {tuple(x.shape)}, got {got}")
-        batch, dim = x.shape
-        got = tuple(diffusion.shape) if isinstance(diffusion, Tensor) else type(diffusion).__name__
-        if noise_type == "diagonal":
-            fits, channels = got == (batch, dim), dim
-        else:
-            fits = isinstance(diffusion, Tensor) and diffusion.ndim == 3 and got[:2] == (batch, dim) and got[2] >= 1
-            channels = got[2] if fits else 0
-            fits = fits and (noise_type != "scalar" or channels == 1)
-        if not fits:
-            raise ValueError(
-                f"with noise_type={noise_type!r} the diffusion must return {_DIFFUSION_SHAPES[noise_type]} for a "
-                f"state [B, D] = {[batch, dim]}, got {got}; pick the noise_type that matches the diffusion "
-                f"(valid noise_types: {', '.join(NOISE_TYPES)})"
-            )
+        channels = check_diffusion(diffusion, x, noise_type)
         if noise_type == "diagonal" and self._uses_diffusion_derivative() and not _elementwise(func, t0, x):
             self._refuse_mixing_diffusion()
         return channels

@@ -1,5 +1,5 @@
 """nodecore's ODE engine: Runge–Kutta tableaus, solver objects, step-size control, one stepping loop, ``odeint``,
-the adjoint, hypersolvers and multiple shooting.
+the adjoint, hypersolvers and multiple shooting; ``sdeint``, torchdyn's SDE solve, on torchsde's methods.
 
 The lowest layer of the library: plain torch, importing nothing else from nodecore but its errors and checks.
 """
@@ -10,6 +10,7 @@ from nodecore.numerics.hyper import HyperEuler, HyperMidpoint, HyperRungeKutta4,
 from nodecore.numerics.odeint import INTERPOLATORS, odeint
 from nodecore.numerics.registry import ALIASES, SOLVER_NAMES, SOLVERS, Solver, get_solver, solver_object
 from nodecore.numerics.root import root_find
+from nodecore.numerics.sdeint import sdeint
 from nodecore.numerics.shooting import MS_SOLVERS, MSBackward, MSZero, MultipleShootingSolver, odeint_mshooting
 from nodecore.numerics.solvers import (
     AdaptiveHeun,
@@ -35,5 +36,5 @@ __all__ = [
     "RungeKutta38", "RungeKutta4", "SOLVERS", "SOLVER_NAMES", "Solver", "StepCounts", "Tsitouras45", "get_solver",
     "initial_step", "odeint", "odeint_mshooting", "solver_object",
     "AsynchronousLeapfrog", "EventCallback", "Lorenz", "SYMPLECTIC_SOLVERS", "StochasticEventCallback", "VanDerPol",
-    "odeint_hybrid", "odeint_symplectic", "root_find",
+    "odeint_hybrid", "odeint_symplectic", "root_find", "sdeint",
 ]
