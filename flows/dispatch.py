@@ -11,6 +11,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
 from flows.cell_flow import CELL_FLOW_NAME, SupersededOutput, read_cell_result
+from flows.zombies import heartbeat_env
 from tasks.config import PipelineConfig
 from tasks.grid import Cell
 from tasks.cache import StageOutput
@@ -72,7 +73,7 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     flow_run = run_deployment(
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,
-        job_variables={"env": env} if env else None,
+        job_variables={"env": {**heartbeat_env(), **env}},  # it beats as often as the zombie window assumes
         timeout=config.run.cell_timeout_seconds,
         poll_interval=1,
         flow_run_name=f"cell-{cell.name}",
@@ -86,6 +87,11 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         raise CellLost(f"cell {cell.name} on work pool {pool!r} did not finish within "
                        f"{config.run.cell_timeout_seconds} s (flow run {flow_run.id}; its cancellation is requested); {where}")
     if state.is_crashed():
+        # Crashed by the server for missing heartbeats, its process may yet live (a stalled host): have its worker
+        # stop it, so the retry does not race it. From a final state only a forced transition is taken.
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, Cancelling(message=f"{cell.name} crashed; dispatched again"),
+                                      force=True)
         raise CellLost(f"cell {cell.name} on work pool {pool!r} crashed (flow run {flow_run.id}): {state.message}")
     if not state.is_completed():
         raise RuntimeError(f"cell {cell.name} on work pool {pool!r} ended {state.type.value} (flow run "

@@ -189,10 +189,9 @@ def print_summary(summary: dict[str, Any], *, ui_url: str | None) -> None:
 def without_flow_heartbeats() -> contextlib.AbstractContextManager[object]:
     """No flow-run heartbeats from this console run, unless ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` asks for them.
 
-    Prefect 3.9 sends them every 180 s by default, for automations that detect crashed runs; none is set up here
-    (a dispatched cell's loss is detected by its timeout, see :mod:`flows.dispatch`). Their thread cost a
-    console run 0.6-0.9 s at its end (it sleeps in whole seconds before it sees the stop), a third of a fully
-    cached rerun. Runs started by a worker (deployments) keep Prefect's default.
+    Prefect 3.9 sends them every 180 s by default, for automations that detect crashed runs; the one set up here
+    (:mod:`flows.zombies`) watches only dispatched cell runs, which keep theirs. Their thread cost a console run
+    0.6-0.9 s at its end (it sleeps in whole seconds before it sees the stop), a third of a fully cached rerun.
     """
     if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
         return contextlib.nullcontext()

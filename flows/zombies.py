@@ -4,54 +4,106 @@ its heartbeats stop, and the dispatch retries crashed cells (:mod:`flows.dispatc
 Prefect 3.9 flow runs send a heartbeat event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (180 by default,
 30 at least). A self-hosted server acts on them only through an automation (Prefect's "detect zombie flows"
 recipe): after each heartbeat of a cell flow run, expect another event of that run (a heartbeat or a state
-change) within :data:`MISSED_HEARTBEATS` heartbeat periods, else set the run ``Crashed``. Only runs of the cell
-flow are watched; a user's other flows on the same server are not touched.
+change) within a window, else set the run ``Crashed``. Only runs of the cell flow are watched; a user's other
+flows on the same server are not touched.
+
+The automation is one per server, so a live run is never crashed by a window that is too short for it:
+
+* a dispatch pins the period of the cell run it starts (:func:`heartbeat_env`): the period the window was made
+  for, whatever the worker host's own setting;
+* the window only grows: a dispatcher whose period is shorter than the one the window was made for keeps the
+  longer window (its cells then send more heartbeats than needed, which is harmless).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import timedelta
 
 from flows.cell_flow import CELL_FLOW_NAME
 
 AUTOMATION_NAME = f"{CELL_FLOW_NAME}: crash runs whose heartbeats stopped"
 MISSED_HEARTBEATS = 3  # periods without a heartbeat before a run counts as dead (Prefect's own rule of thumb)
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+_log = logging.getLogger(__name__)
 
 
 def heartbeat_seconds() -> int | None:
-    """The heartbeat period of flow runs that workers started with this host's environment: its
-    ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, else Prefect's default (180 s). Not this process's own setting: a
-    console run turns its own heartbeats off (see ``flows.train_flow.without_flow_heartbeats``)."""
-    import os
-
+    """The heartbeat period this host gives the cell runs it dispatches: its ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
+    else Prefect's default (180 s). Not this process's own setting: a console run turns its own heartbeats off
+    (``flows.train_flow.without_flow_heartbeats``)."""
     from prefect.settings.models.flows import FlowsSettings
 
-    value = os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
-    return int(value) if value else FlowsSettings.model_fields["heartbeat_frequency"].default
+    value = os.environ.get(HEARTBEAT_ENV)
+    return max(int(value), 30) if value else FlowsSettings.model_fields["heartbeat_frequency"].default
 
 
-def ensure_zombie_detection(heartbeat: int | None = None, *, missed: int = MISSED_HEARTBEATS) -> timedelta | None:
-    """Create or update the server's automation :data:`AUTOMATION_NAME`; return how long a silent run lives.
+def heartbeat_env() -> dict[str, str]:
+    """The environment a dispatched cell run gets so that it beats as often as the window assumes."""
+    period = heartbeat_seconds()
+    return {} if period is None else {HEARTBEAT_ENV: str(period)}
+
+
+def ensure_zombie_detection(heartbeat: int | None = None, *, missed: int = MISSED_HEARTBEATS,
+                            replace: bool = False) -> timedelta | None:
+    """Create or update the server's automation :data:`AUTOMATION_NAME`; return its window (how long a silent
+    run lives), None if there is none.
+
+    Best effort: a server that refuses (permissions, an outage) gets a warning and no automation, and a dead
+    host's cell is then noticed only by ``run.cell_timeout_seconds``.
 
     Args:
-        heartbeat: the cell runs' heartbeat period in seconds, as their workers send them (default:
-            :func:`heartbeat_seconds`). None where Prefect's default is none: nothing is created.
+        heartbeat: the cell runs' heartbeat period in seconds (default: :func:`heartbeat_seconds`). None where
+            Prefect's default is none: nothing is created.
         missed: heartbeat periods without an event before a run is marked Crashed.
+        replace: set this window even if the automation's is longer (a test's fast hosts); otherwise the
+            window only grows (see the module docstring).
     """
+    heartbeat = heartbeat_seconds() if heartbeat is None else heartbeat
+    if heartbeat is None:
+        return None
+    try:
+        return _ensure(timedelta(seconds=missed * max(heartbeat, 30)), replace=replace)
+    except Exception as err:  # the server's own errors vary (HTTP 403, connection refused, ...)
+        _log.warning("could not set up the automation %r that crashes cell runs whose hosts died (%s): a dead "
+                     "host's cell is noticed only by run.cell_timeout_seconds", AUTOMATION_NAME, err)
+        return None
+
+
+def _ensure(within: timedelta, *, replace: bool) -> timedelta:
+    from prefect import get_client
+    from prefect.automations import Automation
+
+    with get_client(sync_client=True) as client:
+        found = client.read_automations_by_name(name=AUTOMATION_NAME)
+        for duplicate in found[1:]:  # two dispatchers that started at once may each have created one
+            client.delete_automation(duplicate.id)
+    existing = found[0] if found else None
+    current = getattr(existing.trigger, "within", None) if existing is not None else None
+    if current is not None and current > within and not replace:
+        within = current
+    wanted = _automation(within)
+    if existing is None:
+        wanted.create()
+    elif current != within or not existing.enabled:
+        wanted.id = existing.id
+        wanted.update()
+    return within
+
+
+def _automation(within: timedelta) -> "Automation":  # noqa: F821  (imported lazily: prefect's automations)
     from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
-    heartbeat = heartbeat_seconds() if heartbeat is None else heartbeat
-    if heartbeat is None:
-        return None
-    within = timedelta(seconds=missed * max(heartbeat, 30))
-    wanted = Automation(
+    seconds = f"{within.total_seconds():.0f} s"
+    return Automation(
         name=AUTOMATION_NAME,
-        description=f"Marks a {CELL_FLOW_NAME} flow run Crashed when {within.total_seconds():.0f} s pass without "
-                    "a heartbeat or state change, so that its dispatch runs the cell again on another host.",
+        description=f"Marks a {CELL_FLOW_NAME} flow run Crashed when {seconds} pass without a heartbeat or state "
+                    "change, so that its dispatch runs the cell again on another host.",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.*"},
@@ -63,16 +115,5 @@ def ensure_zombie_detection(heartbeat: int | None = None, *, missed: int = MISSE
             threshold=1,
             within=within,
         ),
-        actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {within.total_seconds():.0f} s: its host is gone")],
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=f"no heartbeat for {seconds}: its host is gone")],
     )
-    try:
-        existing = Automation.read(name=AUTOMATION_NAME)
-    except ValueError:  # none by that name
-        existing = None
-    if existing is None:
-        wanted.create()
-    elif getattr(existing.trigger, "within", None) != within or not existing.enabled:
-        wanted.id = existing.id
-        wanted.update()
-    return within

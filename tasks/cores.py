@@ -9,6 +9,7 @@ limit in the UI gives each training more threads.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,21 +23,36 @@ def cpu_threads(device: str, limit: int) -> int | None:
     return max(1, usable_cores() // max(limit, 1))
 
 
+_LOCK = threading.Lock()
+_active = 0  # blocks of torch_threads running now, in any thread of this process
+_default: int | None = None  # the count before the first of them began
+
+
 @contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads (None: unchanged), restoring the count after.
+    """Run the block with ``threads`` torch intra-op threads (None: unchanged); the process's count is put back
+    when the last such block of the process ends.
 
-    torch's count is per process, and each thread picks it up on its first parallel op: set in the training's
-    own thread, it holds there; a training beside it in another thread sets its own, the same value.
+    torch keeps one count per process, and each thread takes it the first time it does parallel work. Blocks in
+    several threads at once (trainings in a thread pool) therefore share one saved default: restoring per block
+    would let the last one to end put back another's setting (and leave the process at one thread). A thread
+    that first used torch while a block was running keeps that block's count until it sets its own.
     """
+    global _active, _default
     if threads is None:
         yield
         return
     import torch  # here, not at import: the flow process counts cores without importing torch
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    with _LOCK:
+        if _active == 0:
+            _default = torch.get_num_threads()
+        _active += 1
+        torch.set_num_threads(threads)  # the global count, and this thread's own
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _LOCK:
+            _active -= 1
+            if _active == 0 and _default is not None:
+                torch.set_num_threads(_default)

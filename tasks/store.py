@@ -17,6 +17,7 @@ from fsspec's usual configuration, e.g. ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACC
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -33,6 +34,7 @@ from nodecore.files import atomic_write, file_digest
 CACHE_ENV = "NODECORE_STORE_CACHE"
 DEFAULT_CACHE = Path("~/.cache/nodecore/stores")
 _PARTIAL = ".partial-"
+_log = logging.getLogger(__name__)
 
 
 def _modified(info: dict) -> float | None:
@@ -283,7 +285,7 @@ class ArtifactStore:
         version (botocore otherwise presigns with SigV2 in older regions, which S3 refuses for buckets made since
         mid-2020 and S3-compatible servers may not speak). A SigV4 URL is signed for the client's region
         (``AWS_DEFAULT_REGION``), which must be the bucket's. Elsewhere, :meth:`url`: a local store, or a
-        filesystem that cannot sign (``memory://``: fsspec raises NotImplementedError).
+        filesystem that cannot sign (``memory://``: fsspec raises NotImplementedError) or fails to (logged).
 
         Raises:
             ValueError: ``relative`` leaves the store.
@@ -298,6 +300,10 @@ class ArtifactStore:
         try:
             return fs.sign(key, expiration=expires_in)
         except NotImplementedError:
+            return self.url(relative)
+        except Exception as err:  # a driver that can sign but not here (gcsfs without a service account, ...)
+            _log.warning("could not presign %s for a browser link (%s: %s); linking the store URL instead",
+                         self.url(relative), type(err).__name__, err)
             return self.url(relative)
 
 

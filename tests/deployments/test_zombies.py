@@ -12,12 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 from uuid import UUID
 
+import pytest
+
 from prefect.automations import Automation
 from prefect.client.orchestration import get_client
 
 from flows.cell_flow import CELL_FLOW_NAME
 from flows.server import ServerInfo, prefect_settings_context
-from flows.zombies import AUTOMATION_NAME, ensure_zombie_detection
+from flows.zombies import AUTOMATION_NAME, _automation, ensure_zombie_detection
 
 HEARTBEAT = 30  # Prefect's shortest period
 
@@ -50,13 +52,19 @@ def _state(run_id: UUID) -> str:
 def test_a_cell_run_whose_heartbeats_stop_is_crashed_and_another_flows_run_is_left_alone(
         prefect_server: ServerInfo, tmp_path: Path) -> None:
     with prefect_settings_context(prefect_server):
-        # Prefect's default period (180 s): three missed heartbeats, 9 minutes.
+        with get_client(sync_client=True) as client:  # whatever earlier tests left
+            for automation in client.read_automations_by_name(AUTOMATION_NAME):
+                client.delete_automation(automation.id)
+            assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=HEARTBEAT)
+        _automation(timedelta(seconds=HEARTBEAT)).create()  # a second one, as a racing dispatcher would leave
+        # Prefect's default period (180 s): three missed heartbeats, 9 minutes; the duplicate is gone.
         assert ensure_zombie_detection() == timedelta(seconds=3 * 180)
-        # Updated in place, not duplicated, for this test's hosts: one 30-s period.
-        assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=HEARTBEAT)
-        assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=HEARTBEAT)
         with get_client(sync_client=True) as client:
             assert len(client.read_automations_by_name(AUTOMATION_NAME)) == 1
+        # The window only grows: a dispatcher with a shorter period must not crash the longer-beating runs.
+        assert ensure_zombie_detection(HEARTBEAT, missed=1) == timedelta(seconds=3 * 180)
+        # This test's hosts beat every 30 s: one period, set on purpose.
+        assert ensure_zombie_detection(HEARTBEAT, missed=1, replace=True) == timedelta(seconds=HEARTBEAT)
         assert Automation.read(name=AUTOMATION_NAME).trigger.within == timedelta(seconds=HEARTBEAT)
 
         script = tmp_path / "host.py"
@@ -83,3 +91,25 @@ def test_a_cell_run_whose_heartbeats_stop_is_crashed_and_another_flows_run_is_le
             with get_client(sync_client=True) as client:  # leave the session's server as it was
                 for automation in client.read_automations_by_name(AUTOMATION_NAME):
                     client.delete_automation(automation.id)
+
+
+def test_a_server_that_refuses_the_automation_leaves_the_run_going_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import flows.zombies
+
+    def refused(within: timedelta, *, replace: bool) -> timedelta:
+        raise PermissionError("403: this API key may not create automations")
+
+    monkeypatch.setattr(flows.zombies, "_ensure", refused)
+    with caplog.at_level("WARNING", logger="flows.zombies"):
+        assert ensure_zombie_detection(60) is None
+    assert "403" in caplog.text and "cell_timeout_seconds" in caplog.text
+
+
+def test_a_dispatched_cell_beats_as_often_as_the_window_assumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.zombies import heartbeat_env
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    assert heartbeat_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "180"}  # Prefect's default, pinned
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "5")
+    assert heartbeat_env() == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # Prefect's floor

@@ -58,3 +58,41 @@ def test_a_cell_whose_outputs_another_build_replaced_is_dispatched_again(
                                         device="cpu", env={}, dataset=output, field=output)
     assert flows.dispatch._lost_cells_only(None, None, SimpleNamespace(result=lambda: (_ for _ in ()).throw(
         raised.value)))  # the retry condition takes it
+
+
+def test_a_cell_run_is_started_with_the_heartbeat_period_and_a_crashed_one_is_stopped_before_its_retry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The zombie window assumes the dispatcher's period, so the cell run gets it; a run the server marked Crashed
+    (no heartbeats) may still be alive on a stalled host, so its worker is told to stop it (a forced Cancelling)."""
+    from types import SimpleNamespace
+
+    from prefect.states import Crashed
+
+    sent: dict = {}
+    states: list = []
+
+    def run_deployment(name: str, *, parameters: dict, job_variables: dict, **options: object) -> SimpleNamespace:
+        sent.update(job_variables)
+        return SimpleNamespace(id="run-1", state=Crashed(message="no heartbeat for 540 s"))
+
+    class Client:
+        def __enter__(self) -> "Client":
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def set_flow_run_state(self, run_id: str, state: object, force: bool = False) -> None:
+            states.append((run_id, state.type.value, force))
+
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "45")
+    monkeypatch.setattr(flows.dispatch, "run_deployment", run_deployment)
+    monkeypatch.setattr(flows.dispatch, "get_client", lambda sync_client: Client())
+    config = PipelineConfig.model_validate({"run": {"artifacts_dir": str(tmp_path), "executor": "deployments"}})
+    output = StageOutput(stage="generate-dataset", key="0" * 24, files={}, digests={})
+    with pytest.raises(flows.dispatch.CellLost, match="crashed"):
+        flows.dispatch.dispatch_cell.fn(config=config, cell=Cell(solver="euler", device="cuda:1"), pool="gpu",
+                                        device="cuda:0", env={"CUDA_VISIBLE_DEVICES": "1"}, dataset=output,
+                                        field=output)
+    assert sent["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "45", "CUDA_VISIBLE_DEVICES": "1"}
+    assert states == [("run-1", "CANCELLING", True)]

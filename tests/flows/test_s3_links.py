@@ -261,3 +261,17 @@ def test_the_link_expiry_is_validated_with_its_range_named(capsys: pytest.Captur
         parse_config(PipelineConfig, ["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--run.link_expiry_seconds int" in help_text and "presigned https links" in help_text
+
+
+def test_a_store_that_fails_to_sign_links_its_url_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """gcsfs without a service account, adlfs without an account key, ...: the report still publishes."""
+    store = ArtifactStore(f"memory://nodecore-{uuid.uuid4().hex[:8]}/run")
+
+    def sign(path: str, expiration: int = 100) -> str:
+        raise PermissionError("no private key to sign with")
+
+    monkeypatch.setattr(store.fs, "sign", sign)
+    with caplog.at_level("WARNING", logger="tasks.store"):
+        assert store.browser_url("x.bin", 60) == store.url("x.bin")
+    assert "could not presign" in caplog.text and "no private key" in caplog.text

@@ -45,3 +45,37 @@ def test_the_thread_count_holds_inside_the_block_of_a_worker_thread_and_is_resto
     worker.join()
     assert seen == [1, before]
     assert torch.get_num_threads() == before
+
+
+def test_overlapping_trainings_in_threads_put_the_processes_count_back_when_the_last_ends() -> None:
+    """A enters, B enters (in a thread that never used torch), A leaves, B leaves: the default is back, for this
+    thread and for a thread started afterwards (restoring per block left the process at one thread)."""
+    before = torch.get_num_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def a() -> None:
+        with torch_threads(1):
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+        seen["after a"] = torch.get_num_threads()
+
+    def b() -> None:
+        a_in.wait(5)
+        with torch_threads(1):
+            b_in.set()
+            a_out.wait(5)
+            seen["b inside, a gone"] = torch.get_num_threads()
+
+    workers = [threading.Thread(target=a), threading.Thread(target=b)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    later: list[int] = []
+    fresh = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen["b inside, a gone"] == 1  # B still trains with its count
+    assert torch.get_num_threads() == before and later == [before]
