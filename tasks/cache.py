@@ -414,7 +414,9 @@ def stage_task(stage: str, **task_options: Any) -> Callable[[Callable[..., Built
             key = stage_key(stage, code_digest(Path(code_file)), inputs)
             if not refresh and (cached := cached_output(store, stage, key)) is not None:
                 return cached
-            store.remove(f"{stage}/{key}/{MANIFEST}")  # a rebuild never leaves the old manifest vouching for it
+            # A rebuild (a refresh, or after a miss) writes a build folder of its own, so an old manifest keeps
+            # vouching for its own untouched files until the new one replaces it: a reader racing this build
+            # (another host's dispatch reading its cell result) still finds a verified output.
             fetch_inputs(store, inputs)
             key_folder = store.local_root / stage / key
             folder = key_folder / f"{BUILD_PREFIX}{secrets.token_hex(8)}"

@@ -180,14 +180,31 @@ def restore_resume(ctx: StageContext, log: Log) -> None:
     """Bring the store's resume record, and the newest checkpoint it lists whose bytes match it, into the key
     folder (another host's, after a retry); older checkpoints are downloaded only if the newer ones do not match.
 
-    Nothing to do for a local store, or where the store holds no record (a local one is then kept). A record that
-    does not verify is left for :func:`load_resume` to discard, and no checkpoint is downloaded for it.
+    Nothing to do for a local store, or where the store holds no record (a local one is then kept). The local
+    record is kept, too, when it verifies and is newer than the store's or the store's does not verify (a retry
+    on this host after its last record upload failed, or a record planted in the store): what this host
+    trained is never discarded for an older or unsigned record.
     """
-    if ctx.store is None or ctx.store.is_local or ctx.restore(RESUME) is None:
+    if ctx.store is None or ctx.store.is_local:
+        return
+    local = ctx.key_folder / RESUME
+    try:
+        kept, newest_here = local.read_bytes(), _parse_resume_record(ctx.key_folder)[0]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        kept, newest_here = None, -1
+    if ctx.restore(RESUME) is None:
         return
     try:
         entries = _parse_resume_record(ctx.key_folder)
     except (OSError, ValueError, KeyError, TypeError):
+        entries = []
+    if kept is not None and (not entries or entries[0]["epoch"] < newest_here):
+        with atomic_write(local) as handle:
+            handle.write(kept)
+        log.warning("keeping this host's resume record (epoch %d): the store's is %s", newest_here,
+                    f"older (epoch {entries[0]['epoch']})" if entries else "unreadable or not signed")
+        return
+    if not entries:
         return
     for entry in entries:
         if ctx.restore(entry["file"], entry["sha256"]) is not None:

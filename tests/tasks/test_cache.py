@@ -192,13 +192,18 @@ def test_a_build_that_dies_leaves_no_manifest(root: Path) -> None:
     assert BUILDS == [512, 512] and output.key == folder.name and read_manifest(folder, root) == output
 
 
-def test_a_rebuild_removes_the_old_manifest_first(root: Path) -> None:
-    """A refresh that dies must not leave the old manifest describing half-rewritten files."""
+def test_a_refresh_that_dies_leaves_the_old_output_whole_and_verified(root: Path) -> None:
+    """The refresh writes its own build folder, so the old manifest never describes half-rewritten files: it
+    still verifies (a reader racing the rebuild gets it), and the next run without refresh takes it."""
     output = _run(root)
     DIE["after_first_file"] = True
     with pytest.raises(RuntimeError, match="killed"):
         _run(root, refresh=True)
-    assert not (root / "toy" / output.key / MANIFEST).exists()
+    assert read_manifest(root / "toy" / output.key, root) == output
+    DIE["after_first_file"] = False
+    builds = len(BUILDS)
+    again = _run(root)
+    assert again.reused and again.files == output.files and len(BUILDS) == builds  # a cache hit: nothing built
 
 
 def test_cache_policy_keys_like_the_stage_body(root: Path) -> None:

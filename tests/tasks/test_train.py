@@ -201,6 +201,32 @@ def test_the_bucket_keeps_only_the_recorded_generations_and_a_retry_fetches_only
     assert checkpoint.epoch == 6 and torch.equal(checkpoint.state_dict["weight"], torch.full((2, 2), 6.0))
 
 
+def test_a_retry_on_the_same_host_keeps_its_newer_record_over_an_older_or_unsigned_one_in_the_bucket(
+        s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The last record upload failed (the bucket says epoch 2, this host trained to 4), or the bucket's record
+    was planted: the retry keeps this host's record and checkpoints instead of discarding them."""
+    name = f"nodecore-{uuid.uuid4().hex[:12]}"
+    ArtifactStore(f"s3://{name}").fs.mkdir(name)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "host-a"))
+    ctx = _context(ArtifactStore(f"s3://{name}/grid"))
+    model, optimizer = nn.Linear(2, 2), None
+    for epoch in (2, 4):
+        optimizer = optimizer or torch.optim.Adam(model.parameters())
+        saved = save_resume(ctx.key_folder, model, optimizer, config={"kind": "test"}, epoch=epoch,
+                            history=History(), log=LOG)
+        if epoch == 2:
+            share_resume(ctx, saved, LOG)  # epoch 4's upload never happens
+    restore_resume(ctx, LOG)
+    assert load_resume(ctx.key_folder, LOG).epoch == 4
+    assert any("keeping this host's resume record (epoch 4): the store's is older (epoch 2)" in w
+               for w in _warnings(caplog)), _warnings(caplog)
+
+    store = ctx.store
+    store.fs.pipe_file(f"{store.base}/train/{'c' * 24}/{RESUME}", b'{"checkpoints": [], "signature": "forged"}')
+    restore_resume(ctx, LOG)
+    assert load_resume(ctx.key_folder, LOG).epoch == 4
+
+
 # --- inside the train stage ----------------------------------------------------------------------------
 
 EPOCHS = ("--training.epochs", "6", "--training.checkpoint_every", "2")
