@@ -27,6 +27,7 @@ from nodecore.numerics.solvers.sde import (  # noqa: F401  (the registry's names
     SDESolver,
     SDEType,
     check_diffusion,
+    check_sde_interface,
     check_sde_options,
 )
 
@@ -161,14 +162,7 @@ class SDEProblem(nn.Module):
     ) -> None:
         super().__init__()
         self.order = _check_order(order)
-        for name in ("f", "g", "noise_type", "sde_type"):
-            if not hasattr(func, name) or (name in ("f", "g") and not callable(getattr(func, name))):
-                what = f"method {name}(t, x)" if name in ("f", "g") else f"attribute {name}"
-                raise TypeError(
-                    f"func must be torchsde's SDE: methods f(t, x) (drift) and g(t, x) (diffusion), attributes "
-                    f"noise_type and sde_type; {type(func).__name__} has no {what}. Build one with "
-                    "NeuralSDE(drift, diffusion)"
-                )
+        check_sde_interface(func, "func must be torchsde's SDE:", "(build one with NeuralSDE(drift, diffusion))")
         self.defunc = func
         self.sensitivity, self.solver = sensitivity, solver
         self._options()  # checks them, with the SDE's noise and SDE types

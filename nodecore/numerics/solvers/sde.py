@@ -273,6 +273,16 @@ class SDEStepper(nn.Module):
         return f"method={self.method!r} (torchsde {self.entry.name!r}), strong order {self.order}"
 
 
+def check_sde_interface(sde: object, lead: str, hint: str) -> None:
+    """Raise a TypeError, ``lead`` + what torchsde's SDE needs + what ``sde`` lacks + ``hint``, unless ``sde``
+    has methods ``f(t, x)``, ``g(t, x)`` and attributes ``noise_type``, ``sde_type``."""
+    for name in ("f", "g", "noise_type", "sde_type"):
+        if not hasattr(sde, name) or (name in ("f", "g") and not callable(getattr(sde, name))):
+            what = f"method {name}(t, x)" if name in ("f", "g") else f"attribute {name}"
+            raise TypeError(f"{lead} methods f(t, x) (drift) and g(t, x) (diffusion) and attributes noise_type and "
+                            f"sde_type; {type(sde).__name__} has no {what} {hint}")
+
+
 def check_sde(sde: object) -> None:
     """Raise unless ``sde`` is torchsde's SDE: methods ``f(t, x)``, ``g(t, x)``, attributes ``noise_type``, ``sde_type``.
 
@@ -280,14 +290,8 @@ def check_sde(sde: object) -> None:
         TypeError: naming what is missing.
         ValueError: an unknown ``noise_type`` or ``sde_type`` (the message lists the valid ones).
     """
-    for name in ("f", "g", "noise_type", "sde_type"):
-        if not hasattr(sde, name) or (name in ("f", "g") and not callable(getattr(sde, name))):
-            what = f"method {name}(t, x)" if name in ("f", "g") else f"attribute {name}"
-            raise TypeError(
-                f"the SDE must have methods f(t, x) (drift) and g(t, x) (diffusion) and attributes noise_type and "
-                f"sde_type; {type(sde).__name__} has no {what} (nodecore.models.SDEFunc(f, g, noise_type=..., "
-                "sde_type=...) builds one from two modules)"
-            )
+    check_sde_interface(sde, "the SDE must have", "(nodecore.models.SDEFunc(f, g, noise_type=..., sde_type=...) "
+                                                  "builds one from two modules)")
     choice("noise_type", sde.noise_type, NOISE_TYPES)
     choice("sde_type", sde.sde_type, SDE_TYPES)
 
