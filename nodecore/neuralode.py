@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -18,9 +19,16 @@ from nodecore.errors import NonFiniteError, StabilityWarning, TooManyStepsError,
 from nodecore.fields import Time, VectorField
 from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
-from nodecore.numerics.integrate import integrate
-from nodecore.numerics.odeint import MAPPING_STATE_HINT, interpolates
-from nodecore.numerics.solvers import RungeKutta, real_dtype
+from nodecore.numerics.integrate import integrate, integrate_by_own_step, no_args, state_like, writes_own_step
+from nodecore.numerics.odeint import (
+    MAPPING_STATE_HINT,
+    check_step_inputs,
+    describe,
+    interpolates,
+    select_states,
+    stack_states,
+)
+from nodecore.numerics.solvers import RungeKutta, real_dtype, time_tensor
 from nodecore.names import (  # noqa: F401  (defaults shared with the pipeline's config)
     DEFAULT_ATOL,
     DEFAULT_ATOL_ADJOINT,
@@ -61,6 +69,7 @@ class _Orders:
 
 ORDERS = _Orders()
 
+_NO_ARGS = object()  # a solver's own step called the field as f(t, x), without args
 _CONTROLLER = IntegralController()  # torchdiffeq's step-size rule, so both backends take similar steps
 # A constant-step solve whose final max |x| exceeds this factor times max(max |x0|, 1) warns (StabilityWarning).
 BLOWUP_GROWTH = 1e8
@@ -116,6 +125,20 @@ class _SolveFunc:
         if self._shape_checked:
             return self._evaluate(t, x)
         return self._first_evaluation(t, x)
+
+    def call_from_step(self, t: Tensor, x: object, args: object = _NO_ARGS) -> object:
+        """The field as a solver's own ``step`` sees it, torchdyn's ``f(t, x, args)``: ``args`` goes on to the field
+        (:class:`_ArgsField`); called as ``f(t, x)`` on a tensor state it is the field of every solve, checked."""
+        if args is _NO_ARGS and isinstance(x, Tensor):
+            return self(t, x)
+        self.phase.nfe += 1
+        field = self.vf
+        if not isinstance(field, _ArgsField):
+            raise TypeError(
+                f"the solver's step handed the vector field {describe(args)} after (t, x), but an order-"
+                f"{getattr(field, 'order', 1)} field is called as f(t, z) only (torchdyn drops it there silently)"
+            )
+        return (field if _hooked(field) else field.forward)(t, x, args)
 
     def _first_evaluation(self, t: Tensor, x: Tensor) -> Tensor:
         """Evaluate the field, explaining a state it cannot take and a result not shaped like the state."""
@@ -210,6 +233,66 @@ class _HigherOrderField(VectorField):
             )
         # Each block's derivative is the next block: drop the first block, append the field's output.
         return torch.cat([z[..., n:], top], dim=-1)
+
+
+def _parameters(vf: Callable) -> list[inspect.Parameter]:
+    """The parameters of a field's call (its ``forward`` for a module); none when they cannot be read."""
+    try:
+        return list(inspect.signature(vf.forward if isinstance(vf, nn.Module) else vf).parameters.values())
+    except (TypeError, ValueError):
+        return []
+
+
+def _declares_args(vf: Callable) -> bool:
+    """Whether the field has a parameter named ``args``, which torchdyn's ``DEFunc`` fills by keyword."""
+    return any(p.name == "args" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in _parameters(vf))
+
+
+def _takes_third_positional(vf: Callable) -> bool:
+    """Whether the field can be called as ``vf(t, x, extra)``."""
+    params = _parameters(vf)
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+class _ArgsField(VectorField):
+    """A first-order field called as torchdyn's ``DEFunc`` calls it: ``f(t, x, args)`` reaches it as
+    ``vf(t, x, args=args)``. Used for a field with an ``args`` parameter and with a solver that has its own ``step``.
+
+    A field with an ``args`` parameter gets ``args={}`` when called as ``f(t, x)``, as from nodecore's solvers (which
+    never hand args on, like torchdyn's). Otherwise what a solver's own step passes after ``(t, x)`` goes on to a
+    field taking a third positional argument (``fun(t, x, cond)``); an empty one (None, ``{}``) is dropped for a
+    field that takes none, as torchdyn drops it for an ``x``-only field; anything else is refused.
+    """
+
+    def __init__(self, vf: nn.Module | Callable[..., object]) -> None:
+        super().__init__(vf)
+        self.passes_args = self.takes_time and _declares_args(self.vf)
+        self.takes_extra = self.takes_time and _takes_third_positional(self.vf)
+
+    def forward(self, t: Time, x: object, args: object = _NO_ARGS) -> object:
+        """``f(t, x, args)``; ``x`` a tensor, or a dict of tensors for a solver's own step."""
+        if self.passes_args:
+            return self._call(t, x, args={} if args is _NO_ARGS else args)
+        if args is _NO_ARGS or (not self.takes_extra and no_args(args)):
+            return self._call(t, x)
+        if self.takes_extra:
+            return self._call(t, x, args)
+        takes, torchdyn = ("(t, x)", "fails") if self.takes_time else ("x", "drops it silently")
+        raise TypeError(
+            f"the solver's step handed the vector field {describe(args)} after (t, x), but the field takes {takes} "
+            f"only (torchdyn {torchdyn}); give the field a parameter named args, fun(t, x, args), to receive it"
+        )
+
+    def _call(self, t: Time, x: object, *extra: object, **named: object) -> object:
+        self._nfe[0] += 1
+        for layer in self._depth_layers:
+            layer.t = t
+        if not self.takes_time:
+            return self.vf(x)
+        if not isinstance(t, Tensor):
+            t = time_tensor(t, state_like(x))
+        return self.vf(t, x, *extra, **named)
 
 
 def _solver_options(solver: Solver, step_size: float | None, t_span: Tensor) -> dict:
@@ -332,12 +415,17 @@ class NeuralODE(nn.Module):
                 "use sensitivity='autograd'"
             )
         self.order = order
-        self.vf = VectorField(vector_field) if order == 1 else _HigherOrderField(vector_field, order)
+        self.solver, stepper = _solver_entry(solver)
+        # A solver class of the user's own is stepped through its step, which torchdyn hands args and dict states.
+        self._by_own_step = writes_own_step(stepper)
+        field = VectorField(vector_field) if order == 1 else _HigherOrderField(vector_field, order)
+        if order == 1 and (self._by_own_step or _declares_args(field.vf)):
+            field = _ArgsField(vector_field)
+        self.vf = field
 
         held = {id(p) for p in self.vf.parameters()}
         for k, param in enumerate(p for p in extra_params if id(p) not in held):
             self.vf.register_parameter(f"optimizable_parameter_{k}", param)
-        self.solver, stepper = _solver_entry(solver)
         if solver_adjoint is None:
             self.solver_adjoint, stepper_adjoint = self.solver, stepper
         else:
@@ -415,30 +503,40 @@ class NeuralODE(nn.Module):
 
     def forward(
         self,
-        x: Tensor,
+        x: Tensor | Mapping[str, Tensor],
         t_span: TSpan | None = None,
         save_at: TSpan = (),
-        args: Mapping[str, object] | None = None,
+        args: object = None,
     ) -> tuple[Tensor, Tensor] | Tensor:
         """Integrate from ``x`` over ``t_span``.
 
+        With a solver class of your own whose ``step`` overrides the solvers' (torchdyn's custom solvers), that step
+        is called as torchdyn calls it, ``step(f, x, t, dt, k1=None, args=args)``, and its ``f(t, x, a)`` reaches
+        the vector field as ``vf(t, x, args=a)`` (a field with a parameter named ``args``; a field
+        ``vf(t, x, cond)`` gets it positionally). A field with an ``args`` parameter gets ``args={}`` when called
+        as ``f(t, x)``, from any solver.
+
         Args:
             x: initial state ``[B, D]`` (any shape the field accepts), floating point or complex (``t_span`` stays
-                real; the field's parameters may be complex or real of the same precision).
+                real; the field's parameters may be complex or real of the same precision). With a fixed-step
+                solver class of your own and ``sensitivity='autograd'``, also a dict of such tensors (torchdyn's
+                dict-valued states): the trajectory is then a dict of ``[S, *x[key].shape]``, stacked per key.
             t_span: ``[T]`` depths, strictly increasing or strictly decreasing (a backward solve), on
                 ``x``'s device. None uses ``self.t_span``, and ``[0, 1]`` when that is None too.
             save_at: ``[S]`` points of ``t_span`` at which to return the solution (all of ``t_span`` when
                 empty). The solve still steps on ``t_span``, so fixed-step solvers give the same values.
                 Unlike torchdyn, adaptive solvers honour it too.
-            args: torchdyn's extra arguments for the field; only empty (or None) is supported.
+            args: handed to every call of a solver's own ``step`` (``{}`` when None, torchdyn's default); refused
+                when non-empty with a solver whose ``step`` is nodecore's (it would never be read, which torchdyn
+                does silently) and with the adjoints (whose backward solve it cannot reach; torchdyn fails there).
 
         Returns:
             ``(t_eval [S], trajectory [S, *x.shape])``, or ``trajectory`` alone when ``return_t_eval`` is False;
             ``S = T`` without ``save_at``.
 
         Raises:
-            ValueError: bad ``x``, ``t_span`` or ``save_at`` (a point not in ``t_span``); TypeError: ``x`` is not
-            a tensor; NotImplementedError: a non-empty ``args``;
+            ValueError: bad ``x``, ``t_span`` or ``save_at`` (a point not in ``t_span``), a non-empty ``args`` that
+            cannot reach a solver's own step; TypeError: ``x`` is not a tensor, or a dict this model cannot step;
             InputShapeError (a ValueError): the field cannot take a state of ``x``'s shape (the message names
             it and the ``in_features`` of the field's first layer, when it has one);
             NonFiniteError, StepSizeUnderflowError, TooManyStepsError: the solve failed.
@@ -448,11 +546,10 @@ class NeuralODE(nn.Module):
             ``max |x(T)| > BLOWUP_GROWTH * max(max |x0|, 1)`` (``BLOWUP_GROWTH = 1e8``): most likely the step is
             too large for stiff dynamics. Checked once per solve, in the same host sync as the NaN/Inf check.
         """
-        if args:
-            raise NotImplementedError(
-                f"args={dict(args)!r}: passing extra arguments to the vector field (torchdyn's args) is not "
-                "supported; capture them in the field (e.g. as module attributes) instead"
-            )
+        if not isinstance(x, Tensor) or not no_args(args):
+            self._check_step_inputs(x, args)
+            if isinstance(x, Mapping):
+                return self._forward_mapping(x, self.t_span if t_span is None else t_span, save_at, args)
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
         keep = save_at_indices(save_at, t_span)
         for hook in self.vf.before_solve_hooks:  # e.g. a CNF draws this solve's Hutchinson noise
@@ -484,7 +581,7 @@ class NeuralODE(nn.Module):
         )
         try:
             if backend == "nodecore":
-                trajectory = self._integrate_nodecore(func, counter, x, t_span)
+                trajectory = self._integrate_nodecore(func, counter, x, t_span, args)
             else:
                 trajectory = self._integrate(func, x, t_span)
         except AssertionError as err:  # torchdiffeq signals solve failures with assertions
@@ -509,10 +606,64 @@ class NeuralODE(nn.Module):
         output = self(x, t_span)
         return output if self.return_t_eval else (self._last_t_eval, output)
 
-    def _check_constant_step_result(self, x: Tensor, final: Tensor, t_span: Tensor) -> None:
+    def _check_step_inputs(self, x: object, args: object) -> None:
+        """Refuse a non-empty ``args`` or a dict state that this model cannot hand to a solver's own step."""
+        check_step_inputs(x, args, self._stepper, self.solver.name)
+        mapping = isinstance(x, Mapping)
+        if not mapping and no_args(args):
+            return  # neither a dict nor args: _check_inputs explains what x is
+        if self.sensitivity != "autograd":
+            sensitivity = f"sensitivity={self.sensitivity!r}"
+            autograd = "use sensitivity='autograd', which backpropagates through the solver's own step"
+            if mapping:
+                raise TypeError(f"a dict state with {sensitivity}: the adjoint solves for one tensor state (torchdyn's "
+                                f"adjoints fail on a dict too); {autograd}, or {MAPPING_STATE_HINT}")
+            raise ValueError(f"args={describe(args)} with {sensitivity}: the adjoint's backward solve steps the "
+                             "adjoint system, which args cannot reach (torchdyn's adjoints fail on a non-empty args); "
+                             f"{autograd}, or capture the values in the field")
+        if mapping:
+            needs = [name for name, given in (
+                (f"order={self.order}", self.order > 1), ("integral_loss", self.integral_loss is not None),
+                ("a DataControl layer", bool(self.vf.control_layers)),
+                ("a per-solve hook (a CNF's before_odeint)", bool(self.vf.before_solve_hooks)),
+            ) if given]
+            if needs:
+                raise TypeError(f"a dict state cannot be used with {', '.join(needs)}, which need a tensor state "
+                                f"(as in torchdyn); {MAPPING_STATE_HINT}")
+
+    def _forward_mapping(self, x: Mapping[str, Tensor], t_span: TSpan | None, save_at: TSpan, args: object
+                         ) -> tuple[Tensor, dict[str, Tensor]] | dict[str, Tensor]:
+        """``forward`` for a dict state (checked by :meth:`_check_step_inputs`): the solver's own fixed step steps it,
+        and the trajectory is stacked per key."""
+        like = state_like(x)
+        t_span = check_t_span(t_span, like)
+        if t_span.requires_grad:
+            self._check_torchdiffeq_can_run("a t_span that requires grad (solved by torchdiffeq)")
+        for key, value in x.items():
+            if value.numel() == 0 or not torch.isfinite(value).all():
+                raise ValueError(f"x[{key!r}] must be a non-empty finite tensor, got shape {tuple(value.shape)}"
+                                 + ("" if value.numel() == 0 else " with NaN or Inf"))
+        keep = save_at_indices(save_at, t_span)
+        counter = StepCounter()
+        self._counter = counter
+        func = _SolveFunc(self.vf, counter, max_steps=self.max_steps, adaptive_forward=False,
+                          adaptive_backward=False, count=False)
+        trajectory = stack_states(integrate_by_own_step(
+            func.call_from_step, x, t_span.tolist(), self._stepper, args=args, counts=counter.forward,
+            max_steps=self.max_steps, step_size=self.step_size, label="forward",
+        ))
+        self._check_constant_step_result(x, {key: value[-1] for key, value in trajectory.items()}, t_span)
+        t_eval = t_span
+        if keep is not None:
+            t_eval, trajectory = t_span[keep], select_states(trajectory, keep)
+        self._last_t_eval = t_eval
+        return (t_eval, trajectory) if self.return_t_eval else trajectory
+
+    def _check_constant_step_result(self, x: Tensor | Mapping[str, Tensor], final: Tensor | Mapping[str, Tensor],
+                                    t_span: Tensor) -> None:
         """Raise on NaN/Inf in ``final``; warn when it grew past the blow-up rule (one host sync in all)."""
         with torch.no_grad():
-            start, end = torch.stack([x.detach().abs().amax(), final.detach().abs().amax()]).tolist()
+            start, end = torch.stack([_max_abs(x), _max_abs(final)]).tolist()
         if not math.isfinite(end):  # amax propagates NaN, and |-inf| is inf
             raise NonFiniteError(
                 "the solution contains NaN or Inf: the dynamics blew up; use a smaller step_size, an "
@@ -533,12 +684,18 @@ class NeuralODE(nn.Module):
         """The states only: ``trajectory [T, *x.shape]``, whatever ``return_t_eval`` is."""
         return self.solve(x, t_span)[1]
 
-    def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor) -> Tensor:
+    def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor, args: object
+                            ) -> Tensor:
         times = t_span.tolist()
         field = func if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
             func, self.integral_loss)
 
         def solve(x0: Tensor, dense_steps: list | None = None) -> Tensor:
+            if self._by_own_step and self.sensitivity == "autograd":  # torchdyn's loop: args reach the step
+                return torch.stack(integrate_by_own_step(
+                    func.call_from_step if field is func else field, x0, times, self._stepper, args=args,
+                    counts=counter.forward, max_steps=self.max_steps, step_size=self.step_size, label="forward",
+                ))
             return torch.stack(integrate(
                 field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=_CONTROLLER,
                 counts=counter.forward, max_steps=self.max_steps, interpolate=self._interpolate,
@@ -580,8 +737,7 @@ class NeuralODE(nn.Module):
 
     def _check_inputs(self, x: Tensor, t_span: TSpan | None) -> Tensor:
         if not isinstance(x, Tensor):
-            hint = MAPPING_STATE_HINT if isinstance(x, Mapping) else ""
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}{hint}")
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if not (x.is_floating_point() or x.is_complex()):
             raise ValueError(f"x must be floating point or complex, got dtype {x.dtype}; convert it with x.float()")
         if x.ndim < 1 or x.numel() == 0:
@@ -620,6 +776,13 @@ class NeuralODE(nn.Module):
         if self.sensitivity != "autograd" and t_span.requires_grad:
             raise ValueError("gradients with respect to t_span need sensitivity='autograd'")
         return t_span
+
+
+def _max_abs(state: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """``max |state|`` as a 0-dim tensor; over every entry of a dict state (then float64, on the CPU)."""
+    if isinstance(state, Tensor):
+        return state.detach().abs().amax()
+    return torch.stack([value.detach().abs().amax().to("cpu", torch.float64) for value in state.values()]).amax()
 
 
 def _with_running_cost(func: Callable[[Tensor, Tensor], Tensor], cost: Callable[[Tensor, Tensor], Tensor]

@@ -48,9 +48,10 @@ class ODEProblem(NeuralODE):
         super().__init__(vector_field, solver, order, atol, rtol, sensitivity, solver_adjoint, atol_adjoint,
                          rtol_adjoint, interpolator, integral_loss, seminorm, True, optimizable_params, **options)
 
-    def odeint(self, x: Tensor, t_span: TSpan, save_at: TSpan = (), args: Mapping[str, object] | None = None
-               ) -> tuple[Tensor, Tensor]:
-        """``(t_eval, solution)`` of the solve from ``x`` over ``t_span``."""
+    def odeint(self, x: Tensor | Mapping[str, Tensor], t_span: TSpan, save_at: TSpan = (), args: object = None
+               ) -> tuple[Tensor, Tensor | dict[str, Tensor]]:
+        """``(t_eval, solution)`` of the solve from ``x`` over ``t_span``; ``save_at``, ``args`` and dict states as in
+        :meth:`~nodecore.neuralode.NeuralODE.forward` (``args`` reach a solver class's own ``step``)."""
         return self.forward(x, t_span, save_at, args)
 
 

@@ -7,8 +7,9 @@ times comes either from stepping onto each of them or from the solver's dense ou
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
@@ -101,18 +102,118 @@ def _kept(state: Tensor, ws: Workspace | None) -> Tensor:
     return state if ws is None else state.clone()
 
 
-def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts) -> Callable[[Tensor, float, float], Tensor]:
+def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args: object = None
+                         ) -> Callable[[Tensor, float, float], Tensor]:
     """For a solver whose class overrides ``step`` (a hypersolver, a torchdyn-style custom solver): a function
-    ``(y, t, h) -> y1`` that goes through that ``step``, counting evaluations."""
+    ``(y, t, h) -> y1`` that goes through that ``step``, counting evaluations.
 
-    def counted(t: Tensor, x: Tensor) -> Tensor:
+    The step's ``f`` passes on whatever the step gives after ``(t, x)`` (torchdyn's ``f(t, x, args)``). A step
+    written outside nodecore (:func:`writes_own_step`) is called as torchdyn calls it, ``step(..., args=args)``,
+    with ``args={}`` when None; one without an ``args`` parameter is called without it (``args`` then empty).
+
+    Raises:
+        TypeError: a non-empty ``args`` for a step that takes no ``args`` parameter.
+        ValueError: a non-empty ``args`` for a step of nodecore's, which never reads them.
+    """
+    if not writes_own_step(solver):  # nodecore's own steps (hypersolvers): tensors, f(t, x), no args
+        if not no_args(args):
+            raise ValueError(f"{type(solver).__name__}'s step is nodecore's own and never reads args")
+
+        def counted(t: Tensor, x: Tensor) -> Tensor:
+            counts.nfe += 1
+            return f(t, x)
+
+        def step(y: Tensor, t: float, h: float) -> Tensor:
+            return solver.step(counted, y, time_tensor(t, y), h)[1]
+
+        return step
+
+    def passed_on(t: Tensor, x: object, *extra: object, **named: object) -> object:
         counts.nfe += 1
-        return f(t, x)
+        return f(t, x, *extra, **named)
 
-    def step(y: Tensor, t: float, h: float) -> Tensor:
-        return solver.step(counted, y, time_tensor(t, y), h)[1]
+    if _takes_args(solver.step):
+        handed = {} if args is None else args
 
-    return step
+        def own_step(y: object, t: float, h: float) -> object:
+            return solver.step(passed_on, y, time_tensor(t, state_like(y)), h, args=handed)[1]
+
+        return own_step
+    if not no_args(args):
+        raise TypeError(
+            f"{type(solver).__name__}.step has no args parameter, so the args given cannot reach it; add one, "
+            "as in torchdyn's step(self, f, x, t, dt, k1=None, args=None)"
+        )
+
+    def own_step(y: object, t: float, h: float) -> object:
+        return solver.step(passed_on, y, time_tensor(t, state_like(y)), h)[1]
+
+    return own_step
+
+
+def writes_own_step(solver: RungeKutta) -> bool:
+    """Whether ``solver``'s ``step`` is written outside nodecore (a torchdyn-style custom solver).
+
+    Only such a step can read torchdyn's ``args`` or carry a dict-valued state: nodecore's solvers, hypersolvers
+    included, read neither.
+    """
+    owner = next(cls for cls in type(solver).__mro__ if "step" in vars(cls))
+    return owner.__module__.split(".")[0] != "nodecore"
+
+
+def no_args(args: object) -> bool:
+    """Whether torchdyn's ``args`` is empty: None, or an empty mapping, tuple or list (torchdyn's default ``{}``)."""
+    return args is None or (isinstance(args, (Mapping, tuple, list)) and len(args) == 0)
+
+
+def state_like(x: Tensor | Mapping[str, Tensor]) -> Tensor:
+    """The tensor that sets a state's dtype and device: the state itself, or a dict state's first entry."""
+    return x if isinstance(x, Tensor) else next(iter(x.values()))
+
+
+def integrate_by_own_step(
+    f: Callable[..., object],
+    x: Tensor | Mapping[str, Tensor],
+    times: list[float],
+    solver: RungeKutta,
+    *,
+    args: object,
+    counts: StepCounts,
+    max_steps: int,
+    step_size: float | None = None,
+    all_steps: list | None = None,
+    label: str = "",
+) -> list:
+    """Solve through a user-written ``solver.step`` (:func:`writes_own_step`), handing it ``args`` at every call.
+
+    As torchdyn's fixed-step loop: constant steps onto every point of ``times`` (each interval split into equal
+    steps no longer than ``step_size`` when given), ``step(f, x, t, dt, args=args)`` with ``t`` a 0-dim tensor.
+    The state is opaque to the loop, so it may be a dict of tensors (torchdyn's dict-valued states), and ``f``
+    receives whatever the step passes after ``(t, x)``.
+
+    Args:
+        args: what every step receives as ``args``; torchdyn's ``{}`` when None. A step whose signature has no
+            ``args`` parameter is called without it, if ``args`` is empty.
+
+    Returns:
+        the states at ``times``, ``[x, x(times[1]), ...]``, as the step returned them.
+
+    Raises:
+        TypeError: a non-empty ``args`` for a step that takes no ``args`` parameter.
+        TooManyStepsError: more than ``max_steps`` steps.
+    """
+    name = f"the {label} solve" if label else "the solve"
+    return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, None, args=args)
+
+
+def _takes_args(step: Callable) -> bool:
+    """Whether ``step`` can be called with an ``args=`` keyword."""
+    try:
+        params = inspect.signature(step).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind == p.VAR_KEYWORD or (p.name == "args" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+               for p in params)
 
 
 def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Tensor, t: float, h: float,
@@ -140,13 +241,13 @@ def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Ten
 
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
-                    ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False
-                    ) -> list[Tensor]:
+                    ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False,
+                    args: object = None) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
         ws = None  # the override builds its own tensors
-        by_override = _stepped_by_override(solver, f, counts)
+        by_override = _stepped_by_override(solver, f, counts, args)
     # With a step size and a dense output, one grid spans the whole solve and inner times are interpolated;
     # otherwise each interval between output times is split into equal steps no longer than step_size.
     dense = interpolate and step_size is not None and solver.has_dense_output and not overridden

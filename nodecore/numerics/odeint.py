@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Union
 
 import torch
 from torch import Tensor
@@ -10,7 +10,7 @@ from torch import Tensor
 from nodecore._checks import choice, integer, positive
 from nodecore.numerics.control import IntegralController, PIController
 from nodecore.numerics.hybrid import odeint_hybrid  # noqa: F401  (torchdyn's import path)
-from nodecore.numerics.integrate import integrate
+from nodecore.numerics.integrate import integrate, integrate_by_own_step, no_args, state_like, writes_own_step
 from nodecore.numerics.registry import solver_object
 from nodecore.numerics.shooting import odeint_mshooting  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.solvers import RungeKutta
@@ -33,15 +33,85 @@ def interpolates(interpolator: str | None) -> bool:
 
 
 DEFAULT_MAX_STEPS = 10_000
-# torchdyn stacks dict-valued states, but only a user's own solver step can carry one (its solvers compute
-# ``x + dt * k``, which a dict does not support): nodecore steps tensors only, and says so.
-MAPPING_STATE_HINT = ("; dict-valued states are not supported: concatenate the entries into one tensor (torch.cat "
-                      "on the last dim) and split it inside the field")
+# What to do instead of a dict-valued state, for messages that refuse one.
+MAPPING_STATE_HINT = "concatenate the entries into one tensor (torch.cat on the last dim) and split it inside the field"
+State = Union[Tensor, Mapping[str, Tensor]]
+
+
+def describe(value: object) -> str:
+    """A short text naming ``value`` for messages: tensors by shape and dtype, mappings entry by entry."""
+    if isinstance(value, Tensor):
+        return f"<tensor {list(value.shape)} {str(value.dtype).replace('torch.', '')}>"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key!r}: {describe(item)}" for key, item in value.items()) + "}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_step_inputs(x: object, args: object, solver: RungeKutta, solver_name: str) -> None:
+    """Refuse what only a fixed-step solver class of the user's own can take: a non-empty ``args``, a dict state.
+
+    torchdyn hands ``args`` to every ``solver.step`` call and stacks dict-valued states in its fixed-step loop,
+    but its own solvers ignore ``args`` (silently) and step tensors only, and its adaptive loop takes tensors only.
+
+    Raises:
+        ValueError: a non-empty ``args`` with a solver whose ``step`` is nodecore's.
+        TypeError: a dict state with such a solver or an adaptive one, an empty dict, or an entry that is not a
+            floating-point or complex tensor.
+    """
+    own = writes_own_step(solver)
+    if not own and not no_args(args):
+        raise ValueError(
+            f"args={describe(args)}: args reach only the step of a solver class of your own (e.g. a subclass of "
+            f"Euler defining step(self, f, x, t, dt, k1=None, args=None)); solver {solver_name!r} steps with "
+            "nodecore's own step, which never reads them (torchdyn ignores them there silently). Pass such a solver "
+            "object, or capture the values in the field"
+        )
+    if not isinstance(x, Mapping):
+        return
+    if not own or solver.adaptive:
+        why = "is adaptive" if own else "steps with nodecore's own step, which takes tensors only"
+        raise TypeError(
+            f"x is a dict (keys {list(x)}): a dict-valued state is stepped only by a fixed-step solver class of your "
+            f"own whose step handles the dict (as in torchdyn, whose solvers and adaptive loop take tensors only); "
+            f"solver {solver_name!r} {why}. Pass such a solver object, or {MAPPING_STATE_HINT}"
+        )
+    if not x:
+        raise TypeError("x is an empty dict; a dict-valued state needs at least one tensor entry")
+    for key, value in x.items():
+        if not isinstance(value, Tensor) or not (value.is_floating_point() or value.is_complex()):
+            got = f"dtype {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
+            raise TypeError(f"x[{key!r}] must be a floating-point or complex tensor, got {got}")
+
+
+def stack_states(states: list[State]) -> State:
+    """``[T, ...]`` from ``T`` states: one stacked tensor, or for dict states a dict of tensors stacked per key.
+
+    Raises:
+        TypeError: a dict state whose later states (as a solver's own step returned them) lack its keys or add some.
+    """
+    first = states[0]
+    if isinstance(first, Tensor):
+        return torch.stack(states)
+    keys = first.keys()
+    for state in states[1:]:
+        if not isinstance(state, Mapping) or state.keys() != keys:
+            got = f"a dict with keys {list(state)}" if isinstance(state, Mapping) else type(state).__name__
+            raise TypeError(f"the solver's step returned {got} for a dict state with keys {list(keys)}; it must "
+                            "return a dict with the same keys")
+    return {key: torch.stack([state[key] for state in states]) for key in keys}
+
+
+def select_states(trajectory: State, keep: Tensor) -> State:
+    """The points ``keep`` (indices into the first dim) of a stacked trajectory, per key for a dict."""
+    if isinstance(trajectory, Tensor):
+        return trajectory[keep]
+    return {key: value[keep] for key, value in trajectory.items()}
 
 
 def odeint(
-    f: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
+    f: Callable[..., Tensor],
+    x: State,
     t_span: TSpan,
     solver: str | RungeKutta = "tsit5",
     atol: float = 1e-3,
@@ -51,7 +121,7 @@ def odeint(
     interpolator: str | None = None,
     return_all_eval: bool = False,
     save_at: TSpan = (),
-    args: Mapping[str, object] | None = None,
+    args: object = None,
     seminorm: tuple[bool, int | None] = (False, None),
     *,
     controller: PIController | None = None,
@@ -72,15 +142,23 @@ def odeint(
     is a step end: what torchdyn does with ``interpolator=None``, costlier for a dense ``t_span``. Fixed-step
     solvers always step onto every point.
 
+    A solver class of your own whose ``step`` overrides the solvers' (torchdyn's custom solvers) is called as
+    torchdyn calls it, ``solver.step(f, x, t, dt, k1=None, args=args)`` at constant steps onto every point of
+    ``t_span``: that step may read ``args`` and pass what it likes to ``f`` (``f(t, x, cond)``), and, for a
+    fixed-step solver, the state may be a dict of tensors, returned stacked per key.
+
     Args:
-        f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor.
-        x: initial state, any shape, floating point or complex.
+        f: the field, ``f(t, x)`` with ``t`` a 0-dim tensor (or as a solver's own step calls it).
+        x: initial state, any shape, floating point or complex; or a dict of such tensors (a solver's own fixed
+            step only).
         t_span: ``[T]`` strictly monotonic real times (decreasing: a backward solve).
         solver: a registered name (:data:`~nodecore.numerics.registry.SOLVER_NAMES`) or a solver object; the
             asynchronous leapfrog (``'alf'``, an :class:`AsynchronousLeapfrog`) goes to
             :func:`~nodecore.numerics.symplectic.odeint_symplectic` (its state is ``[x, v]``), as in torchdyn.
         atol, rtol: tolerances of adaptive solvers.
-        t_stops, verbose, args: torchdyn options; ``t_stops`` and non-empty ``args`` are not supported.
+        t_stops, verbose: torchdyn options; ``t_stops`` is not supported.
+        args: handed to every call of a solver's own ``step`` (``{}`` when None, as in torchdyn); refused when
+            non-empty with a solver whose ``step`` is nodecore's, which would never read it.
         interpolator: None (= ``'dense'``), ``'dense'``, ``'4th'`` or ``'step'``.
         return_all_eval: also return the state at every accepted step (then ``t_eval`` lists those times).
         save_at: points of ``t_span`` to return (all when empty).
@@ -92,17 +170,26 @@ def odeint(
         max_steps: raise :class:`~nodecore.errors.TooManyStepsError` beyond this many step attempts.
         return_stats: also return the :class:`~nodecore.numerics.stats.StepCounts`.
 
+    Returns:
+        ``(t_eval [S], solution [S, *x.shape])``; for a dict state ``solution`` is a dict of ``[S, *x[key].shape]``.
+
     Raises:
-        ValueError: a bad ``t_span``, solver, tolerance or option, naming the value and the valid ones.
-        NotImplementedError: ``t_stops`` or ``args``.
+        ValueError: a bad ``t_span``, solver, tolerance or option, naming the value and the valid ones; a non-empty
+            ``args`` with a solver whose ``step`` is nodecore's.
+        TypeError: ``x`` is not a floating-point or complex tensor, or a dict with a solver that cannot step it.
+        NotImplementedError: ``t_stops``.
         TooManyStepsError, StepSizeUnderflowError: the solve could not finish.
     """
     if t_stops is not None:
         raise NotImplementedError("t_stops is not supported; put the stop times into t_span instead")
-    if args:
-        raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the field instead")
     interpolate = interpolates(interpolator)
     if isinstance(solver, AsynchronousLeapfrog) or (isinstance(solver, str) and solver in SYMPLECTIC_SOLVERS):
+        if not no_args(args):
+            raise ValueError(f"args={describe(args)}: the asynchronous leapfrog ({solver!r}) never reads args; they "
+                             "reach only the step of a Runge-Kutta solver class of your own")
+        if isinstance(x, Mapping):
+            raise TypeError(f"x is a dict (keys {list(x)}): the asynchronous leapfrog steps a tensor [x, v]; "
+                            f"{MAPPING_STATE_HINT}")
         unused = {"interpolator": interpolator, "seminorm": seminorm if seminorm[0] else None, "controller": controller,
                   "step_size": step_size, "first_step": first_step}
         given = [name for name, value in unused.items() if value is not None]
@@ -111,30 +198,35 @@ def odeint(
                              "it takes atol, rtol, return_all_eval, save_at, max_steps and return_stats")
         return odeint_symplectic(f, x, t_span, solver, atol, rtol, verbose, return_all_eval, save_at,
                                  max_steps=max_steps, return_stats=return_stats)
+    solver_name = solver if isinstance(solver, str) else type(solver).__name__
     solver = solver_object(solver)
-    if not isinstance(x, Tensor) or not (x.is_floating_point() or x.is_complex()):
+    check_step_inputs(x, args, solver, solver_name)
+    if not isinstance(x, (Tensor, Mapping)) or isinstance(x, Tensor) and not (x.is_floating_point() or x.is_complex()):
         got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-        hint = MAPPING_STATE_HINT if isinstance(x, Mapping) else ""
-        raise TypeError(f"x must be a floating-point or complex tensor, got {got}{hint}")
-    t_span = check_t_span(t_span, x)
+        raise TypeError(f"x must be a floating-point or complex tensor, got {got}")
+    t_span = check_t_span(t_span, state_like(x))
     keep = save_at_indices(save_at, t_span)
     counts = StepCounts()
     error_size = int(seminorm[1]) if seminorm[0] and seminorm[1] is not None else None
     all_steps: list | None = [] if return_all_eval else None
     times = t_span.tolist()
-    states = integrate(
-        f, x, times, solver,
-        atol=positive("atol", atol), rtol=positive("rtol", rtol),
-        controller=controller or IntegralController(), counts=counts,
-        max_steps=integer("max_steps", max_steps, minimum=1), interpolate=interpolate,
-        step_size=None if step_size is None else positive("step_size", step_size),
-        first_step=first_step, error_size=error_size, all_steps=all_steps,
-    )
+    atol, rtol = positive("atol", atol), positive("rtol", rtol)
+    max_steps = integer("max_steps", max_steps, minimum=1)
+    step_size = None if step_size is None else positive("step_size", step_size)
+    if writes_own_step(solver):
+        states = integrate_by_own_step(f, x, times, solver, args=args, counts=counts, max_steps=max_steps,
+                                       step_size=step_size, all_steps=all_steps)
+    else:
+        states = integrate(
+            f, x, times, solver, atol=atol, rtol=rtol, controller=controller or IntegralController(), counts=counts,
+            max_steps=max_steps, interpolate=interpolate, step_size=step_size, first_step=first_step,
+            error_size=error_size, all_steps=all_steps,
+        )
     if return_all_eval:
         t_eval = torch.tensor([times[0]] + [t for t, _ in all_steps], dtype=t_span.dtype, device=t_span.device)
-        solution = torch.stack([x] + [s for _, s in all_steps])
+        solution = stack_states([x] + [s for _, s in all_steps])
     else:
-        t_eval, solution = t_span, torch.stack(states)
+        t_eval, solution = t_span, stack_states(states)
         if keep is not None:
-            t_eval, solution = t_eval[keep], solution[keep]
+            t_eval, solution = t_eval[keep], select_states(solution, keep)
     return (t_eval, solution, counts) if return_stats else (t_eval, solution)

@@ -133,14 +133,16 @@ def test_x_must_be_a_tensor(bad) -> None:
     assert type(bad).__name__ in str(info.value)
 
 
-def test_a_dict_state_is_refused_with_the_workaround() -> None:
-    """torchdyn's test_dict_out_and_args passes a dict state (stepped by its own dummy solver): refused, by name."""
+def test_a_dict_state_with_nodecores_own_step_is_refused_with_the_workaround() -> None:
+    """A dict state is stepped only by a solver class's own step (tests/nodecore/test_torchdyn_args.py): nodecore's
+    solvers refuse it, naming the solver and both ways out."""
     from nodecore.numerics import odeint
 
     state = {"i1": torch.rand(1, 1), "i2": torch.rand(1, 1)}
     for solve in (lambda: model()(state, [0.0, 1.0]), lambda: odeint(lambda t, x: x, state, [0.0, 1.0], "euler")):
-        with pytest.raises(TypeError, match=r"got dict; dict-valued states are not supported: concatenate the "
-                                            r"entries into one tensor \(torch.cat on the last dim\)"):
+        with pytest.raises(TypeError, match=r"x is a dict \(keys \['i1', 'i2'\]\): .* solver '(dopri5|euler)' steps "
+                                            r"with nodecore's own step.* or concatenate the entries into one tensor "
+                                            r"\(torch.cat on the last dim\)"):
             solve()
     with pytest.raises(TypeError, match="got list$"):  # no hint for what is not a mapping
         model()([[1.0, 0.0]], [0.0, 1.0])

@@ -241,10 +241,12 @@ def test_a_save_at_point_outside_t_span_is_rejected() -> None:
         NeuralODE(Decay())(x0(), span(0.0, 1.0), save_at=[0.5])
 
 
-def test_args_for_the_field_are_refused_rather_than_ignored() -> None:
+def test_args_with_nodecores_own_step_are_refused_rather_than_ignored() -> None:
+    """torchdyn hands args to solver.step only, where its own solvers drop them: refused (a solver class's own
+    step does get them: tests/nodecore/test_torchdyn_args.py)."""
     model = NeuralODE(Decay())
     model(x0(), span(0.0, 1.0), args={})  # torchdyn's default: accepted
-    with pytest.raises(NotImplementedError, match="args"):
+    with pytest.raises(ValueError, match=r"args=\{'u': 1.0\}: args reach only the step of a solver class of your own"):
         model(x0(), span(0.0, 1.0), args={"u": 1.0})
 
 
