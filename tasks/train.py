@@ -1,24 +1,37 @@
 """Stage 3: train one grid cell's NeuralODE on its assigned device, resumably.
 
-Every ``checkpoint_every`` epochs the training writes ``resume-<epoch>.pt`` into its key's folder (shared by
-every build of the key) and then records its SHA-256 and epoch in ``resume.json`` (each written atomically).
-With a remote store the new checkpoint and then the record are uploaded at once, and the checkpoints the record
-no longer lists are deleted from the store; a retry on another host downloads the record and only the newest
-checkpoint that matches it (:func:`restore_resume`). A rerun resumes only from a
-checkpoint whose bytes still have the recorded digest; any other one (flipped bytes, truncated, missing,
-never recorded) is discarded with a warning in the run log, and the run falls back to the one before it:
-two generations are kept, so one damaged file costs ``checkpoint_every`` epochs, not the whole training.
+Every ``checkpoint_every`` epochs the training writes a resume checkpoint into its key's folder (shared by every
+build of the key) and then records its SHA-256 and epoch in ``resume.json`` (each written atomically). Each build
+names its checkpoints ``resume-<epoch>-<build>.pt`` (``<build>``: the hex of its build folder) and deletes only its
+own: two builds of one key at once (a host that timed out but still runs, and its cell re-dispatched to another
+host) never delete each other's. The record lists every build's newest two; a build rewriting it keeps the
+other builds' entries (with a remote store: those of the store's record whose files the store still holds). A
+rerun resumes from the newest recorded checkpoint of any build.
+
+With a remote store the new checkpoint and then the record are uploaded at once; a retry on another host
+downloads the record (:func:`restore_resume`), and :func:`load_resume` downloads a checkpoint only when it tries
+it: the newest, and the one before only if that one is unusable. A rerun resumes only from a checkpoint whose
+bytes still have the recorded digest and that loads into the model; any other one (flipped bytes, truncated,
+missing, another format, weights that do not fit) is discarded with a warning in the run log, and the run falls
+back to the one before it, so one damaged file costs ``checkpoint_every`` epochs, not the whole training. The log
+says which one was used and why the newer ones were not.
+
 The checkpoints are deleted only once the stage's manifest is in the store (:attr:`Built.discard`): a host
-killed before that leaves them for the retry.
+killed before that leaves them for the retry. Then a build deletes its own and those of builds that have saved
+nothing since it started (dead, or superseded); a build that saved since keeps its checkpoints and the record.
+The earlier layout (``resume-<epoch>.pt``, written by one build at a time) is still read and resumed from.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import socket
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +45,7 @@ from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write, file_digest
 from nodecore.training import EpochStats, History, depth_grid, train
 from tasks import signing
-from tasks.cache import Built, StageContext, StageOutput, stage_task
+from tasks.cache import BUILD_PREFIX, Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
 from tasks.config import ModelConfig, SolverConfig, TrainingConfig
@@ -41,9 +54,13 @@ from tasks.grid import Cell, artifact_key
 from tasks.slots import hold_device
 
 RESUME = "resume.json"  # the record of the resume checkpoints: file, epoch, SHA-256, newest first
-RESUME_GENERATIONS = 2
+RESUME_GENERATIONS = 2  # kept per build
+LEGACY = ""  # the attempt (build) of the earlier layout's ``resume-<epoch>.pt``, written by one build at a time
+_CHECKPOINT = re.compile(r"^resume-(?P<epoch>\d{6,})(?:-(?P<attempt>[0-9a-f]{16}))?\.pt$")
+_LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)  # a checkpoint that does not load or fit
 
 Log = logging.Logger | logging.LoggerAdapter
+Entry = dict[str, Any]  # one recorded checkpoint: {"file", "epoch", "sha256"}
 
 
 def host_label() -> str:
@@ -51,41 +68,78 @@ def host_label() -> str:
     return os.environ.get("NODECORE_HOST_LABEL") or socket.gethostname()
 
 
-def _resume_name(epoch: int) -> str:
-    return f"resume-{epoch:06d}.pt"
+def build_attempt(ctx: StageContext) -> str:
+    """The name this build gives its resume checkpoints: the 16 hex digits of its build folder."""
+    attempt = ctx.folder.name.removeprefix(BUILD_PREFIX)
+    if not re.fullmatch(r"[0-9a-f]{16}", attempt):
+        raise ValueError(f"{ctx.folder} is not a build folder ({BUILD_PREFIX}<16 hex digits>)")
+    return attempt
 
 
-def _record_payload(folder: Path, entries: list[dict[str, Any]]) -> bytes:
+def _resume_name(epoch: int, attempt: str = LEGACY) -> str:
+    return f"resume-{epoch:06d}-{attempt}.pt" if attempt else f"resume-{epoch:06d}.pt"
+
+
+def _attempt_of(name: str) -> str | None:
+    """The build that wrote the resume checkpoint ``name`` (:data:`LEGACY` for ``resume-<epoch>.pt``), or None if
+    ``name`` is no checkpoint name."""
+    match = _CHECKPOINT.match(name)
+    return None if match is None else match["attempt"] or LEGACY
+
+
+def _is_checkpoint(name: str) -> bool:
+    return name.startswith("resume-") and name.endswith(".pt")
+
+
+def _ordered(entries: list[Entry]) -> list[Entry]:
+    """``entries`` newest first (ties by file name), the first of each file name only."""
+    unique: dict[str, Entry] = {}
+    for entry in entries:
+        unique.setdefault(entry["file"], entry)
+    return sorted(unique.values(), key=lambda e: (e["epoch"], e["file"]), reverse=True)
+
+
+def _record_payload(folder: Path, entries: list[Entry]) -> bytes:
     """What a resume record's signature covers: its entries and the stage folder (key) they belong to."""
     return json.dumps({"folder": folder.name, "checkpoints": entries}, sort_keys=True).encode()
 
 
-def _write_resume_record(folder: Path, entries: list[dict[str, Any]]) -> None:
+def _write_resume_record(folder: Path, entries: list[Entry]) -> None:
     """Write ``resume.json``, signed like a manifest, so a record planted in a shared store is not resumed from."""
     record = {"checkpoints": entries, "signature": signing.sign(_record_payload(folder, entries))}
     with atomic_write(folder / RESUME) as handle:
         handle.write(json.dumps(record, indent=1).encode())
 
 
-def _parse_resume_record(folder: Path) -> list[dict[str, Any]]:
+def _parse_record(folder: Path, blob: bytes) -> list[Entry]:
+    """The checkpoints that the resume record ``blob`` of ``folder`` lists, newest first.
+
+    Raises:
+        ValueError, KeyError, TypeError: it is unreadable, unsigned, or names a file it may not.
+    """
+    record = json.loads(blob)
+    entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
+               for e in record["checkpoints"]]
+    if not signing.verify(_record_payload(folder, entries), str(record.get("signature", ""))):
+        raise ValueError("not signed with this host's artifacts key, or signed for another stage folder")
+    for entry in entries:  # the name follows from the epoch: a record never points outside the folder
+        attempt = _attempt_of(entry["file"])
+        if attempt is None or entry["file"] != _resume_name(entry["epoch"], attempt):
+            raise ValueError(f"file {entry['file']!r} is not the resume checkpoint of epoch {entry['epoch']}")
+    return entries
+
+
+def _parse_resume_record(folder: Path) -> list[Entry]:
     """The checkpoints ``folder``'s signed resume record lists, newest first.
 
     Raises:
         FileNotFoundError: there is no record.
         OSError, ValueError, KeyError, TypeError: it is unreadable, unsigned, or names a file it may not.
     """
-    record = json.loads((folder / RESUME).read_text())
-    entries = [{"file": e["file"], "epoch": int(e["epoch"]), "sha256": str(e["sha256"])}
-               for e in record["checkpoints"]]
-    if not signing.verify(_record_payload(folder, entries), str(record.get("signature", ""))):
-        raise ValueError("not signed with this host's artifacts key, or signed for another stage folder")
-    for entry in entries:  # the name follows from the epoch: a record never points outside the folder
-        if entry["file"] != _resume_name(entry["epoch"]):
-            raise ValueError(f"file {entry['file']!r} is not {_resume_name(entry['epoch'])!r}")
-    return entries
+    return _parse_record(folder, (folder / RESUME).read_bytes())
 
 
-def _read_resume_record(folder: Path, log: Log) -> list[dict[str, Any]]:
+def _read_resume_record(folder: Path, log: Log) -> list[Entry]:
     """The recorded resume checkpoints, newest first; none (with a warning) if the record is unreadable."""
     try:
         return _parse_resume_record(folder)
@@ -97,31 +151,36 @@ def _read_resume_record(folder: Path, log: Log) -> list[dict[str, Any]]:
 
 
 def save_resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, config: dict, epoch: int,
-                history: History, log: Log) -> Path:
-    """Write the resume checkpoint of ``epoch`` and record its digest, keeping the previous generation.
+                history: History, log: Log, attempt: str = LEGACY) -> Path:
+    """Write the resume checkpoint of ``epoch`` and record its digest, keeping this build's previous generation.
 
-    Order: the ``.pt`` (atomically), then :data:`RESUME` (atomically) listing it and the previous newest, then
-    the removal of any other ``resume-*.pt``. A kill between two steps leaves the older record intact and at
-    worst an unrecorded file, which :func:`load_resume` discards.
+    ``attempt`` names the build (:func:`build_attempt`); the record's entries of other builds are kept as they are,
+    and only this build's own superseded checkpoints are deleted. Order: the ``.pt`` (atomically), then
+    :data:`RESUME` (atomically) listing it, then the removal of this build's other ``.pt`` files. A kill between
+    two steps leaves the older record intact and at worst an unrecorded file, which :func:`load_resume` ignores.
     """
-    path = save_checkpoint(folder / _resume_name(epoch), model, config=config, epoch=epoch,
+    path = save_checkpoint(folder / _resume_name(epoch, attempt), model, config=config, epoch=epoch,
                            history=history.to_dict(), optimizer=optimizer)
-    previous = [e for e in _read_resume_record(folder, log) if e["epoch"] < epoch]
+    entries = _read_resume_record(folder, log)
+    previous = [e for e in entries if _attempt_of(e["file"]) == attempt and e["epoch"] < epoch]
     kept = [{"file": path.name, "epoch": epoch, "sha256": file_digest(path)}, *previous][:RESUME_GENERATIONS]
-    _write_resume_record(folder, kept)
-    _remove_unrecorded(folder, kept)
+    others = [e for e in entries if _attempt_of(e["file"]) != attempt]
+    _write_resume_record(folder, _ordered([*kept, *others]))
+    _remove_unrecorded(folder, kept, attempt)
     return path
 
 
-def _remove_unrecorded(folder: Path, entries: list[dict[str, Any]]) -> list[Path]:
-    recorded = {e["file"] for e in entries}
-    removed = [path for path in folder.glob("resume-*.pt") if path.name not in recorded]
+def _remove_unrecorded(folder: Path, kept: list[Entry], attempt: str) -> list[Path]:
+    """Delete ``attempt``'s checkpoints in ``folder`` that ``kept`` does not list (never another build's)."""
+    recorded = {e["file"] for e in kept}
+    removed = [path for path in folder.glob("resume-*.pt")
+               if _attempt_of(path.name) == attempt and path.name not in recorded]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed
 
 
-def _verified(folder: Path, entry: dict[str, Any]) -> Checkpoint:
+def _verified(folder: Path, entry: Entry) -> Checkpoint:
     """The checkpoint ``entry`` records, if its bytes still have the recorded digest.
 
     Raises:
@@ -139,86 +198,154 @@ def _verified(folder: Path, entry: dict[str, Any]) -> Checkpoint:
     return checkpoint
 
 
-def load_resume(folder: Path, log: Log) -> Checkpoint | None:
-    """The newest resume checkpoint in ``folder`` whose digest matches its record, or None to start afresh.
+def load_resume(folder: Path, log: Log, *, fetch: Callable[[str, str], Path | None] | None = None,
+                apply: Callable[[Checkpoint], None] | None = None) -> Checkpoint | None:
+    """The newest recorded resume checkpoint in ``folder`` that verifies and loads, or None to start afresh.
 
-    A checkpoint that does not verify is discarded (deleted) with a warning naming the file and why: damaged
-    (digest mismatch), missing, unreadable, or not recorded (written by a run killed before recording it);
-    the one before it is tried next. Older recorded ones are kept unchecked until they are needed.
+    Args:
+        folder: the key folder.
+        log: where each discarded checkpoint is reported.
+        fetch: ``fetch(file, sha256)`` brings a recorded checkpoint into ``folder`` (:meth:`StageContext.restore`),
+            called for each checkpoint just before it is tried: the newest only, unless it is unusable. Its own
+            errors (a store that does not answer) are raised, not taken for a bad checkpoint.
+        apply: loads a verified checkpoint into the model and optimizer; its ``ValueError`` / ``RuntimeError`` /
+            ``KeyError`` / ``TypeError`` (weights that do not fit) make the checkpoint unusable, and it must then
+            leave them as they were.
+
+    A checkpoint that does not verify, load or apply is discarded (deleted here) with a warning naming the file
+    and why: damaged (digest mismatch), missing, unreadable, or not fitting the model; the one before it is tried
+    next, and the one used is logged with the newer ones skipped. An unrecorded ``resume-<epoch>.pt`` (the
+    earlier layout: written by a run killed before recording it) is deleted with a warning; an unrecorded
+    checkpoint of a build (``resume-<epoch>-<build>.pt``) is left alone, since that build may be about to record
+    it. Older recorded checkpoints are kept unchecked until they are needed.
     """
     entries = _read_resume_record(folder, log)
     recorded = {e["file"] for e in entries}
     for path in sorted(folder.glob("resume-*.pt")):
-        if path.name not in recorded:
+        if path.name in recorded:
+            continue
+        if _attempt_of(path.name) in (None, LEGACY):
             log.warning("discarding the resume checkpoint %s: not recorded in %s", path, RESUME)
             path.unlink(missing_ok=True)
-    chosen, good = None, []
+        else:
+            log.info("ignoring the resume checkpoint %s: not (yet) recorded in %s by its build", path, RESUME)
+    chosen, good, skipped = None, [], []
     for entry in entries:
         if chosen is None:
+            if fetch is not None:
+                fetch(entry["file"], entry["sha256"])
             try:
-                chosen = _verified(folder, entry)
-            except (OSError, ValueError) as err:
+                checkpoint = _verified(folder, entry)
+                if apply is not None:
+                    apply(checkpoint)
+                chosen = checkpoint
+            except _LOAD_ERRORS as err:
                 log.warning("discarding the resume checkpoint %s (epoch %d): %s", folder / entry["file"],
                             entry["epoch"], err)
                 (folder / entry["file"]).unlink(missing_ok=True)
+                skipped.append(f"{entry['file']} (epoch {entry['epoch']}): {err}")
                 continue
+            if skipped:
+                log.info("resuming from the resume checkpoint %s (epoch %d), the newest that loads; skipped %s",
+                         folder / entry["file"], entry["epoch"], "; ".join(skipped))
         good.append(entry)
     if (folder / RESUME).exists():  # without what was discarded (an unreadable record is replaced)
         _write_resume_record(folder, good)
     return chosen
 
 
-def share_resume(ctx: StageContext, path: Path, log: Log) -> None:
-    """Put the new resume checkpoint ``path`` and then the record in the store; then delete from the store the
-    checkpoints the record no longer lists, so it keeps only what a retry may resume from."""
-    ctx.share(path, ctx.key_folder / RESUME)  # the record last
-    recorded = {entry["file"] for entry in _read_resume_record(ctx.key_folder, log)}
-    ctx.unshare(*(p for p in ctx.shared() if p.name.startswith("resume-") and p.name not in recorded))
+def _stored_record(ctx: StageContext) -> list[Entry] | None:
+    """The entries of the store's resume record of the key folder, or None if the store holds none.
+
+    Raises:
+        ValueError, KeyError, TypeError: the store's record is unreadable, unsigned, or names a file it may not.
+    """
+    assert ctx.store is not None
+    blob = ctx.store.read_bytes(f"{ctx.key_folder.relative_to(ctx.root).as_posix()}/{RESUME}")
+    return None if blob is None else _parse_record(ctx.key_folder, blob)
 
 
-def restore_resume(ctx: StageContext, log: Log) -> None:
-    """Bring the store's resume record, and the newest checkpoint it lists whose bytes match it, into the key
-    folder (another host's, after a retry); older checkpoints are downloaded only if the newer ones do not match.
+def share_resume(ctx: StageContext, path: Path, log: Log, *, attempt: str = LEGACY) -> None:
+    """Put the new resume checkpoint ``path`` of build ``attempt`` and then the record in the store; then delete
+    from the store this build's checkpoints that the record no longer lists.
 
-    Nothing to do for a local store, or where the store holds no record (a local one is then kept). The local
-    record is kept, too, when it verifies and is newer than the store's or the store's does not verify (a retry
-    on this host after its last record upload failed, or a record planted in the store): what this host
-    trained is never discarded for an older or unsigned record.
+    The record uploaded lists this build's own generations and the other builds' checkpoints that the store's
+    record (read just before) or this host's lists and the store still holds: a build running at the same time on
+    another host loses no entry, unless both rewrite the record at the same instant (then the lost entry comes
+    back with that build's next checkpoint; its file is never deleted). Nothing to do for a local store, where
+    :func:`save_resume` has done it all.
     """
     if ctx.store is None or ctx.store.is_local:
         return
-    local = ctx.key_folder / RESUME
+    held = {p.name for p in ctx.shared()}
     try:
-        kept, newest_here = local.read_bytes(), _parse_resume_record(ctx.key_folder)[0]["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        kept, newest_here = None, -1
-    if ctx.restore(RESUME) is None:
+        stored = _stored_record(ctx) or []
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("replacing the resume record %s in %s: unreadable (%s)", RESUME, ctx.store.location, err)
+        stored = []
+    local = _read_resume_record(ctx.key_folder, log)
+    mine = [e for e in local if _attempt_of(e["file"]) == attempt]
+    others = [e for e in [*stored, *local] if _attempt_of(e["file"]) != attempt and e["file"] in held]
+    _write_resume_record(ctx.key_folder, _ordered([*mine, *others]))
+    ctx.share(path, ctx.key_folder / RESUME)  # the record last
+    recorded = {e["file"] for e in mine}
+    ctx.unshare(*(ctx.key_folder / name for name in sorted(held)
+                  if _attempt_of(name) == attempt and name not in recorded))
+
+
+def restore_resume(ctx: StageContext, log: Log) -> None:
+    """Merge the store's resume record into the key folder's (another host's, after a retry): the record then
+    lists the checkpoints of both, and :func:`load_resume` downloads the one it tries.
+
+    Nothing to do for a local store, or where the store holds no record (a local one is then kept). This host's
+    own entries are kept, too, when the store's record is older or does not verify (a retry on this host after
+    its last record upload failed, or a record planted in the store): what this host trained is never discarded
+    for an older or unsigned record.
+    """
+    if ctx.store is None or ctx.store.is_local:
         return
     try:
-        entries = _parse_resume_record(ctx.key_folder)
+        local = _parse_resume_record(ctx.key_folder)
     except (OSError, ValueError, KeyError, TypeError):
-        entries = []
-    if kept is not None and (not entries or entries[0]["epoch"] < newest_here):
-        with atomic_write(local) as handle:
-            handle.write(kept)
-        log.warning("keeping this host's resume record (epoch %d): the store's is %s", newest_here,
-                    f"older (epoch {entries[0]['epoch']})" if entries else "unreadable or not signed")
-        return
-    if not entries:
-        return
-    for entry in entries:
-        if ctx.restore(entry["file"], entry["sha256"]) is not None:
+        local = []
+    try:
+        stored = _stored_record(ctx)
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("ignoring the resume record %s in %s: unreadable (%s)", RESUME, ctx.store.location, err)
+        stored, store_says = [], "unreadable or not signed"
+    else:
+        if stored is None:
             return
-        log.warning("the resume checkpoint %s (epoch %d) is missing from %s or does not match its record",
-                    entry["file"], entry["epoch"], ctx.store.location)
+        store_says = f"older (epoch {stored[0]['epoch']})" if stored else "empty"
+    if local and (not stored or stored[0]["epoch"] < local[0]["epoch"]):
+        log.warning("keeping this host's resume record (epoch %d): the store's is %s", local[0]["epoch"], store_says)
+    if stored or local:
+        _write_resume_record(ctx.key_folder, _ordered([*stored, *local]))
 
 
-def resume_files(ctx: StageContext) -> tuple[Path, ...]:
-    """The resume record and checkpoints of the key folder, here or in the store, the record first: what a
-    finished training discards once its manifest is in the store (see :attr:`Built.discard`)."""
-    folder = ctx.key_folder
-    checkpoints = {*folder.glob("resume-*.pt"), *(p for p in ctx.shared() if p.name.startswith("resume-"))}
-    return (folder / RESUME, *sorted(checkpoints))
+def resume_checkpoints(ctx: StageContext) -> set[str]:
+    """The names of the key folder's resume checkpoints, here or in the store: what a build notes when it starts,
+    so that :func:`resume_files` tells the builds that have saved since from those that have not."""
+    return ({p.name for p in ctx.key_folder.glob("resume-*.pt")}
+            | {p.name for p in ctx.shared() if _is_checkpoint(p.name)})
+
+
+def resume_files(ctx: StageContext, *, attempt: str = LEGACY, seen: Collection[str] = ()) -> tuple[Path, ...]:
+    """The resume files of the key folder, here or in the store, that a finished training discards once its
+    manifest is in the store (see :attr:`Built.discard`), the record first.
+
+    They are this build's (``attempt``) checkpoints and those of every build that has written none since this
+    one started (all its checkpoints are among ``seen``, those present then): dead, or superseded. A build
+    that saved a checkpoint since may still be running: its checkpoints and the record (which lists them) stay.
+    """
+    folder, seen = ctx.key_folder, set(seen)
+    names = resume_checkpoints(ctx)
+    builds: dict[str | None, set[str]] = {}
+    for name in names:
+        builds.setdefault(_attempt_of(name), set()).add(name)
+    live = {build for build, files in builds.items() if build != attempt and not files <= seen}
+    record = () if live else (folder / RESUME,)
+    return (*record, *(folder / name for name in sorted(names) if _attempt_of(name) not in live))
 
 
 def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
@@ -264,11 +391,24 @@ def train_cell(
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
-    restore_resume(ctx, logger)  # another host's resume checkpoint, when the store is remote
-    resume = load_resume(ctx.key_folder, logger)
+    attempt = build_attempt(ctx)
+    restore_resume(ctx, logger)  # the store's record of every build's checkpoints, when the store is remote
+    seen = resume_checkpoints(ctx)  # what other builds have written so far (see resume_files)
+    fresh = copy.deepcopy(classifier.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+    def resume_into(checkpoint: Checkpoint) -> None:
+        """Load ``checkpoint`` into the model and optimizer, or (raising) leave them untrained."""
+        try:
+            load_weights(classifier, checkpoint.state_dict, source=ctx.key_folder / "resume")
+            optimizer.load_state_dict(checkpoint.optimizer_state)
+        except BaseException:
+            classifier.load_state_dict(fresh[0])
+            optimizer.load_state_dict(fresh[1])
+            raise
+
+    remote = ctx.store is not None and not ctx.store.is_local
+    resume = load_resume(ctx.key_folder, logger, fetch=ctx.restore if remote else None, apply=resume_into)
     if resume is not None:
-        load_weights(classifier, resume.state_dict, source=ctx.key_folder / "resume")
-        optimizer.load_state_dict(resume.optimizer_state)
         history, start_epoch = History.from_dict(resume.history), resume.epoch
         logger.info("%s: resuming from the checkpoint at epoch %d", cell, start_epoch)
 
@@ -302,8 +442,8 @@ def train_cell(
                 update_progress_artifact(progress_id, progress(done))
             if done % training.checkpoint_every == 0 and done < training.epochs:
                 saved = save_resume(ctx.key_folder, classifier, optimizer, config=config, epoch=done, history=history,
-                                    log=logger)
-                share_resume(ctx, saved, logger)
+                                    log=logger, attempt=attempt)
+                share_resume(ctx, saved, logger, attempt=attempt)
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
@@ -321,7 +461,8 @@ def train_cell(
         handle.write(json.dumps(history.to_dict()).encode())
     last = history.epochs[-1] if history.epochs else None
     return Built(
-        discard=resume_files(ctx),  # deleted once the manifest is in the store, not before: a kill keeps them
+        # deleted once the manifest is in the store, not before: a kill keeps them
+        discard=resume_files(ctx, attempt=attempt, seen=seen),
         files={"checkpoint": checkpoint, "history": history_path},
         data={"solver": solver, "device": device, "kind": config["kind"], "cell": cell, "host": host_label(),
               "train_seconds": seconds, "queue_seconds": queue_seconds,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import re
@@ -19,7 +21,7 @@ from torch import nn
 import tasks.cache
 import tasks.faults
 from flows.server import ServerInfo, prefect_settings_context
-from nodecore.checkpoints import load_checkpoint, save_checkpoint
+from nodecore.checkpoints import Checkpoint, load_checkpoint, load_weights, save_checkpoint
 from nodecore.files import file_digest
 from nodecore.training import EpochStats, History
 from tasks.cache import StageContext, StageOutput
@@ -28,7 +30,8 @@ from tasks.field import build_vector_field
 from tasks.generate import generate_dataset
 from tasks.slots import SLOT_DIR_ENV
 from tasks.store import CACHE_ENV, ArtifactStore
-from tasks.train import RESUME, load_resume, restore_resume, save_resume, share_resume, train_cell
+from tasks.train import (RESUME, _write_resume_record, load_resume, restore_resume, resume_checkpoints, resume_files,
+                         save_resume, share_resume, train_cell)
 from tests.flows._pipeline import flow_settings, tiny_config
 
 LOG = logging.getLogger("tests.resume")
@@ -66,6 +69,11 @@ def _save(folder: Path, *epochs: int) -> nn.Module:
 
 def _recorded(folder: Path) -> list[int]:
     return [entry["epoch"] for entry in json.loads((folder / RESUME).read_text())["checkpoints"]]
+
+
+def _by_epoch(folder: Path) -> dict[int, Path]:
+    """The resume checkpoints in ``folder`` by the epoch their name gives (``resume-<epoch>[-<build>].pt``)."""
+    return {int(path.name.split("-")[1].removesuffix(".pt")): path for path in folder.glob("resume-*.pt")}
 
 
 def test_two_generations_are_kept_with_their_digests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -188,16 +196,17 @@ def test_the_bucket_keeps_only_the_recorded_generations_and_a_retry_fetches_only
 
     retry = host("host-b")  # a retry on another host: only the record and the newest checkpoint are downloaded
     restore_resume(retry, LOG)
+    assert sorted(p.name for p in retry.key_folder.iterdir()) == [RESUME]
+    assert load_resume(retry.key_folder, LOG, fetch=retry.restore).epoch == 8
     assert sorted(p.name for p in retry.key_folder.iterdir()) == ["resume-000008.pt", RESUME]
-    assert load_resume(retry.key_folder, LOG).epoch == 8
 
     store = trainer.store
     store.fs.pipe_file(f"{store.base}/train/{'c' * 24}/resume-000008.pt", b"damaged in the bucket")
     fallback = host("host-c")  # the newest no longer matches its record: the one before it is fetched instead
     restore_resume(fallback, LOG)
+    checkpoint = load_resume(fallback.key_folder, LOG, fetch=fallback.restore)
     assert sorted(p.name for p in fallback.key_folder.iterdir()) == ["resume-000006.pt", RESUME]
     assert any("resume-000008.pt (epoch 8)" in w for w in _warnings(caplog)), _warnings(caplog)
-    checkpoint = load_resume(fallback.key_folder, LOG)
     assert checkpoint.epoch == 6 and torch.equal(checkpoint.state_dict["weight"], torch.full((2, 2), 6.0))
 
 
@@ -225,6 +234,164 @@ def test_a_retry_on_the_same_host_keeps_its_newer_record_over_an_older_or_unsign
     store.fs.pipe_file(f"{store.base}/train/{'c' * 24}/{RESUME}", b'{"checkpoints": [], "signature": "forged"}')
     restore_resume(ctx, LOG)
     assert load_resume(ctx.key_folder, LOG).epoch == 4
+
+
+def _bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """A fresh bucket; ``host(label)`` is its store as seen from a host with its own, empty working copy."""
+    name = f"nodecore-{uuid.uuid4().hex[:12]}"
+    ArtifactStore(f"s3://{name}").fs.mkdir(name)
+
+    def host(label: str) -> ArtifactStore:
+        monkeypatch.setenv(CACHE_ENV, str(tmp_path / label))
+        return ArtifactStore(f"s3://{name}/grid")
+
+    return host
+
+
+class _Builder:
+    """One build of the key ``c``*24 through the steps :func:`train_cell` takes around its training."""
+
+    def __init__(self, ctx: StageContext, attempt: str, offset: float = 0.0) -> None:
+        self.ctx, self.attempt, self.offset = ctx, attempt, offset
+        self.model = nn.Linear(2, 2)
+        self.optimizer = torch.optim.Adam(self.model.parameters())
+        self.seen: set[str] = set()
+
+    def name(self, epoch: int) -> str:
+        return f"resume-{epoch:06d}-{self.attempt}.pt"
+
+    def start(self) -> Checkpoint | None:
+        restore_resume(self.ctx, LOG)
+        self.seen = resume_checkpoints(self.ctx)
+        return load_resume(self.ctx.key_folder, LOG, fetch=self.ctx.restore,
+                           apply=lambda checkpoint: load_weights(self.model, checkpoint.state_dict, source="test"))
+
+    def save(self, epoch: int) -> None:
+        with torch.no_grad():
+            self.model.weight.fill_(epoch + self.offset)  # whose checkpoint of which epoch, readable from it
+        saved = save_resume(self.ctx.key_folder, self.model, self.optimizer, config={"kind": "test"}, epoch=epoch,
+                            history=History(), log=LOG, attempt=self.attempt)
+        share_resume(self.ctx, saved, LOG, attempt=self.attempt)
+
+    def finish(self) -> None:
+        """What happens once the build's manifest is in the store (``tasks.cache._settle``)."""
+        self.ctx.unshare(*resume_files(self.ctx, attempt=self.attempt, seen=self.seen))
+
+
+def _context_of(store: ArtifactStore, attempt: str) -> StageContext:
+    key_folder = store.local_root / "train" / ("c" * 24)
+    return StageContext(key_folder / f"build-{attempt}", store.local_root, key_folder, store)
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _unfit(data: bytes) -> bytes:
+    """The same checkpoint with every weight one row longer: it loads, but into no model of its config."""
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    payload["state_dict"] = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in payload["state_dict"].items()}
+    out = io.BytesIO()
+    torch.save(payload, out)
+    return out.getvalue()
+
+
+def make_newest_unloadable(store: ArtifactStore, key_folder: str, damage: Any) -> dict[str, Any]:
+    """Replace the newest checkpoint the store's record of ``key_folder`` lists by ``damage(its bytes)`` and record
+    the new bytes' digest (signed with the hosts' key): it then passes its digest check but does not load."""
+    scratch = Path(store.local_root).parent / "forger" / Path(key_folder).name  # the signature covers its name
+    scratch.mkdir(parents=True)
+    entries = json.loads(store.read_bytes(f"{key_folder}/{RESUME}"))["checkpoints"]
+    newest = entries[0]
+    data = damage(store.read_bytes(f"{key_folder}/{newest['file']}"))
+    store.write_bytes(f"{key_folder}/{newest['file']}", data)
+    newest["sha256"] = hashlib.sha256(data).hexdigest()
+    _write_resume_record(scratch, entries)
+    store.write_bytes(f"{key_folder}/{RESUME}", (scratch / RESUME).read_bytes())
+    return newest
+
+
+@pytest.mark.parametrize("damage", [_truncated, _unfit])
+def test_an_unloadable_newest_checkpoint_makes_a_fresh_host_fetch_and_resume_from_the_older_one(
+        s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        damage: Any) -> None:
+    """The newest passes its digest check but does not load (cut, or weights of another shape): the one before
+    it, which the retry had not downloaded, is fetched then and resumed from, weights and all."""
+    host = _bucket(monkeypatch, tmp_path)
+    trainer = _Builder(_context_of(host("host-a"), "a" * 16), "a" * 16)
+    trainer.start()
+    trainer.save(2)
+    trainer.save(4)
+    newest = make_newest_unloadable(trainer.ctx.store, f"train/{'c' * 24}", damage)
+
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    retry = _Builder(_context_of(host("host-b"), "b" * 16), "b" * 16)
+    checkpoint = retry.start()
+    assert checkpoint is not None and checkpoint.epoch == 2  # not 0
+    assert torch.equal(retry.model.weight, torch.full((2, 2), 2.0))  # the older checkpoint's weights exactly
+    assert all(torch.equal(retry.model.state_dict()[k], v) for k, v in checkpoint.state_dict.items())
+    assert sorted(p.name for p in retry.ctx.key_folder.iterdir()) == [trainer.name(2), RESUME]
+    (warning,) = _warnings(caplog)
+    assert f"{newest['file']} (epoch 4)" in warning
+    assert ("not a readable nodecore checkpoint" if damage is _truncated else "do not fit") in warning
+    used = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming from")]
+    assert len(used) == 1 and f"{trainer.name(2)} (epoch 2), the newest that loads; skipped {newest['file']}" in used[0]
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_two_builds_of_one_key_at_once_never_delete_each_others_progress(
+        s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A timed-out build (A) still runs while its cell is re-dispatched (B): interleaved saves and A's cleanup
+    after its manifest leave B's checkpoints loadable, and a third build resumes from the newest of either."""
+    if where == "s3":
+        host = _bucket(monkeypatch, tmp_path)
+    else:
+        local = ArtifactStore(str(tmp_path / "artifacts"))  # one folder that every build shares
+        host = lambda label: local  # noqa: E731
+    a = _Builder(_context_of(host("host-a"), "a" * 16), "a" * 16)
+    b = _Builder(_context_of(host("host-b"), "b" * 16), "b" * 16, offset=0.5)
+
+    def stored() -> list[str]:  # what the store holds (for a local store: the shared folder)
+        return sorted(p.name for p in b.ctx.shared())
+
+    def retry(label: str) -> tuple[int, float]:
+        build = _Builder(_context_of(host(label), label[-1] * 16), label[-1] * 16)
+        checkpoint = build.start()
+        assert checkpoint is not None
+        return checkpoint.epoch, float(build.model.weight.detach()[0, 0])
+
+    assert a.start() is None
+    a.save(2)
+    a.save(4)
+    assert b.start().epoch == 4 and torch.equal(b.model.weight, torch.full((2, 2), 4.0))  # A's progress
+    b.save(6)
+    a.save(6)  # A saves on after B took over: it deletes only its own superseded checkpoints
+    a.save(8)
+    assert stored() == sorted([a.name(6), a.name(8), b.name(6), RESUME])
+    assert retry("host-c") == (8, 8.0)  # the newest of either: A's
+
+    a.finish()  # A's manifest is in the store; B saved since A started, so B may still be running
+    assert stored() == sorted([b.name(6), RESUME])
+    assert retry("host-d") == (6, 6.5)  # B's newest, still loadable
+
+    b.save(8)
+    b.finish()  # A's checkpoints were there when B started and A has saved none since: all go
+    assert stored() == []
+    assert not [p.name for p in b.ctx.key_folder.iterdir() if p.name.startswith("resume")]
+
+
+def test_the_old_single_record_still_resumes_and_is_cleaned_up(tmp_path: Path) -> None:
+    """``resume-<epoch>.pt`` and a record written by one build at a time (the earlier layout)."""
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    build = _Builder(_context_of(store, "d" * 16), "d" * 16)
+    _save(build.ctx.key_folder, 2, 4)
+    assert sorted(p.name for p in build.ctx.key_folder.glob("resume-*.pt")) == ["resume-000002.pt", "resume-000004.pt"]
+    assert build.start().epoch == 4 and torch.equal(build.model.weight, torch.full((2, 2), 4.0))
+    build.save(6)
+    assert _recorded(build.ctx.key_folder) == [6, 4, 2]
+    build.finish()
+    assert not list(build.ctx.key_folder.iterdir())
 
 
 # --- inside the train stage ----------------------------------------------------------------------------
@@ -298,14 +465,15 @@ def test_a_damaged_resume_checkpoint_is_discarded_and_training_restarts(
     """The issue's case: the only resume checkpoint is damaged after the failure (16 flipped bytes, or cut)."""
     root = tmp_path / "artifacts"
     folder = _failed_after_checkpoints(prefect_server, root, monkeypatch, faults=1)
-    assert sorted(p.name for p in folder.glob("resume*")) == ["resume-000002.pt", RESUME]
-    damage(folder / "resume-000002.pt")
+    (only,) = _by_epoch(folder).values()
+    assert only.name.startswith("resume-000002-") and (folder / RESUME).is_file()
+    damage(only)
 
     state = _train(prefect_server, root)  # the fault fired once: this attempt passes
     assert state.is_completed(), state.message  # a truncated checkpoint is no permanent error any more
     output = state.result()
     assert output.data["resumed_from_epoch"] == 0
-    assert any(str(folder / "resume-000002.pt") in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
+    assert any(str(only) in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
     clean_root, clean_output = clean
     for name, tensor in _weights(clean_root, clean_output).items():
         torch.testing.assert_close(_weights(root, output)[name], tensor, rtol=0, atol=0)
@@ -318,14 +486,15 @@ def test_a_damaged_newest_checkpoint_resumes_from_the_previous_one(
 ) -> None:
     root = tmp_path / "artifacts"
     folder = _failed_after_checkpoints(prefect_server, root, monkeypatch, faults=2)  # at epoch 2, then at 4
-    assert sorted(p.name for p in folder.glob("resume-*.pt")) == ["resume-000002.pt", "resume-000004.pt"]
-    _flip(folder / "resume-000004.pt")
+    checkpoints = _by_epoch(folder)
+    assert sorted(checkpoints) == [2, 4] and _recorded(folder) == [4, 2]  # one from each failed build
+    _flip(checkpoints[4])
 
     state = _train(prefect_server, root)
     assert state.is_completed(), state.message
     output = state.result()
     assert output.data["resumed_from_epoch"] == 2
-    assert any("resume-000004.pt" in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
+    assert any(checkpoints[4].name in w and "damaged" in w for w in _warnings(caplog)), _warnings(caplog)
     assert json.loads(output.path(root, "history").read_text())["epoch"] == list(range(6))
     clean_root, clean_output = clean
     for name, tensor in _weights(clean_root, clean_output).items():
