@@ -27,6 +27,7 @@ from tasks.config import PipelineConfig
 from tasks.grid import Cell, cuda_device_count, grid_cells, resolve_devices, usable_cores
 from flows.stages import BUILD_FIELD, GENERATE, Stages, remember_name, resolve, resolve_cells
 from tasks.cache import StageOutput
+from tasks.offload import stage_processes, worker_processes
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
 from flows.zombies import ensure_zombie_detection
@@ -121,7 +122,8 @@ def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], datase
                fields: dict[str, StageOutput | None]) -> list[dict[str, StageOutput]]:
     """Run ``cells`` on the configured executor; ``dataset`` and ``fields`` are cached outputs, None where not."""
     if config.run.executor == "threads":
-        return _run_pending(stages, cells, dataset, fields)
+        with worker_processes(stage_processes(config.run.stage_processes, len(cells))):
+            return _run_pending(stages, cells, dataset, fields)
     if config.run.executor in ("dask", "processes"):
         runner = _dask_runner(config) if config.run.executor == "dask" else _process_runner()
         return cells_flow.with_options(task_runner=runner)(config, cells, dataset, fields)

@@ -136,6 +136,11 @@ class RunConfig(_Config):
     executor: Literal["threads", "processes", "dask", "deployments"] = Field(
         "threads", description=("where grid cells run: threads of this process, a pool of worker processes (one "
                                 "per core), a Dask cluster, or work pools"))
+    stage_processes: Optional[int] = Field(
+        None, ge=0, description=("worker processes that run the CPU trainings' epochs and draw the plots for "
+                                 "executor=threads, so that they use every core (in threads of one process they "
+                                 "take turns): 0 keeps them in this process's threads; default one per core, at "
+                                 "most one per pending cell, plus one"))
     dask_address: Optional[str] = Field(
         None, description="Dask scheduler address for executor=dask; a LocalCluster when unset")
     dask_workers: int = Field(2, ge=1, description="workers of the LocalCluster for executor=dask")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nodecore.files import atomic_write
+from tasks import offload
 from tasks.cache import Built, StageContext, StageOutput, stage_task
 from tasks.config import ModelConfig, OutputConfig
 
@@ -48,8 +49,21 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     JPEG thumbnail (file :data:`THUMBNAIL`); ``data["plots"]`` lists the plots.
 
     Trajectory plots need a continuous-depth model (no ``trajectories`` for an equilibrium model); the
-    vector field needs a 2-D state; the decision boundary needs 2-D inputs.
+    vector field needs a 2-D state; the decision boundary needs 2-D inputs. The drawing runs in a stage worker
+    process where the run has them (:mod:`tasks.offload`).
     """
+    files = offload.call(
+        draw_plots, ctx.folder, checkpoint=trained.path(ctx.root, "checkpoint"),
+        test_set=dataset.path(ctx.root, "test"),
+        trajectories=None if trajectories is None else trajectories.path(ctx.root, "trajectories"),
+        cell=trained.data["cell"], model=model, output=output)
+    return Built(files=files, data={"plots": [name for name in files if name in PLOTS]})
+
+
+def draw_plots(folder: Path, *, checkpoint: Path, test_set: Path, trajectories: Path | None, cell: str,
+               model: ModelConfig, output: OutputConfig) -> dict[str, Path]:
+    """Draw the plots of the model at ``checkpoint`` into ``folder``: ``{plot: png}`` for each plot of
+    :data:`PLOTS` that applies, in that order, then ``{THUMBNAIL: jpeg}`` for each (see :func:`render_plots`)."""
     # Imported here, not at the top: the flow imports this module to submit the stage, and a run whose cells
     # are all cached should not pay for torch and matplotlib.
     from nodecore.checkpoints import load_model
@@ -66,13 +80,12 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     from nodecore.trajectory_io import read_trajectory
     from nodecore.training import depth_grid, logits
 
-    classifier, _ = load_model(trained.path(ctx.root, "checkpoint"))
-    X, y, _ = read_dataset(dataset.path(ctx.root, "test"))
+    classifier, _ = load_model(checkpoint)
+    X, y, _ = read_dataset(test_set)
     span = depth_grid(model.t_end, model.t_points)
-    cell = trained.data["cell"]
     figures = {}
     if trajectories is not None:
-        t_eval, trajectory, labels, _ = read_trajectory(trajectories.path(ctx.root, "trajectories"))
+        t_eval, trajectory, labels, _ = read_trajectory(trajectories)
         states = {"max_points": output.plot_samples, "title": cell,
                   "augmented_dims": augmented_dims(classifier, trajectory.shape[-1])}
         figures["depth"] = plot_trajectories_depth(trajectory, t_eval, labels, **states)
@@ -85,7 +98,7 @@ def render_plots(ctx: StageContext, *, dataset: StageOutput, trained: StageOutpu
     if X.shape[1] == 2:
         figures["decision_boundary"] = plot_decision_boundary(
             lambda grid: logits(classifier, grid, span), X, y, title=cell)
-    files = {name: save_figure(figure, ctx.folder / f"{name}.png") for name, figure in figures.items()}
-    thumbnails = {THUMBNAIL.format(plot=name): write_thumbnail(path, ctx.folder / f"{name}.thumbnail.jpg")
+    files = {name: save_figure(figure, folder / f"{name}.png") for name, figure in figures.items()}
+    thumbnails = {THUMBNAIL.format(plot=name): write_thumbnail(path, folder / f"{name}.thumbnail.jpg")
                   for name, path in files.items()}
-    return Built(files=files | thumbnails, data={"plots": list(files)})
+    return files | thumbnails

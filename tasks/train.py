@@ -44,7 +44,7 @@ from nodecore.checkpoints import Checkpoint, build_model, load_checkpoint, load_
 from nodecore.dataset_io import read_dataset
 from nodecore.files import atomic_write, file_digest
 from nodecore.training import EpochStats, History, depth_grid, train
-from tasks import signing
+from tasks import offload, signing
 from tasks.cache import BUILD_PREFIX, Built, StageContext, StageOutput, stage_task
 from tasks.faults import maybe_fail
 from tasks.retry import RETRYABLE
@@ -52,6 +52,7 @@ from tasks.config import ModelConfig, SolverConfig, TrainingConfig
 from tasks.cores import cpu_threads, torch_threads
 from tasks.grid import Cell, artifact_key
 from tasks.slots import hold_device
+from tasks.train_worker import Job, pack, train_in_worker
 
 RESUME = "resume.json"  # the record of the resume checkpoints: file, epoch, SHA-256, newest first
 RESUME_GENERATIONS = 2  # kept per build
@@ -387,6 +388,7 @@ def train_cell(
     cell = Cell(solver=solver, device=device, model=field.data["kind"]).name
     X, y, _ = read_dataset(dataset.path(ctx.root, "train"))
     classifier, config = build_cell_model(field, ctx.root, solver, solver_config)
+    model_config = dict(config)  # what builds the model (a stage worker rebuilds it from this)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=training.lr)
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
@@ -447,9 +449,19 @@ def train_cell(
                 maybe_fail("train", cell)  # test hook: fails after a checkpoint, so a retry resumes
 
         started = time.perf_counter()
+        # A CPU training's epochs run in a stage worker process where the run has them (tasks.offload): trainings
+        # in threads of this process would take turns on the GIL. In step with on_epoch, with the same results.
+        in_worker = local == "cpu" and offload.active_workers() > 0
         with torch_threads(threads):
-            train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
-                  batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch, callback=on_epoch)
+            if not in_worker or not train_in_worker(classifier, optimizer, Job(
+                    model_config=model_config, state=pack(classifier, optimizer),
+                    train_set=dataset.path(ctx.root, "train"), t_end=model.t_end, t_points=model.t_points,
+                    epochs=training.epochs, lr=training.lr, batch_size=training.batch_size, start_epoch=start_epoch,
+                    threads=threads or 1, sync_epochs=frozenset(range(
+                        training.checkpoint_every, training.epochs, training.checkpoint_every))), on_epoch):
+                train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
+                      batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch,
+                      callback=on_epoch)
         seconds = time.perf_counter() - started
     logger.info("%s: trained in %.1f s after %.1f s queued for its device slot", cell, seconds, queue_seconds)
 

@@ -124,3 +124,17 @@ def test_augmented_dims_follow_the_augmenters_layout(order: str, expected: tuple
     learned = ODEClassifier(node, torch.nn.Linear(5, 2), augmenter=Augmenter(1, 2, torch.nn.Linear(3, 2)))
     assert augmented_dims(learned, 5) == ()  # a learned augmentation does not start at 0
     assert augmented_dims(node, 2) == ()
+
+
+def test_plots_drawn_in_a_stage_worker_process_are_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tasks import offload
+
+    monkeypatch.setenv(KEY_ENV, "render-test-key-0123456789")
+    outputs = trained_cell(tmp_path / "cell")
+    in_place = {name: path.read_bytes() for name, path in render(tmp_path / "cell", outputs).items()}
+    for path in (tmp_path / "cell").rglob("*.png"):
+        path.unlink()
+    with offload.worker_processes(1):
+        in_worker = {name: path.read_bytes() for name, path in render(tmp_path / "cell", outputs).items()}
+    assert set(in_worker) == set(in_place) == {"depth", "state_space", "vector_field", "decision_boundary"}
+    assert in_worker == in_place
