@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from nodecore._checks import number, positive
-from nodecore.numerics.solvers import time_tensor
+from nodecore.numerics.solvers import Workspace, time_tensor
 
 
 @dataclass(frozen=True)
@@ -88,22 +88,39 @@ def initial_step(
     rtol: float,
     direction: float,
     error_size: int | None = None,
+    *,
+    workspace: Workspace | None = None,
 ) -> float:
     """Hairer's starting step (Hairer, Nørsett & Wanner I, II.4): one more field evaluation, one host sync.
+
+    The norms are taken over ``atol / rtol + |y0|`` and divided by ``rtol`` (the same numbers to round-off as over
+    ``atol + rtol |y0|``, in fewer ops). With the solve's ``workspace`` that scale is kept for the first step's
+    error estimate, and a field that ignores time (``workspace.stage_times`` false) is handed no fresh time tensor.
 
     Returns the signed step size.
     """
     with torch.no_grad():
-        y, k = y0.reshape(-1), f0.reshape(-1)
-        y_n, k_n = (y, k) if error_size is None else (y[:error_size], k[:error_size])
-        root_n = math.sqrt(max(y_n.numel(), 1))
-        scale = y_n.abs().mul_(rtol).add_(atol)
-        d0, d1 = (x / root_n for x in torch.linalg.vector_norm(torch.stack([y_n, k_n]).div_(scale), dim=1).tolist())
+        offset = atol / rtol
+        shaped = error_size is None and y0.ndim > 0
+        if shaped:  # one norm per row of [y0, f0] over all their dims: no flattening ops
+            y_n, k_n, dims = y0, f0, tuple(range(1, y0.ndim + 1))
+        else:
+            y_n, k_n, dims = y0.reshape(-1)[:error_size], f0.reshape(-1)[:error_size], 1
+        root_n = rtol * math.sqrt(max(y_n.numel(), 1))
+        if workspace is None:
+            scale = y_n.abs().add_(offset)
+        else:
+            scale = workspace.scaled_abs_of(y0, offset, error_size, shaped=shaped)
+        d0, d1 = (x / root_n for x in torch.linalg.vector_norm(torch.stack([y_n, k_n]).div_(scale), dim=dims).tolist())
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        y1 = torch.add(y, k, alpha=direction * h0).view_as(y0)
-        f1 = f(time_tensor(t0 + direction * h0, y0), y1).reshape(-1)
-        if error_size is not None:
-            f1 = f1[:error_size]
+        y1 = torch.add(y0, f0, alpha=direction * h0)
+        if workspace is not None and not workspace.stage_times:
+            t1 = workspace.time_views[0]
+        else:
+            t1 = time_tensor(t0 + direction * h0, y0)
+        f1 = f(t1, y1)
+        if not shaped:
+            f1 = f1.reshape(-1)[:error_size]
         d2 = float(torch.linalg.vector_norm(f1.sub(k_n).div_(scale))) / root_n / h0
         dmax = max(d1, d2)
         h1 = max(1e-6, h0 * 1e-3) if dmax <= 1e-15 else (0.01 / dmax) ** (1.0 / (order + 1))

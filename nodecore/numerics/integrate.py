@@ -300,10 +300,10 @@ def _adaptive_steps(
 ) -> list[Tensor]:
     direction = 1.0 if times[-1] > times[0] else -1.0
     t, y = times[0], x
-    k0 = f(time_tensor(t, x), y)
+    k0 = f(_time_for(ws, t, x), y)
     counts.nfe += 1
     if first_step is None:
-        h = initial_step(f, t, y, k0, solver.order, atol, rtol, direction, error_size)
+        h = initial_step(f, t, y, k0, solver.order, atol, rtol, direction, error_size, workspace=ws)
         counts.nfe += 1
         if not math.isfinite(h):
             raise NonFiniteError(
@@ -315,6 +315,7 @@ def _adaptive_steps(
     h = math.copysign(min(max(abs(h), controller.min_step), controller.max_step), direction)
     out, j, n_times = [x], 1, len(times)
     exponent, previous_ratio = solver.error_exponent, 1.0
+    span_floor = abs(times[-1] - times[0]) * 1e-3  # of the step-size underflow test
     while j < n_times:
         target = times[-1] if interpolate else times[j]
         remaining = target - t
@@ -328,11 +329,14 @@ def _adaptive_steps(
         if accepted:
             t_new = target if landing else t + h_try
             if interpolate:
-                j = _emit_interpolated(f, solver, out, times, j, t, h_try, t_new, y, attempt, counts, direction, ws)
+                if direction * (times[j] - t_new) <= 0:  # an output time inside or at the end of this step
+                    j = _emit_interpolated(f, solver, out, times, j, t, h_try, t_new, y, attempt, counts, direction,
+                                           ws)
             elif landing:
                 out.append(_kept(attempt.y1, ws))
                 j += 1
-            _record_dense(dense_steps, solver, f, y, t, h_try, attempt, counts, ws)
+            if dense_steps is not None:
+                _record_dense(dense_steps, solver, f, y, t, h_try, attempt, counts, ws)
             t, y, k0 = t_new, attempt.y1, attempt.last
             previous_ratio = ratio
             if ws is not None:
@@ -342,13 +346,19 @@ def _adaptive_steps(
         else:
             counts.rejected += 1
         h = controller.next_step(h_try, ratio, previous_ratio, exponent, accepted)
-        if not abs(h) > 16 * _EPS * max(abs(t), abs(times[-1] - times[0]) * 1e-3):  # NaN too
+        if not abs(h) > 16 * _EPS * max(abs(t), span_floor):  # NaN too
             cause = "the field returned NaN or Inf" if not math.isfinite(ratio) else "the dynamics are too stiff"
             raise StepSizeUnderflowError(
                 f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} ({cause}); check the field and "
                 "inputs, loosen atol/rtol, or use a fixed-step solver"
             )
     return out
+
+
+def _time_for(ws: Workspace | None, t: float, like: Tensor) -> Tensor:
+    """The time tensor handed to the field at ``t``: in a no-grad solve of a field that ignores time, a workspace
+    time (no new tensor; it holds NaN or a stale value)."""
+    return ws.time_views[0] if ws is not None and not ws.stage_times else time_tensor(t, like)
 
 
 def _emit_interpolated(f: Field, solver: RungeKutta, out: list[Tensor], times: list[float], j: int, t: float,
@@ -361,7 +371,7 @@ def _emit_interpolated(f: Field, solver: RungeKutta, out: list[Tensor], times: l
         inner.append((times[k] - t) / h)
         k += 1
     if inner:
-        out.extend(solver.interpolate(f, y, t, h, attempt.stages, inner, counts))
+        out.extend(solver.interpolate(f, y, t, h, attempt.stages, inner, counts, workspace=ws))
     if k < len(times) and times[k] == t_new:
         out.append(_kept(attempt.y1, ws))
         k += 1

@@ -10,7 +10,9 @@ Runge–Kutta stage in a single fused ``addmv`` and keep the tableau's tensors c
 
 from __future__ import annotations
 
+import array
 import math
+import operator
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -77,8 +79,9 @@ class Workspace:
     so the accepted step's state and stages stay intact while the next step is tried.
     """
 
-    def __init__(self, stages: int, like: Tensor, a: list[Tensor]) -> None:
-        n, shape = like.numel(), like.shape
+    def __init__(self, stages: int, like: Tensor, coefficients: _Coefficients) -> None:
+        n, shape, a = like.numel(), like.shape, coefficients.a
+        self.coefficients = coefficients  # the solver's tableau in like's dtype and device
         self.stages = [torch.empty(stages, n, dtype=like.dtype, device=like.device) for _ in range(2)]
         states = [torch.empty(stages + 1, n, dtype=like.dtype, device=like.device) for _ in range(2)]
         self.shaped_rows = [[K[i].view(shape) for i in range(stages)] for K in self.stages]
@@ -96,13 +99,84 @@ class Workspace:
               self.time_views[i]) for i in range(1, stages)]
             for b in range(2)
         ]
+        # The flat view of each shaped stage input (a state the loop hands back): reshaping costs an op.
+        self.flat_of = {id(Y): (Y, flat) for b in range(2) for Y, flat in zip(self.inputs[b], self.flat_inputs[b])}
+        # Error control: ``|y| + atol/rtol`` of each buffer's end state (the next step's start reuses it) and of a
+        # start state from outside (slot 2, the initial one), each with the key it was computed for; then the
+        # error and its scale.
+        real = real_dtype(like.dtype)
+        self.scaled_abs = [torch.empty(n, dtype=real, device=like.device) for _ in range(3)]
+        self.shaped_scaled_abs = [buffer.view(shape) for buffer in self.scaled_abs]
+        self.scaled_abs_key: list[tuple | None] = [None, None, None]
+        self.writes = [0, 0]  # attempts that wrote each buffer: what a kept end state's key checks
+        self.error = torch.empty(n, dtype=like.dtype, device=like.device)
+        self.scale = torch.empty(n, dtype=real, device=like.device)
+        self._constants: dict[float, Tensor] = {}
+        self._outside_flat: tuple[Tensor, Tensor] | None = None  # (state, its flat view): the initial state's
         self.current = 0
-        self.busy = False
+        self._busy = False
         # False when the field is known to ignore its time argument: the stage times are then not computed.
         self.stage_times = True
 
+    @property
+    def busy(self) -> bool:
+        """Whether a solve is using this workspace. Handing it back (False) drops what refers to that solve's
+        own tensors (its initial state), so that the cached workspace keeps none alive."""
+        return self._busy
+
+    @busy.setter
+    def busy(self, value: bool) -> None:
+        self._busy = value
+        self._outside_flat = None
+        self.scaled_abs_key = [None, None, None]
+
     def swap(self) -> None:
         self.current ^= 1
+
+    def flat(self, y: Tensor) -> Tensor:
+        """``y.reshape(-1)``, without an op when ``y`` is one of this workspace's states or was seen last."""
+        found = self.flat_of.get(id(y)) or self._outside_flat
+        if found is not None and found[0] is y:
+            return found[1]
+        flat = y.reshape(-1)
+        self._outside_flat = (y, flat)
+        return flat
+
+    def constant(self, value: float) -> Tensor:
+        """``value`` as a cached 0-dim tensor of the real dtype: an in-place op with a Python number wraps it
+        in a fresh tensor every time, which costs as much as the op."""
+        found = self._constants.get(value)
+        if found is None:
+            if len(self._constants) >= 16:
+                self._constants.clear()
+            found = self._constants[value] = torch.tensor(value, dtype=self.scale.dtype, device=self.scale.device)
+        return found
+
+    def scaled_abs_of(self, y: Tensor, offset: float, size: int | None, *, shaped: bool = False) -> Tensor:
+        """``|y| + offset`` over the first ``size`` entries of flat ``y`` (all when None; ``shaped``: shaped like
+        ``y``), kept from the attempt that produced ``y`` when its buffer was not written since, else computed
+        into slot 2 and kept there for this solve."""
+        slot = self.current ^ 1  # the buffer of the state the current attempt starts from
+        kept = self.scaled_abs_key[slot]
+        if kept is None or kept[0] is not y or kept[1] != self.writes[slot] or kept[2:] != (offset, size):
+            slot, kept = 2, self.scaled_abs_key[2]
+            version = None if y.is_inference() else y._version  # inference tensors have no version counter
+            if kept is None or kept[0] is not y or kept[1:] != (version, offset, size):
+                if size is None:
+                    torch.abs(y, out=self.shaped_scaled_abs[2]).add_(self.constant(offset))
+                else:
+                    torch.abs(self.flat(y)[:size], out=self.scaled_abs[2][:size]).add_(self.constant(offset))
+                self.scaled_abs_key[2] = (y, version, offset, size)
+        if shaped:
+            return self.shaped_scaled_abs[slot]
+        return self.scaled_abs[slot] if size is None else self.scaled_abs[slot][:size]
+
+    def transposed(self, stages: Tensor) -> Tensor:
+        """``stages.t()``, without an op when ``stages`` is one of this workspace's stage buffers."""
+        for K, mats in zip(self.stages, self.mats):
+            if stages is K:
+                return mats[-1]
+        return stages.t()
 
 
 class RungeKutta(nn.Module):
@@ -178,7 +252,7 @@ class RungeKutta(nn.Module):
         key = (like.shape, like.dtype, like.device)
         ws = self._workspaces.get(key)
         if ws is None or ws.busy:
-            ws = Workspace(self.tableau.stages, like, self.coefficients(like).a)
+            ws = Workspace(self.tableau.stages, like, self.coefficients(like))
             if len(self._workspaces) < 8:
                 self._workspaces.setdefault(key, ws)
         ws.busy = True
@@ -228,9 +302,10 @@ class RungeKutta(nn.Module):
             workspace: preallocated stage storage for no-grad solves (then ``y1`` and ``last`` live in it
                 until the workspace is swapped twice); None builds a graph-friendly step.
         """
-        co = self.coefficients(y)
         if workspace is not None:
-            return self._attempt_in(workspace, co, f, y, t, h, k0, counts, need_error, atol, rtol, error_size)
+            return self._attempt_in(workspace, workspace.coefficients, f, y, t, h, k0, counts, need_error, atol, rtol,
+                                    error_size)
+        co = self.coefficients(y)
         shape, flat = y.shape, y.reshape(-1)
         times = co.c.mul(h).add_(t).unbind()
         stages: list[Tensor] = []
@@ -260,8 +335,9 @@ class RungeKutta(nn.Module):
                     error_size: int | None) -> Attempt:
         """:meth:`attempt` without a graph: one fused ``addmv`` per stage, written into preallocated rows."""
         b = ws.current
+        ws.writes[b] += 1
         rows, mats, inputs, flat_inputs = ws.shaped_rows[b], ws.mats[b], ws.inputs[b], ws.flat_inputs[b]
-        flat = y.reshape(-1)
+        flat = ws.flat(y)
         if ws.stage_times:
             torch.mul(co.c, h, out=ws.times).add_(t)
         if k0 is None:
@@ -282,9 +358,29 @@ class RungeKutta(nn.Module):
             y1, last = inputs[-1], None
         norm = None
         if need_error and co.b_error is not None:
-            norm = self.error_norm(mats[-1], flat, flat_inputs[-2 if self.tableau.fsal else -1], atol, rtol,
-                                   error_size)
+            y1_flat = flat_inputs[-2 if self.tableau.fsal else -1]
+            if type(self).error_norm is RungeKutta.error_norm:
+                norm = self._error_norm_in(ws, co, mats[-1], y, flat, y1, y1_flat, atol, rtol, error_size)
+            else:
+                norm = self.error_norm(mats[-1], flat, y1_flat, atol, rtol, error_size)
         return Attempt(y1=y1, stages=K, error_norm=norm, last=last, error_factor=_factor(h, flat, error_size))
+
+    def _error_norm_in(self, ws: Workspace, co: _Coefficients, stages_t: Tensor, y: Tensor, y0: Tensor, y1: Tensor,
+                       y1_flat: Tensor, atol: float, rtol: float, size: int | None) -> Tensor:
+        """:meth:`error_norm` in the workspace's buffers, the same numbers in fewer ops: ``|y0| + atol/rtol`` comes
+        from the attempt that produced ``y0`` (``max`` commutes with adding a constant, exactly), and this
+        attempt's ``|y1| + atol/rtol`` stays for the next step."""
+        b, offset = ws.current, atol / rtol
+        start = ws.scaled_abs_of(y, offset, size)
+        err, scale, end = ws.error, ws.scale, ws.scaled_abs[b]
+        if size is not None:
+            stages_t, y0, y1_flat, err, scale, end = (stages_t[:size], y0[:size], y1_flat[:size], err[:size],
+                                                      scale[:size], end[:size])
+        torch.addmv(y0, stages_t, co.b_error, beta=0, alpha=1.0 / rtol, out=err)
+        torch.abs(y1_flat, out=end).add_(ws.constant(offset))
+        torch.maximum(start, end, out=scale)
+        ws.scaled_abs_key[b] = (y1, ws.writes[b], offset, size)
+        return torch.linalg.vector_norm(err.div_(scale))
 
     def error_norm(self, stages_t: Tensor, y0: Tensor, y1: Tensor, atol: float, rtol: float,
                    size: int | None) -> Tensor:
@@ -305,9 +401,17 @@ class RungeKutta(nn.Module):
 
     def dense_weights(self, thetas: list[float], like: Tensor) -> Tensor:
         """``[S, m]`` stage weights ``P_i(θ)`` of the interpolant at each ``θ`` in ``thetas``."""
+        return self._dense_rows(thetas, like).view(len(thetas), -1).t()
+
+    def _dense_rows(self, thetas: list[float], like: Tensor) -> Tensor:
+        """``[m * S]`` the stage weights ``P_i(θ)``, ``θ`` by ``θ`` (row-major ``[m, S]``)."""
         # A few dozen products: on the host, then one tensor (cheaper than building powers on the device).
-        weights = [[sum(c * th ** (j + 1) for j, c in enumerate(row)) for th in thetas] for row in self.tableau.dense]
-        return torch.tensor(weights, dtype=like.dtype, device=like.device)
+        degree = len(self.tableau.dense[0])
+        weights = []
+        for th in thetas:
+            powers = [th ** (j + 1) for j in range(degree)]
+            weights.extend(sum(map(operator.mul, row, powers)) for row in self.tableau.dense)
+        return _host_tensor(weights, like)
 
     def dense_stages(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, counts: StepCounts) -> Tensor:
         """``[S, N]`` all the stages the interpolant of an accepted step needs: ``stages`` plus, for methods
@@ -324,13 +428,21 @@ class RungeKutta(nn.Module):
         return torch.stack(rows)
 
     def interpolate(self, f: Field, y0: Tensor, t: float, h: float, stages: Tensor, thetas: list[float],
-                    counts: StepCounts) -> list[Tensor]:
-        """The dense-output states ``y(t + θh)`` for each ``θ`` in ``thetas`` within an accepted step."""
-        flat = y0.reshape(-1)
+                    counts: StepCounts, *, workspace: Workspace | None = None) -> list[Tensor]:
+        """The dense-output states ``y(t + θh)`` for each ``θ`` in ``thetas`` within an accepted step.
+
+        ``workspace``: the no-grad solve's, whose views of ``y0`` and ``stages`` save a few ops.
+        """
         K = self.dense_stages(f, y0, t, h, stages, counts)
-        W = self.dense_weights(thetas, y0)  # [S, m]
-        out = torch.addmm(flat[:, None], K.t(), W, alpha=h)  # [N, m]
-        return [out[:, j].view(y0.shape) for j in range(len(thetas))]
+        if workspace is None:
+            flat, K_t = y0.reshape(-1), K.t()
+        else:
+            flat, K_t = workspace.flat(y0), workspace.transposed(K)
+        m = len(thetas)
+        W = self._dense_rows(thetas, y0)  # [m * S]: row-major [m, S]
+        if m == 1:
+            return [torch.addmv(flat, K_t, W, alpha=h).view(y0.shape)]
+        return list(torch.addmm(flat, W.view(m, -1), K, alpha=h).view(m, *y0.shape).unbind())  # [m, N]: a row each
 
 
 _REAL_OF_COMPLEX = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
@@ -344,6 +456,18 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
 def time_tensor(t: float, like: Tensor) -> Tensor:
     """``t`` as the 0-dim time tensor handed to the field: real, in the precision of ``like``."""
     return torch.tensor(t, dtype=real_dtype(like.dtype), device=like.device)
+
+
+# Python floats straight into a CPU tensor's memory: a third of the cost of torch.tensor(list).
+_ARRAY_TYPECODES = {torch.float32: "f", torch.float64: "d"}
+
+
+def _host_tensor(values: list[float], like: Tensor) -> Tensor:
+    """``values`` as a 1-D tensor of ``like``'s dtype and device."""
+    code = _ARRAY_TYPECODES.get(like.dtype)
+    if code is not None and values and like.device.type == "cpu":
+        return torch.frombuffer(array.array(code, values), dtype=like.dtype)
+    return torch.tensor(values, dtype=like.dtype, device=like.device)
 
 
 def _scale(y0: Tensor, y1: Tensor, atol: float, rtol: float) -> Tensor:
