@@ -32,12 +32,15 @@ from tasks.grid import usable_cores
 _T = TypeVar("_T")
 # Imported once in the forkserver, so that every worker forked from it starts with them (torch's optimizers import
 # torch._dynamo when first built: 1.1 s each time otherwise).
-PRELOAD = ("__main__", "torch", "torch._dynamo", "torch.optim", "matplotlib", "matplotlib.figure", "nodecore", "nodecore.plotting",
-           "tasks.render", "tasks.train", "tasks.train_worker")
+PRELOAD = ("__main__", "torch", "torch._dynamo", "torch.optim", "matplotlib", "matplotlib.figure", "nodecore",
+           "nodecore.plotting", "tasks.render", "tasks.train", "tasks.train_worker")
+_WATCH_SECONDS = 1.0
 
 _LOCK = threading.Lock()
-_pool: Future[ProcessPoolExecutor] | None = None  # set while a block of worker_processes is open
+# Set while a block of worker_processes is open; its result is None where the pool could not start.
+_pool: Future[ProcessPoolExecutor | None] | None = None
 _workers = 0
+_blocks = 0  # open blocks of worker_processes (threads of one process may run several flows)
 _log = logging.getLogger(__name__)
 
 
@@ -49,21 +52,28 @@ def stage_processes(requested: int | None, cells: int) -> int:
     return min(usable_cores(), cells) + 1
 
 
-def _warm_up() -> None:
+def _warm_up(flow_pid: int) -> None:
     """Each worker's initializer: one torch intra-op thread (a worker is one of the host's cores), and an exit
-    when the flow process is gone (its forkserver, this worker's parent, then exits too): a worker never outlives
-    a killed run."""
+    when the flow process ``flow_pid`` is gone: a worker never outlives a killed run.
+
+    The flow process is watched by its pid: a worker's parent is the forkserver, which exits only after all its
+    children have (each holds its "alive" pipe), so the parent's death would never be seen.
+    """
     import torch
 
     torch.set_num_threads(1)
-    parent = os.getppid()
 
-    def exit_when_orphaned() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
+    def exit_when_the_flow_is_gone() -> None:
+        while True:
+            time.sleep(_WATCH_SECONDS)
+            try:
+                os.kill(flow_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # a pid reused by another user's process: the flow is gone
+                os._exit(1)
 
-    threading.Thread(target=exit_when_orphaned, name="nodecore-orphan-watch", daemon=True).start()
+    threading.Thread(target=exit_when_the_flow_is_gone, name="nodecore-flow-watch", daemon=True).start()
 
 
 def _ready() -> None:
@@ -73,21 +83,25 @@ def _ready() -> None:
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up,
+                               initargs=(os.getpid(),))
     for _ in range(workers):
         pool.submit(_ready)  # blocks until the forkserver has imported PRELOAD (the first time: seconds)
     return pool
 
 
-def _started(workers: int) -> Future[ProcessPoolExecutor]:
-    """A pool of ``workers`` processes, started in a background thread: the caller goes on meanwhile."""
-    started: Future[ProcessPoolExecutor] = Future()
+def _started(workers: int) -> Future[ProcessPoolExecutor | None]:
+    """A pool of ``workers`` processes, started in a background thread: the caller goes on meanwhile. Its result
+    is None, with a warning, where the pool cannot start: the stages then run in place."""
+    started: Future[ProcessPoolExecutor | None] = Future()
 
     def start() -> None:
         try:
             started.set_result(_new_pool(workers))
-        except BaseException as err:  # handed to the first call, which raises it
-            started.set_exception(err)
+        except Exception as err:  # noqa: BLE001  (any start-up failure means: run in place)
+            _log.warning("stage worker processes could not start (%s: %s); the stages run in this process",
+                         type(err).__name__, err)
+            started.set_result(None)
 
     threading.Thread(target=start, name="nodecore-stage-workers", daemon=True).start()
     return started
@@ -97,27 +111,43 @@ def _started(workers: int) -> Future[ProcessPoolExecutor]:
 def worker_processes(workers: int) -> Iterator[None]:
     """Let :func:`call` run functions in ``workers`` worker processes (0: in place) until the block ends.
 
-    The workers start in the background (the block goes on at once; the first call waits for them) and are shut
-    down, after their running calls, when the block ends. Blocks do not nest: an inner block keeps the outer pool.
+    The workers start in the background (the block goes on at once; the first call waits for them). Blocks may
+    overlap (flows in threads of one process): the first opens the pool, with its ``workers``, and the last to end
+    shuts it down, after its running calls; a block that ends by an exception does not wait for them.
     """
-    global _pool, _workers
+    global _pool, _workers, _blocks
+    if workers <= 0:
+        yield
+        return
     with _LOCK:
-        opened = workers > 0 and _pool is None
-        if opened:
+        _blocks += 1
+        if _pool is None:
             _pool, _workers = _started(workers), workers
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
-        if opened:
-            with _LOCK:
-                started, _pool = _pool, None
-            if started is not None and started.exception() is None:
-                started.result().shutdown(wait=True, cancel_futures=True)
+        with _LOCK:
+            _blocks -= 1
+            started = _pool if _blocks == 0 else None
+            if started is not None:
+                _pool = None
+        if started is not None:
+            pool = started.result()
+            if pool is not None:
+                pool.shutdown(wait=not failed, cancel_futures=True)
 
 
 def active_workers() -> int:
-    """How many worker processes :func:`call` uses now (0: it calls in place)."""
-    return _workers if _pool is not None else 0
+    """How many worker processes :func:`call` uses now (0: it calls in place, also where the pool failed to
+    start)."""
+    started = _pool
+    if started is None or (started.done() and started.result() is None):
+        return 0
+    return _workers
 
 
 def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | None:
@@ -128,9 +158,9 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
     """
     with _LOCK:
         started = _pool
-    if started is None:
+    pool = None if started is None else started.result()
+    if pool is None:
         return None
-    pool = started.result()
     try:
         future: Future[_T] = pool.submit(fn, *args, **kwargs)
     except BrokenProcessPool:
@@ -153,7 +183,7 @@ def call(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     return fn(*args, **kwargs) if future is None else future.result()
 
 
-def _replace(broken: Future[ProcessPoolExecutor]) -> None:
+def _replace(broken: Future[ProcessPoolExecutor | None]) -> None:
     """Replace the pool ``broken`` by a new one, unless that happened already (or its block has ended)."""
     global _pool
     with _LOCK:
@@ -161,4 +191,6 @@ def _replace(broken: Future[ProcessPoolExecutor]) -> None:
             return
         _log.warning("a stage worker process died; starting %d new ones", _workers)
         _pool = _started(_workers)
-    broken.result().shutdown(wait=False, cancel_futures=True)
+    pool = broken.result()
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)

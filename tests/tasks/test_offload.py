@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -76,3 +81,58 @@ def test_the_default_count_is_one_per_core_and_at_most_one_per_cell(monkeypatch)
     assert offload.stage_processes(None, 9) == 5
     assert offload.stage_processes(0, 9) == 0
     assert offload.stage_processes(1, 9) == 1
+
+
+def test_workers_exit_when_the_flow_process_is_killed(tmp_path):
+    """A SIGKILLed flow process leaves no worker behind (nor the forkserver, which waits for its children)."""
+    script = tmp_path / "flow.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tasks import offload
+        if __name__ == "__main__":
+            with offload.worker_processes(1):
+                print(offload.call(os.getpid), flush=True)
+                time.sleep(60)
+    """))
+    flow = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(flow.stdout.readline())
+        os.kill(flow.pid, signal.SIGKILL)
+        flow.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(worker), f"worker {worker} outlived its killed flow process"
+    finally:
+        flow.kill()
+
+
+def test_a_pool_that_cannot_start_leaves_the_calls_in_place(monkeypatch):
+    def refuse(workers: int) -> None:
+        raise OSError("no forkserver here")
+
+    monkeypatch.setattr(offload, "_new_pool", refuse)
+    with offload.worker_processes(2):
+        assert offload.call(_pid_and_threads)[0] == os.getpid()
+        assert offload.active_workers() == 0
+
+
+def test_overlapping_blocks_share_the_pool_until_the_last_ends():
+    first = offload.worker_processes(1)
+    second = offload.worker_processes(1)
+    first.__enter__()
+    second.__enter__()
+    pid = offload.call(_pid_and_threads)[0]
+    first.__exit__(None, None, None)  # the other flow's block is still open: its pool stays
+    assert offload.active_workers() == 1 and offload.call(_pid_and_threads)[0] == pid
+    second.__exit__(None, None, None)
+    assert offload.active_workers() == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
