@@ -33,7 +33,7 @@ _T = TypeVar("_T")
 # Imported once in the forkserver, so that every worker forked from it starts with them (torch's optimizers import
 # torch._dynamo when first built: 1.1 s each time otherwise).
 PRELOAD = ("__main__", "torch", "torch._dynamo", "torch.optim", "matplotlib", "matplotlib.figure", "nodecore",
-           "nodecore.plotting", "tasks.render", "tasks.train", "tasks.train_worker")
+           "nodecore.plotting", "tasks.render", "tasks.train_worker")
 _WATCH_SECONDS = 1.0
 
 _LOCK = threading.Lock()
@@ -68,9 +68,7 @@ def _warm_up(flow_pid: int) -> None:
             time.sleep(_WATCH_SECONDS)
             try:
                 os.kill(flow_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:  # a pid reused by another user's process: the flow is gone
+            except (ProcessLookupError, PermissionError):  # gone (or its pid reused by another user's process)
                 os._exit(1)
 
     threading.Thread(target=exit_when_the_flow_is_gone, name="nodecore-flow-watch", daemon=True).start()

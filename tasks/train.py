@@ -435,6 +435,9 @@ def train_cell(
         optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
         X, y, span = X.to(local), y.to(local), depth_grid(model.t_end, model.t_points, device=local)
 
+        # The epochs after which a resume checkpoint is written (not after the last: the stage output follows).
+        checkpoint_epochs = frozenset(range(training.checkpoint_every, training.epochs, training.checkpoint_every))
+
         def on_epoch(stats: EpochStats) -> None:
             history.epochs.append(stats)
             done = stats.epoch + 1
@@ -442,7 +445,7 @@ def train_cell(
                 logger.info("%s: epoch %d/%d loss %.4f accuracy %.4f nfe %d/%d", cell, done, training.epochs,
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
                 update_progress_artifact(progress_id, progress(done))
-            if done % training.checkpoint_every == 0 and done < training.epochs:
+            if done in checkpoint_epochs:
                 saved = save_resume(ctx.key_folder, classifier, optimizer, config=config, epoch=done, history=history,
                                     log=logger, attempt=attempt)
                 share_resume(ctx, saved, logger, attempt=attempt)
@@ -451,14 +454,14 @@ def train_cell(
         started = time.perf_counter()
         # A CPU training's epochs run in a stage worker process where the run has them (tasks.offload): trainings
         # in threads of this process would take turns on the GIL. In step with on_epoch, with the same results.
-        in_worker = local == "cpu" and offload.active_workers() > 0
+        job = None
+        if local == "cpu" and offload.active_workers() > 0:
+            job = Job(model_config=model_config, state=pack(classifier, optimizer),
+                      train_set=dataset.path(ctx.root, "train"), t_end=model.t_end, t_points=model.t_points,
+                      epochs=training.epochs, lr=training.lr, batch_size=training.batch_size, start_epoch=start_epoch,
+                      threads=threads or 1, sync_epochs=checkpoint_epochs)
         with torch_threads(threads):
-            if not in_worker or not train_in_worker(classifier, optimizer, Job(
-                    model_config=model_config, state=pack(classifier, optimizer),
-                    train_set=dataset.path(ctx.root, "train"), t_end=model.t_end, t_points=model.t_points,
-                    epochs=training.epochs, lr=training.lr, batch_size=training.batch_size, start_epoch=start_epoch,
-                    threads=threads or 1, sync_epochs=frozenset(range(
-                        training.checkpoint_every, training.epochs, training.checkpoint_every))), on_epoch):
+            if job is None or not train_in_worker(classifier, optimizer, job, on_epoch):
                 train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
                       batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch,
                       callback=on_epoch)

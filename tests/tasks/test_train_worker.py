@@ -51,7 +51,7 @@ def test_without_a_pool_nothing_runs_and_the_caller_trains_in_place(tmp_path):
 
 def test_epochs_in_a_worker_give_the_in_place_results_bit_for_bit(tmp_path):
     X, y, model, optimizer, job = _setup(tmp_path)
-    reference_model, reference_optimizer = build_model(job.model_config), None
+    reference_model = build_model(job.model_config)
     reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=job.lr)
     reference_model.load_state_dict(model.state_dict())
     reference_optimizer.load_state_dict(optimizer.state_dict())
