@@ -16,12 +16,14 @@ the same initial weights and sees the same data. Variants:
 - torchdiffeq ``odeint`` and ``odeint_adjoint``;
 - torchode ``AutoDiffAdjoint(Dopri5, IntegralController)``, backpropagating through the solver (torchode
   steps every sample with its own step size, so its batched NFE counts the slowest sample's steps);
-- nodecore ``NeuralODE`` with each sensitivity on each ``backend=``, and on its own engine with
-  ``interpolator='step'`` (stepping onto every point of ``t_span``, as torchdyn does).
+- nodecore ``NeuralODE`` with each sensitivity on each ``backend=``, reading the inner points of ``t_span`` off
+  the dense output (``interpolator='dense'``, as torchdiffeq does; the pipeline's setting), and on its own engine
+  with ``interpolator='step'`` (stepping onto every point, torchdyn's way and NeuralODE's default).
 
 Each library is used as a tutorial user would: torchdyn and nodecore get the bare MLP (and count NFE
 themselves); torchdiffeq and torchode get a small ``f(t, x)`` module that counts its calls. The adjoint's
-seminorm is each library's default unless ``--seminorm on|off`` (nodecore: on, torchdyn and torchdiffeq: off).
+seminorm is off for torchdyn and torchdiffeq (their defaults) and on for nodecore (the pipeline's setting; its
+NeuralODE default is off, as torchdyn's) unless ``--seminorm on|off`` sets it for all.
 
 Measurements, interleaved round-robin over variants and repeats (after one short untimed warm-up per variant):
 
@@ -137,12 +139,11 @@ def _torchode(net: nn.Module, seminorm: bool | None):
     return f, forward, lambda: f.nfe
 
 
-def _nodecore(sensitivity: str, backend: str, interpolator: str | None = None) -> Callable:
+def _nodecore(sensitivity: str, backend: str, interpolator: str = "dense") -> Callable:
     def build(net: nn.Module, seminorm: bool | None):
-        extra = {} if seminorm is None else {"seminorm": seminorm}
         model = nodecore.NeuralODE(net, solver=SOLVER, sensitivity=sensitivity, atol=ATOL, rtol=RTOL,
                                    atol_adjoint=ATOL_ADJOINT, rtol_adjoint=RTOL_ADJOINT, backend=backend,
-                                   interpolator=interpolator, **extra)
+                                   interpolator=interpolator, seminorm=True if seminorm is None else seminorm)
         return model, lambda x, t: model(x, t)[1][-1], lambda: model.vf.nfe
 
     return build
@@ -160,8 +161,7 @@ def all_variants() -> list[Variant]:
         for sensitivity in ("autograd", "adjoint"):
             variants.append(Variant(f"nodecore-{backend}-{sensitivity}", "nodecore", sensitivity,
                                     _nodecore(sensitivity, backend)))
-    # nodecore's engine stepping onto each point of t_span, as torchdyn does (its default interpolates the
-    # inner points off the dense output, as torchdiffeq does).
+    # nodecore's engine stepping onto each point of t_span, as torchdyn does (NeuralODE's default).
     for sensitivity in ("autograd", "adjoint"):
         variants.append(Variant(f"nodecore-step-{sensitivity}", "nodecore", sensitivity,
                                 _nodecore(sensitivity, "nodecore", "step")))

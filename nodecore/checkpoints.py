@@ -25,6 +25,9 @@ from nodecore.neuralode import NeuralODE
 
 CHECKPOINT_FORMAT = "nodecore.checkpoint"
 CHECKPOINT_VERSION = 1
+# NeuralODE's defaults before 0.2.0, when they became torchdyn's (tsit5, no seminorm, stepping onto every point):
+# an older checkpoint's ode options are read with these, so it rebuilds the model it was trained as.
+_DEFAULTS_BEFORE_0_2 = {"solver": "dopri5", "seminorm": True}
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         )
     return Checkpoint(
         state_dict=payload["state_dict"],
-        config=json.loads(payload["config"]),
+        config=_with_defaults_of(payload["nodecore_version"], json.loads(payload["config"])),
         nodecore_version=payload["nodecore_version"],
         epoch=payload["epoch"],
         history=json.loads(payload["history"]),
@@ -121,6 +124,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     )
 
 
+
+
+def _with_defaults_of(version: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the NeuralODE defaults of the nodecore ``version`` that wrote it made explicit."""
+    ode = config.get("ode")
+    if not isinstance(ode, dict) or _release(version) >= (0, 2):
+        return config
+    ode = _DEFAULTS_BEFORE_0_2 | ode
+    if ode.get("interpolator") is None and ode.get("backend", "nodecore") == "nodecore":
+        ode["interpolator"] = "dense"  # None meant dense output then; it now steps onto every point
+    return config | {"ode": ode}
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``'0.1.0'`` -> ``(0, 1, 0)``: the leading numeric parts of a version string (local parts ignored)."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 def _check_order(spec: MLPFieldSpec, ode: dict[str, Any], where: str) -> None:

@@ -31,7 +31,7 @@ DATASET_SHAPES: Mapping[str, tuple[int, int]] = MappingProxyType({
 DATASET_TYPES: tuple[str, ...] = tuple(DATASET_SHAPES)
 
 # NeuralODE's defaults, shared with the pipeline's config.
-DEFAULT_SOLVER = "dopri5"
+DEFAULT_SOLVER = "tsit5"
 DEFAULT_ATOL = 1e-3
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL_ADJOINT = 1e-4

@@ -317,8 +317,8 @@ class NeuralODE(nn.Module):
 
     Args:
         vector_field: an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``.
-        solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'dopri5'``; torchdyn's is
-            ``'tsit5'``, also available), or a solver object such as ``HyperEuler(hypernet)`` (registered as
+        solver: a name from :data:`nodecore.solvers.SOLVER_NAMES` (default ``'tsit5'``, torchdyn's), or a
+            solver object such as ``HyperEuler(hypernet)`` (registered as
             the submodule ``solver_module``, so its parameters train with the model; such models run on the
             nodecore backend, and their checkpoints cannot rebuild the solver by name).
         order: any integer ``k >= 1`` (default 1, ``dx/dt = f(t, x)``), as in torchdyn. For ``k >= 2`` the
@@ -336,19 +336,19 @@ class NeuralODE(nn.Module):
             interpolant of each step; not for solvers that override ``step``, such as hypersolvers).
         solver_adjoint: solver for the adjoint solve; the forward solver when None.
         atol_adjoint, rtol_adjoint: tolerances of the backward adjoint solve (default 1e-4).
-        interpolator: None (default), ``'dense'`` or torchdyn's ``'4th'``: adaptive solvers step freely and
-            read the inner points of ``t_span`` off their own dense output (as torchdiffeq does; within the
-            tolerance, and far fewer steps for a dense ``t_span``). ``'step'`` steps onto every point, so
-            each is a step end: torchdyn's behaviour for ``interpolator=None``; the adjoints' backward solve
-            then restarts at every point too, as torchdyn's does (more backward evaluations on a dense
-            ``t_span``, gradients far inside the tolerance).
+        interpolator: None (default, torchdyn's) or ``'step'``: adaptive solvers step onto every point of
+            ``t_span``, so each is a step end, and the adjoints' backward solve restarts at every point too, as
+            torchdyn's does. ``'dense'`` or torchdyn's ``'4th'``: they step freely and read the inner points off
+            their own dense output (as torchdiffeq does): within the tolerance, and far fewer steps for a dense
+            ``t_span``. With ``backend='torchdiffeq'`` None means torchdiffeq's dense output (it cannot step
+            onto points, so ``'step'`` is refused there).
         integral_loss: torchdyn's running cost ``l(t, x)``. With ``sensitivity='autograd'`` the state carries it
             in its first column (pass ``x0 = [0, x]`` on dim 1; ``trajectory[-1][:, 0]`` is ``∫ l dt``); with the
             adjoints the backward pass adds its gradient, as if ``∫ l dt`` were part of the loss (nodecore
             backend only).
         seminorm: in adjoint mode, leave the parameter-gradient channels out of the backward step-size
-            control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default on
-            (torchdyn's default is off).
+            control (Kidger et al. 2021): same gradients to tolerance, far fewer backward steps. Default off,
+            as in torchdyn; turn it on for faster adjoint training (the pipeline does).
         return_t_eval: forward returns ``(t_eval, trajectory)`` when True (default), ``trajectory`` when False.
         optimizable_params: ``nn.Parameter``s the field uses but does not hold (e.g. captured by a plain
             function); they are registered on ``model.vf``, so the optimiser and the adjoint see them.
@@ -386,7 +386,7 @@ class NeuralODE(nn.Module):
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
         interpolator: str | None = None,
         integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
-        seminorm: bool = True,
+        seminorm: bool = False,
         return_t_eval: bool = True,
         optimizable_params: Iterable[nn.Parameter] = (),
         *,
@@ -708,7 +708,7 @@ class NeuralODE(nn.Module):
             solver=self._stepper_adjoint, atol=self.atol_adjoint, rtol=self.rtol_adjoint, controller=_CONTROLLER,
             counts=counter.backward, max_steps=self.max_steps, step_size=self.step_size, seminorm=self.seminorm,
             interpolated=self.sensitivity == "interpolated_adjoint", integral_loss=self.integral_loss,
-            forward_solver=self._stepper, restart_at_every_time=self.interpolator == "step",
+            forward_solver=self._stepper, restart_at_every_time=not self._interpolate,
         )
         # A data-controlled field depends on x0 through its control too: the adjoint returns that gradient as
         # for a parameter, and autograd adds it to the one through the initial state.

@@ -21,9 +21,8 @@ class ODEProblem(NeuralODE):
     ``atol_adjoint = rtol_adjoint = 1e-6``, ``seminorm=False``; ``odeint(x, t_span)`` returns
     ``(t_eval, solution)``.
 
-    ``interpolator=None`` keeps torchdyn's meaning too: step onto every point of ``t_span`` (``'step'``), the
-    adjoints restarting there as well; ``'4th'`` or ``'dense'`` reads inner points off the dense output, as
-    ``NeuralODE``'s default does. With ``backend='torchdiffeq'`` None stays torchdiffeq's dense output.
+    ``interpolator`` means what it means for ``NeuralODE`` (and torchdyn): None steps onto every point of
+    ``t_span``; ``'4th'`` or ``'dense'`` reads inner points off the dense output.
     """
 
     def __init__(
@@ -43,8 +42,6 @@ class ODEProblem(NeuralODE):
         optimizable_params: Iterable[nn.Parameter] = (),
         **options: object,
     ) -> None:
-        if interpolator is None and options.get("backend", "nodecore") == "nodecore":
-            interpolator = "step"  # torchdyn's None: every point of t_span is a step end
         super().__init__(vector_field, solver, order, atol, rtol, sensitivity, solver_adjoint, atol_adjoint,
                          rtol_adjoint, interpolator, integral_loss, seminorm, True, optimizable_params, **options)
 

@@ -106,6 +106,11 @@ class SolverConfig(_Config):
     rtol_adjoint: float = Field(DEFAULT_RTOL_ADJOINT, gt=0, description="adjoint relative tolerance")
     step_size: Optional[float] = Field(None, gt=0, description="constant step; fixed solvers step on t_span if unset")
     max_steps: int = Field(DEFAULT_MAX_STEPS, ge=1, description="cap on solver steps per solve")
+    seminorm: bool = Field(True, description=("adjoint: leave the parameter gradients out of the backward step-size "
+                                              "control (far fewer steps; NeuralODE's own default is off, torchdyn's)"))
+    interpolator: Literal["dense", "step"] = Field(
+        "dense", description=("output depths: 'dense' reads them off the adaptive solver's dense output, 'step' "
+                              "steps onto each (NeuralODE's own default, torchdyn's)"))
 
 
 class TrainingConfig(_Config):

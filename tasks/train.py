@@ -357,7 +357,8 @@ def build_cell_model(field: StageOutput, root: Path, solver: str, config: Solver
         model_config["ode"] = {"solver": solver, "sensitivity": config.sensitivity, "atol": config.atol,
                                "rtol": config.rtol, "atol_adjoint": config.atol_adjoint,
                                "rtol_adjoint": config.rtol_adjoint, "step_size": config.step_size,
-                               "max_steps": config.max_steps}
+                               "max_steps": config.max_steps, "seminorm": config.seminorm,
+                               "interpolator": config.interpolator}
     model = load_weights(build_model(model_config), initial.state_dict, source=field.path(root, "field"))
     return model, model_config
 

@@ -18,8 +18,8 @@ from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
 from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
 
-# How output times are produced: "dense" (the default, also None, and torchdyn's "4th") reads inner points
-# off the solver's dense output; "step" steps onto every point (what torchdyn does with interpolator=None).
+# How output times are produced: "step" (also None, the default, torchdyn's) steps onto every point; "dense"
+# (and torchdyn's "4th") reads inner points off the solver's dense output.
 INTERPOLATORS: tuple[str, ...] = ("dense", "4th", "step")
 
 
@@ -29,7 +29,7 @@ def interpolates(interpolator: str | None) -> bool:
     Raises:
         ValueError: an unknown value; the message lists the valid ones.
     """
-    return interpolator is None or choice("interpolator", interpolator, INTERPOLATORS) != "step"
+    return interpolator is not None and choice("interpolator", interpolator, INTERPOLATORS) != "step"
 
 
 DEFAULT_MAX_STEPS = 10_000
@@ -135,12 +135,11 @@ def odeint(
     The arguments up to ``seminorm`` are torchdyn's, in its order; the rest are nodecore's. Differentiable by
     autograd (backpropagation through the steps); for the adjoint use ``NeuralODE(..., sensitivity='adjoint')``.
 
-    Output points: by default (``interpolator=None``, ``'dense'`` or torchdyn's ``'4th'``) adaptive solvers
-    step freely and read the inner points of ``t_span`` off their dense output: far fewer steps when
-    ``t_span`` is dense, at the interpolant's accuracy (order 4 for dopri5/tsit5, 3 for bosh3, 7 for dopri8,
-    within the tolerance on smooth problems). ``interpolator='step'`` steps onto every point instead, so each
-    is a step end: what torchdyn does with ``interpolator=None``, costlier for a dense ``t_span``. Fixed-step
-    solvers always step onto every point.
+    Output points: by default (``interpolator=None``, as in torchdyn, or ``'step'``) adaptive solvers step onto
+    every point of ``t_span``, so each is a step end. With ``'dense'`` (or torchdyn's ``'4th'``) they step freely
+    and read the inner points off their dense output: far fewer steps when ``t_span`` is dense, at the
+    interpolant's accuracy (order 4 for dopri5/tsit5, 3 for bosh3, 7 for dopri8, within the tolerance on smooth
+    problems). Fixed-step solvers always step onto every point.
 
     A solver class of your own whose ``step`` overrides the solvers' (torchdyn's custom solvers) is called as
     torchdyn calls it, ``solver.step(f, x, t, dt, k1=None, args=args)`` at constant steps onto every point of
@@ -159,7 +158,7 @@ def odeint(
         t_stops, verbose: torchdyn options; ``t_stops`` is not supported.
         args: handed to every call of a solver's own ``step`` (``{}`` when None, as in torchdyn); refused when
             non-empty with a solver whose ``step`` is nodecore's, which would never read it.
-        interpolator: None (= ``'dense'``), ``'dense'``, ``'4th'`` or ``'step'``.
+        interpolator: None (= ``'step'``), ``'step'``, ``'dense'`` or ``'4th'`` (= ``'dense'``).
         return_all_eval: also return the state at every accepted step (then ``t_eval`` lists those times).
         save_at: points of ``t_span`` to return (all when empty).
         seminorm: ``(True, n)`` measures the error on the first ``n`` entries of the flat state only.

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -140,3 +142,27 @@ def test_inconsistent_higher_order_specs_fail_with_the_fix_in_the_message(tmp_pa
     config = {"kind": "node", "field": MLPFieldSpec(dim=5).to_dict(), "ode": {"order": 3}}
     with pytest.raises(ValueError, match="dim a multiple of 3"):
         build_model(config)
+
+
+def _as_written_by(path, version: str, ode: dict) -> None:
+    """Rewrite a checkpoint file as an older nodecore wrote it: its version and its ode options."""
+    raw = torch.load(path, weights_only=True)
+    config = json.loads(raw["config"])
+    raw["config"] = json.dumps(config | {"ode": ode}, sort_keys=True)
+    torch.save(raw | {"nodecore_version": version}, path)
+
+
+def test_a_checkpoint_from_before_0_2_rebuilds_with_the_defaults_it_was_trained_with(tmp_path):
+    """Until 0.2.0 NeuralODE defaulted to dopri5, seminorm on and dense output (interpolator None): such a
+    checkpoint rebuilds that model, not one with today's torchdyn defaults."""
+    model = _model()
+    path = save_checkpoint(tmp_path / "m.pt", model, config=model_config(MLPFieldSpec(hidden=8, depth_variant=True), model))
+    _as_written_by(path, "0.1.0", {"sensitivity": "adjoint", "interpolator": None})
+    old, _ = load_model(path)
+    assert (old.solver.name, old.seminorm, old.interpolator) == ("dopri5", True, "dense")
+    _as_written_by(path, "0.1.0", {"solver": "rk4", "seminorm": False, "interpolator": "step"})
+    explicit, _ = load_model(path)  # what was written down stays
+    assert (explicit.solver.name, explicit.seminorm, explicit.interpolator) == ("rk4", False, "step")
+    _as_written_by(path, __version__, {"sensitivity": "adjoint"})
+    new, _ = load_model(path)
+    assert (new.solver.name, new.seminorm, new.interpolator) == ("tsit5", False, None)

@@ -140,7 +140,7 @@ def test_a_dict_state_with_nodecores_own_step_is_refused_with_the_workaround() -
 
     state = {"i1": torch.rand(1, 1), "i2": torch.rand(1, 1)}
     for solve in (lambda: model()(state, [0.0, 1.0]), lambda: odeint(lambda t, x: x, state, [0.0, 1.0], "euler")):
-        with pytest.raises(TypeError, match=r"x is a dict \(keys \['i1', 'i2'\]\): .* solver '(dopri5|euler)' steps "
+        with pytest.raises(TypeError, match=r"x is a dict \(keys \['i1', 'i2'\]\): .* solver '(tsit5|euler)' steps "
                                             r"with nodecore's own step.* or concatenate the entries into one tensor "
                                             r"\(torch.cat on the last dim\)"):
             solve()

@@ -172,7 +172,7 @@ def test_the_interpolated_adjoint_of_euler_converges_to_the_exact_gradient() -> 
 def test_stepping_onto_every_point_restarts_the_backward_solve_there_too(sensitivity: str) -> None:
     """interpolator='step' is torchdyn's interpolator=None both ways: the backward solve restarts at every point
     of a dense t_span even when the loss reads only the last one, so its steps are as short as the forward's
-    and the gradient is far inside the tolerance (as in torchdyn); the default skips those restarts."""
+    and the gradient is far inside the tolerance (as in torchdyn); dense output skips those restarts."""
     from nodecore.numerics import VanDerPol
 
     torch.manual_seed(1)
@@ -187,7 +187,9 @@ def test_stepping_onto_every_point_restarts_the_backward_solve_there_too(sensiti
 
     exact, _ = last_point_gradient(atol=1e-11, rtol=1e-11, interpolator="step")
     stepped, stepped_model = last_point_gradient(sensitivity=sensitivity, interpolator="step", **tolerances)
-    dense, dense_model = last_point_gradient(sensitivity=sensitivity, **tolerances)
+    dense, dense_model = last_point_gradient(sensitivity=sensitivity, interpolator="dense", **tolerances)
+    default, _ = last_point_gradient(sensitivity=sensitivity, **tolerances)
+    assert torch.equal(default, stepped)  # None is torchdyn's: step onto every point
     assert float((stepped - exact).abs().max()) < 1e-4
     assert float((stepped - exact).abs().mean()) < 0.2 * float((dense - exact).abs().mean())
     assert stepped_model.stats.steps_backward >= len(t_span) - 1 > dense_model.stats.steps_backward

@@ -198,10 +198,10 @@ def test_unknown_sensitivity_lists_the_valid_ones() -> None:
 # --------------------------------------------------------------------------------------------------
 
 TOLERANCES = (1e-3, 1e-4, 1e-5, 1e-6)
-# "dense" (the default): the solver steps freely and interpolates the 16 inner depths with its own dense
-# output, so the error follows the tolerance. "step" (torchdyn's behaviour): every depth is a step end,
-# which caps the step at 0.125 and makes loose tolerances more accurate than asked.
-OUTPUTS = {"dense": None, "step": "step"}
+# "dense": the solver steps freely and interpolates the 16 inner depths with its own dense output, so the
+# error follows the tolerance. "step" (the default, torchdyn's): every depth is a step end, which caps the
+# step at 0.125 and makes loose tolerances more accurate than asked.
+OUTPUTS = {"dense": "dense", "step": None}
 
 
 @functools.lru_cache(maxsize=None)

@@ -139,6 +139,30 @@ def test_the_constructor_takes_torchdyns_arguments_in_torchdyns_order() -> None:
     assert all(p.kind is p.KEYWORD_ONLY for p in params[len(positional):])  # nodecore's own options
 
 
+# torchdyn 1.0.6's NeuralODE defaults (read off its signature).
+TORCHDYN_DEFAULTS = {
+    "solver": "tsit5", "order": 1, "atol": 1e-3, "rtol": 1e-3, "sensitivity": "autograd", "solver_adjoint": None,
+    "atol_adjoint": 1e-4, "rtol_adjoint": 1e-4, "interpolator": None, "integral_loss": None, "seminorm": False,
+    "return_t_eval": True,
+}
+
+
+def test_the_constructor_has_torchdyns_defaults() -> None:
+    params = inspect.signature(NeuralODE.__init__).parameters
+    assert {name: params[name].default for name in TORCHDYN_DEFAULTS} == TORCHDYN_DEFAULTS
+    assert tuple(params["optimizable_params"].default) == ()
+    model = NeuralODE(Decay())
+    assert (model.solver.name, model.seminorm, model.interpolator) == ("tsit5", False, None)
+
+
+def test_the_default_steps_onto_every_point_as_torchdyn_does() -> None:
+    """No interpolator: each of 41 points is a step end, bit for bit what ``'step'`` gives."""
+    t_span = torch.linspace(0, 4, 41, dtype=F64)
+    default, stepped = NeuralODE(Decay(), **TIGHT), NeuralODE(Decay(), interpolator="step", **TIGHT)
+    assert torch.equal(default(x0(), t_span)[1], stepped(x0(), t_span)[1])
+    assert default.stats.steps_forward == stepped.stats.steps_forward >= len(t_span) - 1
+
+
 def test_solver_is_the_second_positional_argument() -> None:
     model = NeuralODE(Decay(), "rk4")
     assert model.solver.name == "rk4"
@@ -171,12 +195,15 @@ def test_an_unknown_interpolator_is_refused_naming_the_valid_ones() -> None:
         NeuralODE(Decay(), interpolator="cubic")
 
 
-@pytest.mark.parametrize("interpolator", [None, "4th", "dense"])
-def test_torchdyn_interpolator_reads_inner_points_off_the_dense_output(interpolator: str) -> None:
-    """Interpolating takes fewer steps than stepping onto 41 points, and both stay within the tolerance."""
+@pytest.mark.parametrize("interpolator", ["4th", "dense"])
+@pytest.mark.parametrize("stepping", [None, "step"])
+def test_torchdyn_interpolator_reads_inner_points_off_the_dense_output(interpolator: str, stepping: str | None
+                                                                       ) -> None:
+    """Interpolating takes fewer steps than stepping onto 41 points (the default, torchdyn's), and both stay within
+    the tolerance."""
     x0, t_span = torch.tensor([[1.0], [2.0]], dtype=torch.float64), torch.linspace(0, 4, 41, dtype=torch.float64)
     exact = x0[None] * torch.exp(-t_span)[:, None, None]
-    stepped = NeuralODE(Decay(), "dopri5", atol=1e-6, rtol=1e-6, interpolator="step")
+    stepped = NeuralODE(Decay(), "dopri5", atol=1e-6, rtol=1e-6, interpolator=stepping)
     interpolated = NeuralODE(Decay(), "dopri5", atol=1e-6, rtol=1e-6, interpolator=interpolator)
     for model in (stepped, interpolated):
         assert (model(x0, t_span)[1] - exact).abs().max() < 1e-5
@@ -303,14 +330,13 @@ def test_a_classifier_reads_a_node_built_without_t_eval() -> None:
 
 def test_odeproblem_steps_onto_every_point_as_torchdyn_does_with_interpolator_none() -> None:
     """torchdyn's ODEProblem(interpolator=None) makes each point of t_span a step end (and the adjoint restarts
-    there); nodecore's ODEProblem keeps that meaning, while NeuralODE's default reads them off the dense output."""
+    there); nodecore's ODEProblem keeps that meaning, as NeuralODE's default does."""
     from nodecore.core import ODEProblem
 
     field = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, 2))
     x = torch.randn(16, 2)
     t_span = torch.linspace(0, 1, 30)
     problem = ODEProblem(field, "dopri5", None)
-    assert problem.interpolator == "step"
     _, stepped = problem.odeint(x, t_span)
     assert problem.stats.steps_forward >= len(t_span) - 1
     dense = ODEProblem(field, "dopri5", "4th")

@@ -36,9 +36,8 @@ F64 = torch.float64
 X0 = torch.tensor([[1.0, 0.0], [0.5, 2.0]], dtype=F64)
 ADAPTIVE = [name for name, s in SOLVERS.items() if s.adaptive]
 FIXED = [name for name, s in SOLVERS.items() if not s.adaptive]
-# Stepping onto every output point: interpolator='step' where the engine has it (None became dense output
-# there), None in the version that stepped onto the points by default.
-STEP_ONTO = "step" if "step" in INTERPOLATORS else None
+# Stepping onto every output point, spelled out (None, the default, does the same).
+STEP_ONTO = "step"
 
 
 def oscillator(t, y):
@@ -323,16 +322,15 @@ def test_dopri8_dense_output_costs_three_evaluations_per_interpolating_step():
 
 
 def test_default_interpolator():
-    """``interpolator=None`` is dense output where the engine has ``'step'`` (else it steps onto the points);
-    either way dense output takes fewer steps on a dense ``t_span`` and agrees with stepping to the tolerance."""
+    """``interpolator=None`` steps onto every point, as torchdyn's does; dense output takes fewer steps on a dense
+    ``t_span`` and agrees with stepping to the tolerance."""
     t_span = torch.linspace(0, 3, 31, dtype=F64)
     runs = {}
     for interpolator in (None, "dense", "4th", STEP_ONTO):
         runs[interpolator] = odeint(oscillator, X0, t_span, solver="dopri5", atol=1e-7, rtol=1e-7,
                                     interpolator=interpolator, return_stats=True)
-    same_as_none = "dense" if STEP_ONTO is not None else STEP_ONTO
-    torch.testing.assert_close(runs[None][1], runs[same_as_none][1], rtol=0, atol=0)
-    assert runs[None][2] == runs[same_as_none][2]
+    torch.testing.assert_close(runs[None][1], runs[STEP_ONTO][1], rtol=0, atol=0)
+    assert runs[None][2] == runs[STEP_ONTO][2]
     torch.testing.assert_close(runs["4th"][1], runs["dense"][1], rtol=0, atol=0)  # torchdyn's name, same output
     assert runs["dense"][2].steps < runs[STEP_ONTO][2].steps
     assert runs[STEP_ONTO][2].steps >= 30
