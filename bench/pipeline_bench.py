@@ -3,25 +3,28 @@
 For each grid it runs ``python flows/train_flow.py ...`` as a subprocess (interpreter start and imports
 included) in a fresh temporary artifacts folder, then the same command again (every stage cached):
 
-- 3 cells: the default solvers (``dopri5 rk4 tsit5``), model ``node``, device ``cpu``;
-- 18 cells: every solver of ``nodecore.solvers.SOLVER_NAMES`` (nine) x ``--models node anode``, device ``cpu``;
-- 72 cells (``--grid64 DEV DEV DEV DEV``): every solver x ``node anode`` x four devices (needs four;
-  on a CPU-only host there is no such grid, since devices are the only other axis).
+- ``default``, 3 cells: the default solvers (``dopri5 rk4 tsit5``), model ``node``, device ``cpu``;
+- ``all-solvers``, 18 cells: every solver of ``nodecore.solvers.SOLVER_NAMES`` (nine) x ``--models node anode``,
+  device ``cpu``;
+- ``seeds-64``, 64 cells: the first eight solvers x ``node anode`` x ``--seeds 0 1 2 3``, ``--devices cpu`` on any
+  host (the seed axis gives a CPU-only host a 64-cell grid);
+- ``all-solvers-4-devices``, 72 cells (``--grid72 DEV DEV DEV DEV``): every solver x ``node anode`` x four devices.
 
-    python bench/pipeline_bench.py                          # 3 and 18 cells, 5 epochs, the threads executor
+    python bench/pipeline_bench.py                          # 3, 18 and 64 cells, 5 epochs, the threads executor
+    python bench/pipeline_bench.py --grids default seeds-64  # only these grids
     python bench/pipeline_bench.py --executors threads processes   # both executors, side by side
     python bench/pipeline_bench.py --executors threads threads-inline --epochs 200   # stage workers or not
     python bench/pipeline_bench.py --epochs 20 --json artifacts/pipeline_bench.json
-    python bench/pipeline_bench.py --grid64 cuda:0 cuda:1 cuda:2 cuda:3
+    python bench/pipeline_bench.py --grid72 cuda:0 cuda:1 cuda:2 cuda:3
 
 This checkout's local Prefect server is started (or reused) once with ``flows.server.ensure_server``
 before anything is timed, so server start-up is not in any figure; every run goes to that server.
 
 Figures: cold wall time; summed ``train_seconds`` of the cold run's ``summary.json`` rows; the ratio
 wall / (summed training / cores), i.e. how many times longer the run took than its trainings would
-perfectly spread over the cores; the cached rerun's wall time; the per-cell increment between
-consecutive grids ((t18 - t3) / 15 ...), cold and cached; and, for context, ``import flows.train_flow``
-alone (median of ``--import-repeats`` fresh interpreters).
+perfectly spread over the cores; the cached rerun's wall time (the median of ``--cached-repeats`` reruns); the
+per-cell increment between consecutive grids ((t18 - t3) / 15, (t64 - t18) / 46 ...), cold and cached; and, for
+context, ``import flows.train_flow`` alone (median of ``--import-repeats`` fresh interpreters).
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ from flows.server import ensure_server  # noqa: E402
 from nodecore.solvers import SOLVER_NAMES  # noqa: E402
 
 INLINE = "threads-inline"
+EVERY_SOLVER = ["--solvers", *SOLVER_NAMES, "--models", "node", "anode"]
+GRIDS: dict[str, list[str]] = {  # label -> the grid's options, smallest first
+    "default": [],
+    "all-solvers": EVERY_SOLVER,
+    "seeds-64": ["--solvers", *SOLVER_NAMES[:8], "--models", "node", "anode", "--seeds", "0", "1", "2", "3",
+                 "--devices", "cpu"],
+}
 
 
 @dataclass
@@ -55,8 +65,9 @@ class GridResult:
     cold_seconds: float
     train_seconds_sum: float
     wall_over_ideal: float
-    cached_seconds: float
-    cached_cells: int
+    cached_seconds: float  # the median of the cached reruns
+    cached_cells: int  # cells the last rerun took whole from the cache
+    cached_runs: list[float]
 
 
 def _timed(command: list[str], *, env: dict[str, str]) -> float:
@@ -71,8 +82,8 @@ def _timed(command: list[str], *, env: dict[str, str]) -> float:
 
 
 def run_grid(label: str, grid_args: list[str], *, executor: str, epochs: int, cores: int, env: dict[str, str],
-             keep: bool) -> GridResult:
-    """Cold run then cached rerun of one grid in a fresh artifacts folder."""
+             keep: bool, cached_repeats: int = 1) -> GridResult:
+    """Cold run then ``cached_repeats`` cached reruns of one grid in a fresh artifacts folder."""
     folder = Path(tempfile.mkdtemp(prefix=f"pipeline_bench_{label}_{executor}_"))
     # "threads-inline": the threads executor without stage worker processes (everything in the flow's threads).
     run_args = ["--run.executor", "threads", "--run.stage_processes", "0"] if executor == INLINE else \
@@ -82,14 +93,15 @@ def run_grid(label: str, grid_args: list[str], *, executor: str, epochs: int, co
     try:
         cold = _timed(command, env=env)
         rows = json.loads((folder / "summary.json").read_text())["rows"]  # the cold run's: read before the rerun
-        cached = _timed(command, env=env)
+        cached = [_timed(command, env=env) for _ in range(cached_repeats)]
         rerun_rows = json.loads((folder / "summary.json").read_text())["rows"]
     finally:
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     train = sum(row["train_seconds"] for row in rows)
     return GridResult(label=label, executor=executor, cells=len(rows), cold_seconds=cold, train_seconds_sum=train,
-                      wall_over_ideal=cold / (train / cores) if train else float("nan"), cached_seconds=cached,
+                      wall_over_ideal=cold / (train / cores) if train else float("nan"),
+                      cached_seconds=statistics.median(cached), cached_runs=cached,
                       cached_cells=sum(row["cached"] == "all" for row in rerun_rows))
 
 
@@ -102,12 +114,17 @@ def import_seconds(repeats: int, env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5,
-                        help="--training.epochs of every run (default 5: the 3+18-cell benchmark fits in ~5 min on 2 cores per executor)")
-    parser.add_argument("--grid64", nargs=4, metavar="DEVICE", default=None,
+                        help=("--training.epochs of every run (default 5: the 3+18+64-cell benchmark fits in ~10 min "
+                              "on 2 cores per executor)"))
+    parser.add_argument("--grids", nargs="+", choices=list(GRIDS), default=list(GRIDS),
+                        help="the grids to run, in this order (default: all three: 3, 18 and 64 cells)")
+    parser.add_argument("--grid72", nargs=4, metavar="DEVICE", default=None,
                         help="also run the 72-cell grid: every solver x node anode x these four devices")
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="cores in wall / (summed training / cores) (default: this process's usable CPUs)")
     parser.add_argument("--import-repeats", type=int, default=3, help="fresh interpreters timed for the import figure")
+    parser.add_argument("--cached-repeats", type=int, default=1,
+                        help="cached reruns of each grid, one after another; the table shows their median (default 1)")
     parser.add_argument("--executors", nargs="+", default=["threads"],
                         choices=["threads", INLINE, "processes", "dask"],
                         help=(f"--run.executor of the runs; each grid runs once per executor (default: threads); "
@@ -118,15 +135,15 @@ def main() -> None:
 
     server = ensure_server()  # before any timing: server start-up is not counted; children inherit its URL
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    every_solver = ["--solvers", *SOLVER_NAMES, "--models", "node", "anode"]
-    grids: list[tuple[str, list[str]]] = [("default", []), ("all-solvers", every_solver)]
-    if args.grid64:
-        grids.append(("all-solvers-4-devices", [*every_solver, "--devices", *args.grid64]))
+    grids: list[tuple[str, list[str]]] = [(label, GRIDS[label]) for label in args.grids]
+    if args.grid72:
+        grids.append(("all-solvers-4-devices", [*EVERY_SOLVER, "--devices", *args.grid72]))
 
     load_before = os.getloadavg()
     imports = import_seconds(args.import_repeats, env)
     results = [run_grid(label, grid_args, executor=executor, epochs=args.epochs, cores=args.cores, env=env,
-                        keep=args.keep) for executor in args.executors for label, grid_args in grids]
+                        keep=args.keep, cached_repeats=args.cached_repeats)
+               for executor in args.executors for label, grid_args in grids]
     load_after = os.getloadavg()
 
     increments = []
@@ -142,7 +159,7 @@ def main() -> None:
           f"(already up: start-up not counted); load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"import flows.train_flow alone: {imports:.2f} s (median of {args.import_repeats})\n")
     print("| grid | executor | cells | cold wall s | summed train s | wall / (train / cores) "
-          "| goal 1.3 x train / cores + 5 s | cached wall s | cached cells |")
+          f"| goal 1.3 x train / cores + 5 s | cached wall s (median of {args.cached_repeats}) | cached cells |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         goal = 1.3 * r.train_seconds_sum / args.cores + 5

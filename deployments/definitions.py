@@ -3,7 +3,8 @@
 * ``nodecore-train/nightly-grid``: the solver grid every night at 02:00 UTC on the ``cpu`` pool.
 * ``nodecore-train/on-demand``: the default run, started from the UI or ``prefect deployment run``.
 * ``nodecore-train/gpu-grid``: the grid on ``cuda:0``, its cells dispatched to the ``gpu`` pool (no schedule).
-* ``nodecore-cell/cell-<pool>``: one grid cell, for ``run.executor=deployments`` to dispatch to each pool.
+* ``nodecore-cell/cell-<pool>``: one grid cell (model, solver, device and, where the grid sweeps seeds, seed), for
+  ``run.executor=deployments`` to dispatch to each pool.
 """
 
 from __future__ import annotations

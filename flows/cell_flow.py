@@ -30,12 +30,15 @@ CELL_FLOW_NAME = "nodecore-cell"
 @flow(name=CELL_FLOW_NAME, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def cell_flow(config: PipelineConfig, solver: str, device: str, dataset: StageOutput, field: StageOutput,
               result_path: str | None = None, model: str = "node",
-              run_device: str | None = None) -> dict[str, StageOutput]:
-    """Train, evaluate, integrate and render one (model, solver, device) cell from the grid's dataset and
-    the field stage's output for that model; ``result_path`` is relative to the artifacts store."""
+              run_device: str | None = None, seed: int | None = None) -> dict[str, StageOutput]:
+    """Train, evaluate, integrate and render one (model, solver, device, seed) cell from the grid's dataset and
+    the field stage's output for that model and seed; ``result_path`` is relative to the artifacts store.
+
+    ``seed`` is the cell's init seed in a grid that sweeps several (:class:`Cell`); None: the config's own.
+    """
     stages = Stages(config)
-    cell = Cell(solver=solver, device=device, model=model)
-    outputs = resolve_cells(stages.submit_cells([cell], dataset, {model: field}, run_device=run_device))[0]
+    cell = Cell(solver=solver, device=device, model=model, seed=seed)
+    outputs = resolve_cells(stages.submit_cells([cell], dataset, {cell.field_key: field}, run_device=run_device))[0]
     if result_path:
         stages.store.write_bytes(result_path, json.dumps({k: v.model_dump(mode="json")
                                                           for k, v in outputs.items()}).encode())

@@ -70,6 +70,8 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     parameters: dict[str, Any] = {"config": config, "solver": cell.solver, "device": cell.device,
                                   "run_device": device, "dataset": dataset, "field": field,
                                   "result_path": result_path, "model": cell.model}
+    if cell.seed is not None:  # only then: a cell deployment made before the seed axis takes no such parameter
+        parameters["seed"] = cell.seed
     flow_run = run_deployment(
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,

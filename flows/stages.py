@@ -111,21 +111,34 @@ class Stages:
             options["task_run_name"] = name
         return task.with_options(**options)
 
+    def field_inputs(self, cell: Cell, dataset: Any) -> dict[str, Any]:
+        """The inputs of the field stage ``cell`` trains from (every one, for :meth:`cached`): one per model kind
+        and init seed, shared by the cells with the same :attr:`Cell.field_key`."""
+        return {"dataset": dataset, "model": self.config.seeded_model(cell.seed), "kind": cell.model}
+
+    def cached_fields(self, cells: list[Cell], dataset: StageOutput | None) -> dict[str, StageOutput | None]:
+        """The cached output of each field stage ``cells`` train from, by :attr:`Cell.field_key`; None where the
+        cache lacks it (and for all of them without a cached ``dataset``)."""
+        by_field = {cell.field_key: cell for cell in cells}  # any cell of a field names its inputs
+        return {key: dataset and self.cached(BUILD_FIELD, self.field_inputs(cell, dataset))
+                for key, cell in by_field.items()}
+
     def _cell_stages(self, cell: Cell, dataset: Any, field: Any, run_device: str | None
                      ) -> list[tuple[str, StageRef, bool, Inputs]]:
         """``(output name, stage, retryable, inputs)`` of each of ``cell``'s stages, upstream first."""
         config = self.config
+        model = config.seeded_model(cell.seed)  # config.model itself unless the grid sweeps seeds
         stages: list[tuple[str, StageRef, bool, Inputs]] = [
             ("trained", TRAIN, True, lambda up: dict(
-                dataset=dataset, field=field, model=config.model, solver=cell.solver, solver_config=config.solver,
+                dataset=dataset, field=field, model=model, solver=cell.solver, solver_config=config.solver,
                 training=config.training, device=cell.device, run_device=run_device)),
-            ("metrics", EVALUATE, True, lambda up: dict(dataset=dataset, trained=up["trained"], model=config.model)),
+            ("metrics", EVALUATE, True, lambda up: dict(dataset=dataset, trained=up["trained"], model=model)),
         ]
         if cell.model != "deq":  # an equilibrium model has no depth to integrate over
             stages.append(("trajectories", TRAJECTORIES, False, lambda up: dict(
-                dataset=dataset, trained=up["trained"], model=config.model, output=config.output)))
+                dataset=dataset, trained=up["trained"], model=model, output=config.output)))
         stages.append(("plots", RENDER, False, lambda up: dict(
-            dataset=dataset, trained=up["trained"], trajectories=up.get("trajectories"), model=config.model,
+            dataset=dataset, trained=up["trained"], trajectories=up.get("trajectories"), model=model,
             output=config.output)))
         return stages
 
@@ -136,10 +149,11 @@ class Stages:
         Stage by stage across the cells (every training first, then every evaluation, ...), so that a task runner
         that takes what it is given in order (a pool of processes) never holds a stage whose upstream is queued
         behind it.
-        ``fields`` maps each model kind to its field stage's output; ``run_device`` is the device as this process
-        names it, when a dispatcher remapped it with ``CUDA_VISIBLE_DEVICES``.
+        ``fields`` maps each :attr:`Cell.field_key` (model kind, and seed) to its field stage's output;
+        ``run_device`` is the device as this process names it, when a dispatcher remapped it with
+        ``CUDA_VISIBLE_DEVICES``.
         """
-        plans = [self._cell_stages(cell, dataset, fields[cell.model], run_device) for cell in cells]
+        plans = [self._cell_stages(cell, dataset, fields[cell.field_key], run_device) for cell in cells]
         submitted: list[dict[str, PrefectFuture]] = [{} for _ in cells]
         for depth in range(max(map(len, plans), default=0)):
             for cell, plan, futures in zip(cells, plans, submitted):
@@ -157,20 +171,20 @@ class Stages:
         A remote store's checks are round trips (a manifest read and a listing per stage), so they run
         :data:`REMOTE_CHECKS` cells at a time; a local store's run one after the other.
         """
-        candidates = [cell for cell in cells if dataset is not None and fields[cell.model] is not None]
+        candidates = [cell for cell in cells if dataset is not None and fields[cell.field_key] is not None]
         if not candidates:
             return {}
         for ref in (TRAIN, EVALUATE, TRAJECTORIES, RENDER):  # each source read once, before any thread asks
             self._code_digest(ref)
         if self.store.is_local or len(candidates) == 1:
-            found = [self.cached_cell(cell, dataset, fields[cell.model]) for cell in candidates]
+            found = [self.cached_cell(cell, dataset, fields[cell.field_key]) for cell in candidates]
         else:
             # Each check runs in its own copy of this thread's context: the run logger it may warn through
             # needs the flow run (a worker thread's own context is empty).
             contexts = [contextvars.copy_context() for _ in candidates]
             with ThreadPoolExecutor(max_workers=min(REMOTE_CHECKS, len(candidates))) as pool:
                 found = list(pool.map(lambda context, cell: context.run(
-                    self.cached_cell, cell, dataset, fields[cell.model]), contexts, candidates))
+                    self.cached_cell, cell, dataset, fields[cell.field_key]), contexts, candidates))
         return {cell: outputs for cell, outputs in zip(candidates, found) if outputs is not None}
 
     def cached_cell(self, cell: Cell, dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput] | None:

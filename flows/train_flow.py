@@ -1,4 +1,4 @@
-"""The main job: train Neural ODEs over a model x solver x device grid as a cached, retryable Prefect flow.
+"""The main job: train Neural ODEs over a model x solver x device x seed grid as a cached, retryable Prefect flow.
 
     python flows/train_flow.py                      # the torchdyn moons tutorial: dopri5, rk4, tsit5 on CPU
     python flows/train_flow.py --training.epochs 50 --solvers dopri5 euler --devices cpu cuda:0
@@ -49,10 +49,10 @@ def _submit_upstream(stages: Stages, cells: list[Cell], dataset: Any, fields: di
     if dataset is None:
         dataset = stages(GENERATE.task(), retryable=True).submit(dataset=config.dataset, **stages.common)
     fields = dict(fields)
-    for kind in dict.fromkeys(cell.model for cell in cells):
-        if not fields[kind]:
-            fields[kind] = remember_name(stages(BUILD_FIELD.task(), name=f"build-{kind}").submit(
-                dataset=dataset, model=config.model, kind=kind, **stages.common), f"build-{kind}")
+    for key, cell in {cell.field_key: cell for cell in cells}.items():  # one field per model kind and seed
+        if not fields[key]:
+            fields[key] = remember_name(stages(BUILD_FIELD.task(), name=f"build-{key}").submit(
+                **stages.field_inputs(cell, dataset), **stages.common), f"build-{key}")
     return dataset, fields
 
 
@@ -100,14 +100,14 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     # Dispatched cells run on other hosts' GPUs: only their workers can tell whether cuda:N exists.
     remote = config.run.executor == "deployments"
     devices = resolve_devices(config.devices, cuda_count=cuda_device_count(), check=not remote)
-    cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder)
+    cells = grid_cells(config.solvers, devices, config.models, root_finder=config.model.root_finder,
+                       seeds=config.grid_seeds())
     check_artifacts_store(config.run.artifacts_dir)  # a run started by Prefect skipped main()'s pre-flight
     stages = Stages(config)
     stages.store.local_root.mkdir(parents=True, exist_ok=True)
 
     dataset: Any = stages.cached(GENERATE, {"dataset": config.dataset})
-    fields: dict[str, Any] = {kind: dataset and stages.cached(
-        BUILD_FIELD, {"dataset": dataset, "model": config.model, "kind": kind}) for kind in config.models}
+    fields: dict[str, Any] = stages.cached_fields(cells, dataset)
     results = stages.cached_cells(cells, dataset, fields)
     pending = [cell for cell in cells if cell not in results]
     get_run_logger().info("%d of %d cells are cached in full (verified manifests): taken without task runs; %d "
@@ -115,7 +115,8 @@ def train_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     if pending:
         results |= zip(pending, _run_cells(config, stages, pending, dataset, fields))
     return publish_report.submit(stages.store.location, [results[cell] for cell in cells],
-                                 link_expiry_seconds=config.run.link_expiry_seconds).result()
+                                 link_expiry_seconds=config.run.link_expiry_seconds, names=[c.name for c in cells],
+                                 seeds=[config.cell_seed(c.seed) for c in cells]).result()
 
 
 def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], dataset: StageOutput | None,
@@ -140,7 +141,8 @@ def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], datase
         cpu_cells += cell.device == "cpu"
         futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}", retries=config.run.retries,
                                                   retry_delay_seconds=config.run.retry_delay_seconds).submit(
-            config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset, field=by_kind[cell.model]))
+            config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset,
+            field=by_kind[cell.field_key]))
     return resolve(futures)
 
 

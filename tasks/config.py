@@ -9,7 +9,7 @@ named, presigned links live no longer than S3 allows, and the dataset's classes 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -190,13 +190,36 @@ class PipelineConfig(_Config):
     models: list[ModelKind] = Field(["node"], min_length=1, validate_default=True, description=(
         "grid axis: 'node' (the tutorial's Neural ODE), 'anode' (augmented, linear readout), 'deq' "
         "(equilibrium model; one cell per device, the solver axis does not apply)"))
+    seeds: list[Seed] = Field([], description=(
+        "grid axis: seeds of the initial weights (model.init_seed), each with its own field stage and cells, "
+        "e.g. for error bars over initialisations; cell names show the seed ('dopri5@cpu#s1') when more than one "
+        "is given; empty: just model.init_seed"))
 
-    @field_validator("solvers", "devices", "models")
+    @field_validator("solvers", "devices", "models", "seeds")
     @classmethod
-    def _unique(cls, values: list[str]) -> list[str]:
+    def _unique(cls, values: list[Any]) -> list[Any]:
         if len(set(values)) != len(values):
             raise ValueError(f"duplicate entries in {values}")
         return values
+
+    def grid_seeds(self) -> list[int]:
+        """The seed axis: :attr:`seeds`, or just ``model.init_seed`` when it is empty."""
+        return list(self.seeds) or [self.model.init_seed]
+
+    def cell_seed(self, seed: int | None) -> int:
+        """The init seed of a cell whose grid seed is ``seed``: None (a grid of one seed) is that one seed."""
+        return self.grid_seeds()[0] if seed is None else seed
+
+    def seeded_model(self, seed: int | None) -> ModelConfig:
+        """:attr:`model` with the init seed of a cell whose grid seed is ``seed`` (see :meth:`cell_seed`).
+
+        It is :attr:`model` itself where the seeds agree, so a grid that does not sweep seeds has the stage
+        inputs (and cache keys) it had before the axis existed.
+        """
+        init_seed = self.cell_seed(seed)
+        if init_seed == self.model.init_seed:
+            return self.model
+        return self.model.model_copy(update={"init_seed": init_seed})
 
     @field_validator("devices")
     @classmethod

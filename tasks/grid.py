@@ -1,4 +1,4 @@
-"""The solver x device grid: which devices exist, which cells run, which slot each training holds."""
+"""The model x solver x device x seed grid: which devices exist, which cells run, which slot each training holds."""
 
 from __future__ import annotations
 
@@ -6,24 +6,40 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
 
 class Cell(BaseModel):
-    """One grid cell: a model kind with a solver (a root finder for ``deq``) trained on a device."""
+    """One grid cell: a model kind with a solver (a root finder for ``deq``) trained on a device from an init seed.
+
+    ``seed`` is the model's init seed when the grid sweeps several, and shows in the name (``dopri5@cpu#s1``);
+    None in a grid of one seed (the config's: see ``PipelineConfig.cell_seed``), whose names have none.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     solver: str
     device: str
     model: str = "node"
+    seed: Optional[int] = None
 
     @property
     def name(self) -> str:
         prefix = "" if self.model == "node" else f"{self.model}-"
-        return f"{prefix}{self.solver}@{self.device}"
+        return f"{prefix}{self.solver}@{self.device}{self._seed_suffix}"
+
+    @property
+    def field_key(self) -> str:
+        """Which field stage (initial weights) the cell trains from: its model kind, and its seed if it has one."""
+        return f"{self.model}{self._seed_suffix}"
+
+    @property
+    def _seed_suffix(self) -> str:
+        return "" if self.seed is None else f"#s{self.seed}"
 
 
 # What a host with a CUDA (or ROCm, or WSL2's) driver has; without any of them torch sees no CUDA device.
@@ -72,12 +88,15 @@ def resolve_devices(requested: list[str], *, cuda_count: int, check: bool = True
 
 
 def grid_cells(solvers: list[str], devices: list[str], models: list[str] = ("node",), *,
-               root_finder: str = "anderson") -> list[Cell]:
-    """Every (model, solver, device) cell, models outer; a ``deq`` model takes one cell per device."""
+               root_finder: str = "anderson", seeds: Sequence[int] = ()) -> list[Cell]:
+    """Every (model, solver, device, seed) cell, models outer, seeds inner (a cell's seeds side by side); a ``deq``
+    model takes one cell per device and seed. Fewer than two seeds give cells without one (see :class:`Cell`)."""
+    swept: list[Optional[int]] = list(seeds) if len(seeds) > 1 else [None]
     cells = []
     for model in models:
         for solver in [root_finder] if model == "deq" else solvers:
-            cells += [Cell(solver=solver, device=device, model=model) for device in devices]
+            cells += [Cell(solver=solver, device=device, model=model, seed=seed) for device in devices
+                      for seed in swept]
     return cells
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from tasks.grid import artifact_key
 from tasks.render import THUMBNAIL
 from tasks.store import artifact_store
 
-COLUMNS = ("cell", "model", "solver", "device", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
+COLUMNS = ("cell", "model", "solver", "device", "seed", "sensitivity", "test_accuracy", "train_accuracy", "test_loss",
            "nfe_forward", "nfe_backward", "train_seconds", "queue_seconds", "cached")
 # The tables people read (the report, the UI's table and markdown artifacts) are narrower: the cell names the
-# model, solver and device, and the UI cut off the columns of a wider table.
+# model, solver and device (and the seed, where the grid sweeps seeds), and the UI cut off the columns of a wider table.
 MARKDOWN_COLUMNS = {"cell": "cell", "test_accuracy": "test acc", "train_accuracy": "train acc",
                     "test_loss": "test loss", "nfe_forward": "NFE fwd", "nfe_backward": "NFE bwd",
                     "train_seconds": "train s", "queue_seconds": "queued s", "cached": "cached"}
@@ -41,13 +42,24 @@ CHANCE_MARGIN = 0.05  # a test accuracy within this of 1/classes (or below) is r
 INLINE_BUDGET_BYTES = 900_000  # keep the markdown artifact under Prefect's ~1 MB comfort zone
 
 
-def comparison_rows(cells: list[dict[str, StageOutput]]) -> list[dict[str, Any]]:
-    """One row per cell with the columns of :data:`COLUMNS` (full precision: ``summary.json`` keeps these)."""
+def cell_names(cells: list[dict[str, StageOutput]], names: Sequence[str] | None = None) -> list[str]:
+    """The cells' names: ``names`` (the grid's, which show the seed where it sweeps seeds), else the ones their
+    trainings recorded (model, solver and device only: one training serves grids with and without a seed axis)."""
+    return list(names) if names is not None else [cell["metrics"].data["cell"] for cell in cells]
+
+
+def comparison_rows(cells: list[dict[str, StageOutput]], *, names: Sequence[str] | None = None,
+                    seeds: Sequence[int | None] | None = None) -> list[dict[str, Any]]:
+    """One row per cell with the columns of :data:`COLUMNS` (full precision: ``summary.json`` keeps these).
+
+    ``names`` and ``seeds`` are the grid's cell names and init seeds, in the order of ``cells`` (see
+    :func:`cell_names`); without ``seeds`` the seed column is None.
+    """
     rows = []
-    for cell in cells:
+    for cell, cell_name, seed in zip(cells, cell_names(cells, names), seeds or [None] * len(cells)):
         metrics = cell["metrics"].data
         reused = [name for name, output in cell.items() if output.reused]
-        row = {c: metrics.get(c) for c in COLUMNS}
+        row = {c: metrics.get(c) for c in COLUMNS} | {"cell": cell_name, "seed": seed}
         # "all", "none", or the cell's stages this run took from the cache (the rest it computed)
         row["cached"] = "all" if len(reused) == len(cell) else ", ".join(reused) or "none"
         rows.append(row)
@@ -64,23 +76,23 @@ def rounded(row: dict[str, Any]) -> dict[str, Any]:
     return {column: show(column, value) for column, value in row.items()}
 
 
-def chance_warnings(cells: list[dict[str, StageOutput]]) -> list[str]:
+def chance_warnings(cells: list[dict[str, StageOutput]], names: Sequence[str] | None = None) -> list[str]:
     """One sentence per cell whose test accuracy is at or below chance (1 / number of classes)."""
     warnings = []
-    for cell in cells:
+    for cell, name in zip(cells, cell_names(cells, names)):
         metrics = cell["metrics"].data
         classes, accuracy = metrics.get("classes"), metrics.get("test_accuracy")
         if classes and accuracy is not None and accuracy <= 1 / classes + CHANCE_MARGIN:
-            warnings.append(f"{metrics['cell']}: test accuracy {accuracy:.4f} is at or below chance "
+            warnings.append(f"{name}: test accuracy {accuracy:.4f} is at or below chance "
                             f"({1 / classes:.2f} for {classes} classes): it did not learn; try more epochs "
                             "or a higher learning rate")
     return warnings
 
 
-def stage_index(cells: list[dict[str, StageOutput]]) -> list[dict[str, str]]:
+def stage_index(cells: list[dict[str, StageOutput]], names: Sequence[str] | None = None) -> list[dict[str, str]]:
     """Which folder holds each cell's output of each stage: the hash-named folders, by cell name."""
-    return [{"cell": cell["metrics"].data["cell"], "stage": output.stage, "folder": f"{output.stage}/{output.key}"}
-            for cell in cells for output in cell.values()]
+    return [{"cell": name, "stage": output.stage, "folder": f"{output.stage}/{output.key}"}
+            for cell, name in zip(cells, cell_names(cells, names)) for output in cell.values()]
 
 
 def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,11 +107,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _index_markdown(cells: list[dict[str, StageOutput]], link_prefix: str, *, links: bool) -> list[str]:
+def _index_markdown(cells: list[dict[str, StageOutput]], names: Sequence[str], link_prefix: str, *, links: bool
+                    ) -> list[str]:
     """The cell -> stage folder table: links relative to the report file (``links``), else the folders' paths
     as text (the UI's copy, where a relative link would lead nowhere)."""
     by_cell: dict[str, list[str]] = {}
-    for entry in stage_index(cells):
+    for entry in stage_index(cells, names):
         by_cell.setdefault(entry["cell"], []).append(
             f"[{entry['stage']}]({link_prefix}{entry['folder']}/)" if links else f"`{entry['folder']}`")
     where = [] if links else ["Folders under the artifacts store, each with its signed `manifest.json`.", ""]
@@ -111,9 +124,10 @@ def render_report(rows: list[dict[str, Any]], cells: list[dict[str, StageOutput]
                   inline: bool, link_prefix: str = "") -> str:
     """The report as markdown; plots inline as data URIs (``inline``) or as links to ``link_prefix`` + their
     path under ``root`` (``"../../"`` for a report two folders below the root)."""
+    names = [row["cell"] for row in rows]
     parts = ["# nodecore training grid", "", markdown_table(rows), ""]
-    parts += [f"> **Warning** {warning}" for warning in chance_warnings(cells)]
-    parts += ["", *_index_markdown(cells, link_prefix, links=not inline)]
+    parts += [f"> **Warning** {warning}" for warning in chance_warnings(cells, names)]
+    parts += ["", *_index_markdown(cells, names, link_prefix, links=not inline)]
     budget = INLINE_BUDGET_BYTES
     for row, cell in zip(rows, cells):
         parts += [f"## {row['cell']}", ""]
@@ -141,8 +155,12 @@ def run_folder_name(flow_run_id: str | None, *, now: float | None = None) -> str
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)
 def publish_report(root: str, cells: list[dict[str, StageOutput]], *,
-                   link_expiry_seconds: int = DEFAULT_LINK_EXPIRY_SECONDS) -> dict[str, Any]:
+                   link_expiry_seconds: int = DEFAULT_LINK_EXPIRY_SECONDS, names: list[str] | None = None,
+                   seeds: list[int] | None = None) -> dict[str, Any]:
     """Write this run's report and summary (and the latest copies at ``root``); create the Prefect artifacts.
+
+    ``names`` and ``seeds`` are the grid's cell names and each cell's init seed, in the order of ``cells``: the
+    rows' ``cell`` and ``seed`` columns (see :func:`comparison_rows`).
 
     ``root`` is the artifacts store (a folder or URL); the returned locations are its URLs (local paths for a
     folder). The artifacts' links are what a browser opens (:meth:`ArtifactStore.browser_url`): presigned URLs
@@ -157,11 +175,12 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]], *,
     expires_in = check_link_expiry(link_expiry_seconds)
     store = artifact_store(root)
     fetch_inputs(store, {"plots": [cell["plots"] for cell in cells]})  # read for the inline thumbnails
-    rows = comparison_rows(cells)
+    rows = comparison_rows(cells, names=names, seeds=seeds)
+    names = [row["cell"] for row in rows]
     run_folder = f"reports/{run_folder_name(runtime.flow_run.id)}"
-    warnings = chance_warnings(cells)
+    warnings = chance_warnings(cells, names)
     summary = json.dumps({"rows": rows, "flow_run_id": runtime.flow_run.id, "warnings": warnings,
-                          "index": stage_index(cells),
+                          "index": stage_index(cells, names),
                           "cells": [{k: v.model_dump() for k, v in c.items()} for c in cells]}, indent=2)
     written = {
         f"{run_folder}/report.md": render_report(rows, cells, store.local_root, inline=False, link_prefix="../../"),
@@ -185,7 +204,7 @@ def publish_report(root: str, cells: list[dict[str, StageOutput]], *,
         return opened, url, "" if opened == url else f"; presigned, valid until {valid_until}"
 
     create_table_artifact(key="nodecore-grid", table=display_rows(rows),
-                          description="one row per (model, solver, device) cell; every column in summary.json")
+                          description="one row per (model, solver, device, seed) cell; every column in summary.json")
     create_markdown_artifact(key="nodecore-report",
                              markdown=render_report(rows, cells, store.local_root, inline=True),
                              description="comparison report with plots")

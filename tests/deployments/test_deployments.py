@@ -173,6 +173,29 @@ def test_cells_dispatched_to_two_pools_run_on_the_workers_of_those_pools(deploye
     assert [row["cell"] for row in summary["rows"]] == ["euler@cpu", "rk4@cpu"]
 
 
+def test_seeded_cells_are_dispatched_with_their_seeds_and_train_from_their_own_fields(deployed, tmp_path):
+    """``seeds`` with ``run.executor=deployments``: each cell's flow run on the pool carries its seed and trains from
+    that seed's field stage; the rows carry the seeds."""
+    worker = subprocess.Popen(worker_command("cpu"), cwd=REPO_ROOT, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        config = PipelineConfig.model_validate(tiny(tmp_path, seeds=[0, 1], run={
+            "executor": "deployments", "cell_timeout_seconds": 240}))
+        summary = train_flow(config)
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+    assert [(row["cell"], row["seed"]) for row in summary["rows"]] == [("euler@cpu#s0", 0), ("euler@cpu#s1", 1)]
+    names = ["cell-euler@cpu#s0", "cell-euler@cpu#s1"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": names}))
+    assert {run.name: (run.parameters["seed"], run.state.name) for run in runs} == {
+        names[0]: (0, "Completed"), names[1]: (1, "Completed")}
+    cells = json.loads((tmp_path / "summary.json").read_text())["cells"]
+    assert len({cell["trained"]["key"] for cell in cells}) == 2
+    assert len(list((tmp_path / "build-vector-field").iterdir())) == 2  # a field (initial weights) per seed
+
+
 def test_a_cell_no_worker_takes_is_cancelled_redispatched_and_then_named(deployed, tmp_path):
     """A lost cell (here: no worker polls its pool) is cancelled at its timeout and dispatched again."""
     ensure_work_pools(["nobody"])

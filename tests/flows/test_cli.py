@@ -107,6 +107,12 @@ def test_every_list_spelling_gives_the_same_list(argv: list[str]) -> None:
     assert parse_config(PipelineConfig, argv).solvers == ["rk4", "euler"]
 
 
+def test_seeds_take_the_list_spellings_and_default_to_none_swept() -> None:
+    assert parse_config(PipelineConfig, ["--seeds", "0", "1", "2"]).seeds == [0, 1, 2]
+    assert parse_config(PipelineConfig, ["--seeds", "3,4"]).grid_seeds() == [3, 4]
+    assert parse_config(PipelineConfig, ["--model.init_seed", "9"]).grid_seeds() == [9]
+
+
 def test_none_in_any_case_resets_an_optional_field() -> None:
     assert parse_config(PipelineConfig, ["--training.batch_size", "8"]).training.batch_size == 8
     config = parse_config(PipelineConfig, ["--training.batch_size", "None", "--run.dask_address", "NONE"])
@@ -123,6 +129,8 @@ def test_none_in_any_case_resets_an_optional_field() -> None:
         (["--devices", "gpu"], ["--devices: ", "unknown device 'gpu'", "'cuda:N'"]),
         (["--training.epoch", "3"], ["unrecognized arguments: --training.epoch 3"]),
         (["--model.depth_variant", "yes"], ["unrecognized arguments: yes"]),
+        (["--seeds", "0", "1", "0"], ["--seeds: duplicate entries in [0, 1, 0]"]),
+        (["--seeds", "1", "4294967296"], ["--seeds: ", "less than or equal to 4294967295", "(got 4294967296)"]),
     ],
 )
 def test_bad_values_exit_2_with_one_line_naming_option_value_and_valid_ones(

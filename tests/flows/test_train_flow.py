@@ -302,6 +302,32 @@ def test_augmented_and_equilibrium_cells_rerun_without_task_runs(prefect_server:
         ("anode-euler@cpu", "all"), ("deq-anderson@cpu", "all")]
 
 
+def test_a_seed_axis_reuses_the_default_cells_and_adds_a_field_and_cells_per_new_seed(
+        prefect_server: ServerInfo, warm: Path) -> None:
+    """``--seeds 0 1`` over the baseline's store: seed 0 is the config's init seed, so its cells are the baseline's,
+    taken whole from the cache under seeded names; seed 1 gets a field of its own and its cells; rerun: all cached."""
+    assert [row["seed"] for row in json.loads((warm / "summary.json").read_text())["rows"]] == [0, 0]
+    config = tiny_config(warm, "--seeds", "0", "1")
+    added = {"build-node#s1", "report", *_cell_tasks(*(f"{solver}@cpu#s1" for solver in SOLVERS))}
+    runs = _completed(prefect_server, config, count=len(added))
+    assert state_names(runs) == {name: "Completed" for name in added}
+    summary = json.loads((warm / "summary.json").read_text())
+    expected = [(f"{solver}@cpu#s{seed}", seed) for solver in SOLVERS for seed in (0, 1)]
+    assert [(row["cell"], row["seed"], row["cached"]) for row in summary["rows"]] == [
+        (cell, seed, "all" if seed == 0 else "none") for cell, seed in expected]
+    assert [entry["cell"] for entry in summary["index"]][::len(CELL_TASKS)] == [cell for cell, _ in expected]
+    assert all(f"## {cell}\n" in (warm / "report.md").read_text() for cell, _ in expected)
+    assert len(stage_folders(warm, "build-vector-field")) == 2 and len(stage_folders(warm, "train")) == 4
+    trained = {row["cell"]: outputs["trained"]["key"] for row, outputs in zip(summary["rows"], summary["cells"])}
+    assert len(set(trained.values())) == 4  # a training per solver and seed
+
+    state = run_flow(prefect_server, config)
+    assert state.is_completed(), state.message
+    assert set(task_runs(prefect_server, state.state_details.flow_run_id, count=1)) == {"report"}
+    assert [(row["cell"], row["seed"], row["cached"]) for row in state.result()["rows"]] == [
+        (cell, seed, "all") for cell, seed in expected]
+
+
 def test_concurrent_runs_on_one_folder_each_keep_their_report(prefect_server: ServerInfo, warm: Path) -> None:
     """Two runs at once on one artifacts folder: neither report is lost, the root copies are one whole run's."""
     with ThreadPoolExecutor(2) as pool:

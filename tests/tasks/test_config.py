@@ -41,6 +41,23 @@ def test_seeds_fit_numpy(section: str, field: str) -> None:
     assert error["loc"] == (section, field) and "less than or equal to 4294967295" in error["msg"]
 
 
+def test_the_seed_axis_defaults_to_the_init_seed_and_refuses_duplicates_and_seeds_beyond_numpys() -> None:
+    default = PipelineConfig.model_validate({"model": {"init_seed": 3}})
+    assert default.seeds == [] and default.grid_seeds() == [3] and default.cell_seed(None) == 3
+    assert default.seeded_model(None) is default.model  # the stages get the very model config they got before
+    swept = PipelineConfig.model_validate({"seeds": [0, MAX_SEED], "model": {"init_seed": 3}})
+    assert swept.grid_seeds() == [0, MAX_SEED]
+    assert swept.seeded_model(MAX_SEED) == swept.model.model_copy(update={"init_seed": MAX_SEED})
+    assert swept.seeded_model(3) is swept.model
+    alone = PipelineConfig.model_validate({"seeds": [5]})  # one seed: the cells have none, the model takes it
+    assert alone.cell_seed(None) == 5 and alone.seeded_model(None).init_seed == 5
+    error = _refusal({"seeds": [1, 2, 1]})
+    assert error["loc"] == ("seeds",) and error["msg"] == "Value error, duplicate entries in [1, 2, 1]"
+    error = _refusal({"seeds": [0, MAX_SEED + 1]})
+    assert error["loc"] == ("seeds", 1) and "less than or equal to 4294967295" in error["msg"]
+    assert _refusal({"seeds": [-1]})["loc"] == ("seeds", 0)
+
+
 @pytest.mark.parametrize("artifacts_dir", ["", "  "])
 def test_artifacts_dir_names_a_folder(artifacts_dir: str) -> None:
     error = _refusal({"run": {"artifacts_dir": artifacts_dir}})

@@ -15,6 +15,7 @@ from prefect.client.orchestration import get_client
 
 from tasks.grid import (
     Cell,
+    artifact_key,
     device_slot,
     grid_cells,
     physical_device,
@@ -77,6 +78,38 @@ def test_grid_cells_pair_every_solver_with_every_device() -> None:
     assert [cell.name for cell in cells] == ["rk4@cpu", "rk4@cuda:0", "euler@cpu", "euler@cuda:0"]
     assert cells[1] == Cell(solver="rk4", device="cuda:0")
     assert grid_cells(["dopri5"], ["cpu"]) == [Cell(solver="dopri5", device="cpu")]
+
+
+def test_the_seed_axis_gives_each_cell_one_per_seed_side_by_side() -> None:
+    cells = grid_cells(["rk4", "euler"], ["cpu"], ["node", "anode", "deq"], seeds=[0, 7])
+    assert [cell.name for cell in cells] == [
+        "rk4@cpu#s0", "rk4@cpu#s7", "euler@cpu#s0", "euler@cpu#s7", "anode-rk4@cpu#s0", "anode-rk4@cpu#s7",
+        "anode-euler@cpu#s0", "anode-euler@cpu#s7", "deq-anderson@cpu#s0", "deq-anderson@cpu#s7"]
+    assert cells[1] == Cell(solver="rk4", device="cpu", seed=7)
+    # one field stage (initial weights) per model kind and seed, shared by that seed's solvers
+    assert list(dict.fromkeys(cell.field_key for cell in cells)) == [
+        "node#s0", "node#s7", "anode#s0", "anode#s7", "deq#s0", "deq#s7"]
+    assert len(set(cells)) == len(cells)
+
+
+@pytest.mark.parametrize("seeds", [(), [0], [5]])
+def test_one_seed_gives_the_cells_and_names_of_a_grid_without_the_axis(seeds: list[int]) -> None:
+    cells = grid_cells(["rk4"], ["cpu", "cuda:0"], ["node", "anode"], seeds=seeds)
+    assert cells == grid_cells(["rk4"], ["cpu", "cuda:0"], ["node", "anode"])
+    assert [cell.name for cell in cells] == ["rk4@cpu", "rk4@cuda:0", "anode-rk4@cpu", "anode-rk4@cuda:0"]
+    assert [cell.field_key for cell in cells] == ["node", "node", "anode", "anode"]  # the fields' old names
+
+
+def test_a_seeded_cell_name_makes_a_valid_artifact_key() -> None:
+    from prefect.types.names import raise_on_name_alphanumeric_dashes_only
+
+    name = Cell(solver="adaptive_heun", device="cuda:1", model="anode", seed=4294967295).name
+    key = artifact_key("nodecore-checkpoint", name)
+    assert name == "anode-adaptive_heun@cuda:1#s4294967295"
+    assert key == "nodecore-checkpoint-anode-adaptive-heun-cuda-1-s4294967295"
+    assert raise_on_name_alphanumeric_dashes_only(key) == key
+    assert artifact_key("nodecore-training", Cell(solver="rk4", device="cpu", seed=1).name) != artifact_key(
+        "nodecore-training", Cell(solver="rk4", device="cpu", seed=11).name)
 
 
 def test_device_slots_give_one_training_per_gpu() -> None:
