@@ -7,6 +7,7 @@ import contextvars
 import importlib
 import importlib.util
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,8 +143,8 @@ class Stages:
             output=config.output)))
         return stages
 
-    def submit_cells(self, cells: list[Cell], dataset: Any, fields: dict[str, Any], *, run_device: str | None = None
-                     ) -> list[dict[str, PrefectFuture]]:
+    def submit_cells(self, cells: list[Cell], dataset: Any, fields: dict[str, Any], *, run_device: str | None = None,
+                     placements: Sequence[AbstractContextManager] = ()) -> list[dict[str, PrefectFuture]]:
         """Submit train -> (evaluate, trajectories -> render) for each cell; upstreams may be futures.
 
         Stage by stage across the cells (every training first, then every evaluation, ...), so that a task runner
@@ -151,17 +152,19 @@ class Stages:
         behind it.
         ``fields`` maps each :attr:`Cell.field_key` (model kind, and seed) to its field stage's output;
         ``run_device`` is the device as this process names it, when a dispatcher remapped it with
-        ``CUDA_VISIBLE_DEVICES``.
+        ``CUDA_VISIBLE_DEVICES``; ``placements`` holds a context per cell that its training is submitted in
+        (:func:`flows.placement.training_placements`).
         """
         plans = [self._cell_stages(cell, dataset, fields[cell.field_key], run_device) for cell in cells]
         submitted: list[dict[str, PrefectFuture]] = [{} for _ in cells]
         for depth in range(max(map(len, plans), default=0)):
-            for cell, plan, futures in zip(cells, plans, submitted):
+            for index, (cell, plan, futures) in enumerate(zip(cells, plans, submitted)):
                 if depth < len(plan):
                     name, ref, retryable, inputs = plan[depth]
                     run_name = f"{ref.run_name}-{cell.name}"
                     task = self(ref.task(), retryable=retryable, name=run_name)
-                    futures[name] = remember_name(task.submit(**inputs(futures), **self.common), run_name)
+                    with placements[index] if depth == 0 and placements else nullcontext():
+                        futures[name] = remember_name(task.submit(**inputs(futures), **self.common), run_name)
         return submitted
 
     def cached_cells(self, cells: list[Cell], dataset: StageOutput | None, fields: dict[str, StageOutput | None]

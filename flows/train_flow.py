@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -30,6 +33,7 @@ from tasks.cache import StageOutput
 from tasks.offload import stage_processes, worker_processes
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
+from flows.placement import training_placements
 from flows.zombies import ensure_zombie_detection
 from tasks.report import publish_report
 
@@ -39,7 +43,8 @@ def cells_flow(config: PipelineConfig, cells: list[Cell], dataset: Optional[Stag
                fields: dict[str, Optional[StageOutput]]) -> list[dict[str, StageOutput]]:
     """The pending cells' stages on this flow's task runner (worker processes or a Dask cluster), and the
     dataset's and fields' where the cache lacks them (None)."""
-    return _run_pending(Stages(config), cells, dataset, fields)
+    placements = training_placements(FlowRunContext.get().task_runner, len(cells))  # spread over Dask's hosts
+    return _run_pending(Stages(config), cells, dataset, fields, placements=placements)
 
 
 def _submit_upstream(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[str, Any]
@@ -56,13 +61,14 @@ def _submit_upstream(stages: Stages, cells: list[Cell], dataset: Any, fields: di
     return dataset, fields
 
 
-def _run_pending(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[str, Any]
-                 ) -> list[dict[str, StageOutput]]:
-    """Submit what ``cells`` need (their stages, and the dataset and fields the cache lacks) and wait for it."""
+def _run_pending(stages: Stages, cells: list[Cell], dataset: Any, fields: dict[str, Any], *,
+                 placements: Sequence[AbstractContextManager] = ()) -> list[dict[str, StageOutput]]:
+    """Submit what ``cells`` need (their stages, and the dataset and fields the cache lacks) and wait for it;
+    each cell's training in its ``placements`` context, if given."""
     dataset, fields = _submit_upstream(stages, cells, dataset, fields)
     upstream = [future for future in [dataset, *fields.values()] if isinstance(future, PrefectFuture)]
     # The upstream futures first: a dataset or field that failed raises its own error, not a dependent's.
-    return resolve_cells(stages.submit_cells(cells, dataset, fields), upstream=upstream)
+    return resolve_cells(stages.submit_cells(cells, dataset, fields, placements=placements), upstream=upstream)
 
 
 def _dask_runner(config: PipelineConfig) -> Any:
