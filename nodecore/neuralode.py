@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
 import warnings
+import weakref
 from typing import Callable, Iterable, Literal, Mapping
 
 import torch
@@ -81,6 +83,40 @@ def _hooked(module: nn.Module) -> bool:
                 or nn.modules.module._global_forward_pre_hooks)
 
 
+def _first_parameter(module: nn.Module) -> nn.Parameter | None:
+    """``next(module.parameters(), None)`` without its generator machinery: the same parameter (the first one of
+    the first module, in ``modules()`` order, that holds any)."""
+    for param in module._parameters.values():
+        if param is not None:
+            return param
+    for child in module._modules.values():
+        if child is not None:
+            param = _first_parameter(child)
+            if param is not None:
+                return param
+    return None
+
+
+class _CheckedState:
+    """The last initial state found finite, held weakly with its version counter: the same tensor, unmodified,
+    need not be checked again (a check is a host sync). Copies and unpickled models start empty."""
+
+    _ref: Callable[[], Tensor | None] | None = None
+    _version: int = -1
+
+    def holds(self, x: Tensor) -> bool:
+        """Whether ``x`` is the remembered tensor, not written in place since."""
+        ref = self._ref
+        return ref is not None and ref() is x and not x.is_inference() and x._version == self._version
+
+    def remember(self, x: Tensor) -> None:
+        if not x.is_inference():  # inference tensors keep no version counter
+            self._ref, self._version = weakref.ref(x), x._version
+
+    def __getstate__(self) -> dict:
+        return {}  # weak references do not pickle
+
+
 class _SolveFunc:
     """What torchdiffeq integrates for one solve: the field plus counters and the step cap.
 
@@ -125,6 +161,16 @@ class _SolveFunc:
         if self._shape_checked:
             return self._evaluate(t, x)
         return self._first_evaluation(t, x)
+
+    def for_engine(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The field as nodecore's engine calls it: this wrapper until the field has been checked, then the checked
+        evaluation itself, carrying :attr:`ignores_time` (one Python call less per evaluation; the engine counts
+        evaluations itself, so only torchdiffeq's solves need :meth:`__call__`'s count)."""
+        if not self._shape_checked:
+            return self
+        evaluate = functools.partial(self._evaluate)
+        evaluate.ignores_time = self.ignores_time
+        return evaluate
 
     def call_from_step(self, t: Tensor, x: object, args: object = _NO_ARGS) -> object:
         """The field as a solver's own ``step`` sees it, torchdyn's ``f(t, x, args)``: ``args`` goes on to the field
@@ -457,6 +503,7 @@ class NeuralODE(nn.Module):
         self.t_span = t_span
         self._counter = StepCounter()
         self._checked_t_span: tuple = (None, None, None, None, None)
+        self._finite_state = _CheckedState()
         self._field_checked_for: tuple | None = None
 
     def _check_torchdiffeq_can_run(self, why: str) -> None:
@@ -551,11 +598,12 @@ class NeuralODE(nn.Module):
             if isinstance(x, Mapping):
                 return self._forward_mapping(x, self.t_span if t_span is None else t_span, save_at, args)
         t_span = self._check_inputs(x, self.t_span if t_span is None else t_span)
-        keep = save_at_indices(save_at, t_span)
-        for hook in self.vf.before_solve_hooks:  # e.g. a CNF draws this solve's Hutchinson noise
+        keep = None if isinstance(save_at, tuple) and not save_at else save_at_indices(save_at, t_span)
+        vf = self.vf  # a submodule: each attribute read goes through nn.Module.__getattr__
+        for hook in vf.before_solve_hooks:  # e.g. a CNF draws this solve's Hutchinson noise
             hook(x)
-        excess = self.vf.excess_dims
-        for layer in self.vf.control_layers:  # DataControl: the field sees where each sample started
+        excess = vf.excess_dims
+        for layer in vf.control_layers:  # DataControl: the field sees where each sample started
             layer.u = x[:, excess:] if excess else x  # without a CNF's log-density column (torchdyn's rule)
         counter = StepCounter()
         self._counter = counter
@@ -571,7 +619,7 @@ class NeuralODE(nn.Module):
             )
         shape_key = (x.shape, x.dtype, x.device)
         func = _SolveFunc(
-            self.vf,
+            vf,
             counter,
             max_steps=self.max_steps,
             adaptive_forward=self.solver.adaptive,
@@ -588,7 +636,7 @@ class NeuralODE(nn.Module):
             raise translate_solver_assertion(err) from err
         if backend == "torchdiffeq":
             func.phase = counter.backward  # any later evaluation belongs to the backward pass
-        if func._shape_checked:
+        if func._shape_checked and self._field_checked_for != shape_key:
             self._field_checked_for = shape_key
         # Adaptive solvers reject non-finite steps until the step size underflows (an error above); a
         # fixed-step solve, or an adaptive solver pinned to constant steps, can end on NaN or Inf, or on a
@@ -687,13 +735,14 @@ class NeuralODE(nn.Module):
     def _integrate_nodecore(self, func: _SolveFunc, counter: StepCounter, x: Tensor, t_span: Tensor, args: object
                             ) -> Tensor:
         times = t_span.tolist()
-        field = func if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
-            func, self.integral_loss)
+        engine = func.for_engine()
+        field = engine if self.integral_loss is None or self.sensitivity != "autograd" else _with_running_cost(
+            engine, self.integral_loss)
 
         def solve(x0: Tensor, dense_steps: list | None = None) -> Tensor:
             if self._by_own_step and self.sensitivity == "autograd":  # torchdyn's loop: args reach the step
                 return torch.stack(integrate_by_own_step(
-                    func.call_from_step if field is func else field, x0, times, self._stepper, args=args,
+                    func.call_from_step if field is engine else field, x0, times, self._stepper, args=args,
                     counts=counter.forward, max_steps=self.max_steps, step_size=self.step_size, label="forward",
                 ))
             return torch.stack(integrate(
@@ -752,9 +801,12 @@ class NeuralODE(nn.Module):
                 f"order={self.order} needs x = {_state_blocks(self.order)} concatenated on the last dim "
                 f"({size}{cost}), got shape {tuple(x.shape)}"
             )
-        if not torch.isfinite(x).all():
-            raise ValueError("x contains NaN or Inf; the initial state must be finite")
-        param = next(self.vf.parameters(), None)
+        # Full-batch training passes the same x every step: its values are checked once while it is unmodified.
+        if not self._finite_state.holds(x):
+            if not torch.isfinite(x).all():
+                raise ValueError("x contains NaN or Inf; the initial state must be finite")
+            self._finite_state.remember(x)
+        param = _first_parameter(self.vf)
         # A complex state may meet real parameters of its precision (torch promotes real * complex); a real
         # state may not meet complex ones (the field would leave the real state space).
         if param is not None and (param.device != x.device or param.dtype not in (x.dtype, real_dtype(x.dtype))):
@@ -770,7 +822,7 @@ class NeuralODE(nn.Module):
         if not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
                 and (device, dtype) == (x.device, x.dtype)):
             checked = check_t_span(t_span, x)
-            if isinstance(t_span, Tensor):
+            if isinstance(t_span, Tensor) and not t_span.is_inference():  # inference tensors keep no version
                 self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)
         t_span = checked
         if self.sensitivity != "autograd" and t_span.requires_grad:

@@ -47,8 +47,8 @@ def integrate(
     ``x`` may be real or complex; the field's ``t`` is always real, of ``x``'s precision.
 
     Args:
-        f: the field; one with a true ``ignores_time`` attribute promises never to read ``t`` (no-grad solves then
-            skip computing the stage times, and ``t`` holds NaN or stale values).
+        f: the field; one with a true ``ignores_time`` attribute promises never to read ``t`` (solves then skip
+            computing the stage times, and ``t`` holds NaN or stale values).
         times: strictly monotonic output times (decreasing for a backward solve), as floats.
         counts: incremented in place (evaluations, attempts, rejections).
         interpolate: adaptive solvers with dense output step freely and interpolate at inner ``times``
@@ -72,17 +72,18 @@ def integrate(
         TooManyStepsError, StepSizeUnderflowError: the solve could not finish; the message says where.
     """
     name = f"the {label} solve" if label else "the solve"
+    stage_times = not getattr(f, "ignores_time", False)
     ws = None if torch.is_grad_enabled() else solver.workspace(x)
     if ws is not None:
-        ws.stage_times = not getattr(f, "ignores_time", False)
+        ws.stage_times = stage_times
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
-                                   interpolate)
+                                   interpolate, stage_times=stage_times)
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
                                first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws,
-                               dense_steps=dense_steps)
+                               dense_steps=dense_steps, stage_times=stage_times)
     finally:
         if ws is not None:
             ws.busy = False
@@ -242,7 +243,7 @@ def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Ten
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
                     ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False,
-                    args: object = None) -> list[Tensor]:
+                    args: object = None, stage_times: bool = True) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
@@ -265,7 +266,8 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
             if overridden:
                 t, y = t_new, by_override(y, t, h)
             else:
-                attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws)
+                attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws,
+                                         stage_times=stage_times)
                 end = _record_dense(dense_steps, solver, f, y, t, h, attempt, counts, ws, t_new)
                 if dense:
                     j = _emit_interpolated(f, solver, out, times, j, t, h, t_new, y, attempt, counts, direction, ws)
@@ -297,6 +299,7 @@ def _adaptive_steps(
     name: str,
     ws: Workspace | None,
     dense_steps: list | None = None,
+    stage_times: bool = True,
 ) -> list[Tensor]:
     direction = 1.0 if times[-1] > times[0] else -1.0
     t, y = times[0], x
@@ -323,7 +326,7 @@ def _adaptive_steps(
         h_try = remaining if landing else h
         _count_attempt(counts, max_steps, t, h_try, name)
         attempt = solver.attempt(f, y, t, h_try, k0, counts, atol=atol, rtol=rtol, error_size=error_size,
-                                 workspace=ws)
+                                 workspace=ws, stage_times=stage_times)
         ratio = attempt.error_ratio  # the one host sync per step
         accepted = controller.accepts(h_try, ratio)
         if accepted:

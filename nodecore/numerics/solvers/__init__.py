@@ -13,7 +13,7 @@ from __future__ import annotations
 import array
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
 import torch
@@ -43,6 +43,14 @@ class _Coefficients:
     extra_a: list[Tensor]
     error3: Tensor | None = None  # DOP853's 3rd-order estimator
     is_complex: bool = False
+    a_rows: list[Tensor] = field(default_factory=list)  # a[i] as a [1, i] row: the graph-mode stage products
+    b_row: Tensor | None = None  # [1, s]
+    no_time: Tensor | None = None  # 0-dim NaN, real: the time handed to a field that never reads it
+
+    def __post_init__(self) -> None:
+        self.a_rows = [row.view(1, -1) for row in self.a]
+        self.b_row = self.b.view(1, -1)
+        self.no_time = torch.full((), math.nan, dtype=self.c.dtype, device=self.c.device)
 
 
 @dataclass
@@ -292,6 +300,7 @@ class RungeKutta(nn.Module):
         rtol: float = 0.0,
         error_size: int | None = None,
         workspace: Workspace | None = None,
+        stage_times: bool = True,
     ) -> Attempt:
         """Evaluate all stages of one step of size ``h`` from ``(t, y)`` and, if asked, its error ratio.
 
@@ -301,33 +310,43 @@ class RungeKutta(nn.Module):
                 adjoint's seminorm); all of it when None.
             workspace: preallocated stage storage for no-grad solves (then ``y1`` and ``last`` live in it
                 until the workspace is swapped twice); None builds a graph-friendly step.
+            stage_times: False when ``f`` never reads its time argument: the stage times are then not computed
+                and ``f`` gets a placeholder (NaN). A workspace's own ``stage_times`` decides for no-grad steps.
         """
         if workspace is not None:
             return self._attempt_in(workspace, workspace.coefficients, f, y, t, h, k0, counts, need_error, atol, rtol,
                                     error_size)
         co = self.coefficients(y)
         shape, flat = y.shape, y.reshape(-1)
-        times = co.c.mul(h).add_(t).unbind()
-        stages: list[Tensor] = []
-        y_stage = y
-        for i, t_i in enumerate(times):
-            if i > 0:
-                y_stage = torch.addmv(flat, torch.stack(stages, 1), co.a[i], alpha=h).view(shape)
-            if i == 0 and k0 is not None:
-                k = k0
+        a_rows = co.a_rows
+        n_stages = len(a_rows)
+        times = co.c.mul(h).add_(t).unbind() if stage_times else (co.no_time,) * n_stages
+        # The graph this records is what backward walks, so each stage costs few, cheap ops: stage 1 is one add,
+        # later ones one [1, i] @ [i, N] product over the earlier stages stacked as rows (a plain copy, and its
+        # backward hands each stage a contiguous gradient row). Field outputs shaped like the state are used as
+        # they are, without views.
+        if k0 is None:
+            k0 = f(times[0], y)
+            counts.nfe += 1
+        k, stages = k0, [k0.reshape(-1)]  # stages: flat [N] each
+        y_stage, addmm, stack = y, torch.addmm, torch.stack
+        for i in range(1, n_stages):
+            if i == 1:
+                y_stage = torch.add(y, k if k.shape == shape else stages[0].view(shape), alpha=h * self.tableau.a[1][0])
             else:
-                k = f(t_i, y_stage)
-                counts.nfe += 1
+                y_stage = addmm(flat, a_rows[i], stack(stages), alpha=h).view(shape)
+            k = f(times[i], y_stage)
             stages.append(k.reshape(-1))
-        K = torch.stack(stages)
+        counts.nfe += n_stages - 1
+        K = stack(stages)
         if self.tableau.fsal:
-            y1, last = y_stage, stages[-1].view(shape)
+            y1, last = y_stage, k if k.shape == shape else stages[-1].view(shape)
         else:
-            y1, last = torch.addmv(flat, K.t(), co.b, alpha=h).view(shape), None
+            y1, last = addmm(flat, co.b_row, K, alpha=h).view(shape), None
         norm = None
         if need_error and co.b_error is not None:
-            with torch.no_grad():
-                norm = self.error_norm(K.detach().t(), flat.detach(), y1.detach().reshape(-1), atol, rtol, error_size)
+            with torch.no_grad():  # no detach needed: nothing here is recorded
+                norm = self.error_norm(K.t(), flat, y1.view(-1), atol, rtol, error_size)
         return Attempt(y1=y1, stages=K, error_norm=norm, last=last, error_factor=_factor(h, flat, error_size))
 
     def _attempt_in(self, ws: Workspace, co: _Coefficients, f: Field, y: Tensor, t: float, h: float,
