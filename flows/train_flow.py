@@ -20,6 +20,10 @@ from typing import Any, Optional
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # first of all, before any import registers an exit handler (see flows.process_exit)
+    from flows.process_exit import skip_finalization
+
+    skip_finalization()
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
@@ -259,4 +263,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from flows import process_exit
+
+    process_exit.exit(main())

@@ -30,16 +30,22 @@ from typing import Any, TypeVar
 from tasks.grid import usable_cores
 
 _T = TypeVar("_T")
-# Imported once in the forkserver, so that every worker forked from it starts with them (torch's optimizers import
-# torch._dynamo when first built: 1.1 s each time otherwise).
-PRELOAD = ("__main__", "torch", "torch._dynamo", "torch.optim", "matplotlib", "matplotlib.figure", "nodecore",
-           "nodecore.plotting", "tasks.render", "tasks.train_worker")
+# Imported once in the forkserver, so that every worker forked from it starts with them: what a training and a render
+# import (torch's optimizers import torch._dynamo when first built: 1.1 s each time otherwise; nodecore's modules and
+# pyarrow's dataset reader 0.8 s more), not Prefect, which no worker needs. tasks.worker_preload comes first: the
+# workers then skip re-running the flow's main script (see there). No "__main__": Python 3.11's forkserver never
+# receives its path, and it would import Prefect.
+PRELOAD = ("tasks.worker_preload", "torch", "torch._dynamo", "torch.optim", "matplotlib", "matplotlib.figure",
+           "matplotlib.backends.backend_agg", "PIL.Image", "pyarrow.dataset", "nodecore", "nodecore.checkpoints",
+           "nodecore.dataset_io", "nodecore.training", "nodecore.trajectory_io", "nodecore.plotting",
+           "tasks.train_worker", "tasks.render_worker")
 _WATCH_SECONDS = 1.0
 
 _LOCK = threading.Lock()
 # Set while a block of worker_processes is open; its result is None where the pool could not start.
 _pool: Future[ProcessPoolExecutor | None] | None = None
 _workers = 0
+_running = 0  # calls submitted and not yet done, in any pool
 _blocks = 0  # open blocks of worker_processes (threads of one process may run several flows)
 _log = logging.getLogger(__name__)
 
@@ -148,31 +154,53 @@ def active_workers() -> int:
     return _workers
 
 
+def spare_cores() -> int:
+    """How many of this host's cores no call in a worker process occupies now (a call waiting for a worker counts);
+    0 where no pool is open. A stage may split its work into that many parallel calls without slowing another
+    stage's (a training's) or waiting for a worker."""
+    return max(0, min(active_workers(), usable_cores()) - _running)
+
+
 def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | None:
-    """Start ``fn(*args, **kwargs)`` in a worker process and return its future; None where no pool is open.
+    """Start ``fn(*args, **kwargs)`` in a worker process and return its future; None where no pool is open, or
+    where ``fn`` is defined in the ``__main__`` script (a worker never imports that: see
+    :mod:`tasks.worker_preload`), so that it runs in place.
 
     The future raises :class:`~concurrent.futures.process.BrokenProcessPool` if its worker died; the pool is then
     replaced for later calls (see :func:`call`).
     """
+    if getattr(fn, "__module__", None) in ("__main__", "__mp_main__"):
+        return None
     with _LOCK:
         started = _pool
     pool = None if started is None else started.result()
     if pool is None:
         return None
+    global _running
     try:
         future: Future[_T] = pool.submit(fn, *args, **kwargs)
     except BrokenProcessPool:
         _replace(started)
         raise
-    future.add_done_callback(lambda done: _replace(started) if not done.cancelled()
-                             and isinstance(done.exception(), BrokenProcessPool) else None)
+    with _LOCK:
+        _running += 1
+
+    def done(finished: Future[_T]) -> None:
+        global _running
+        with _LOCK:
+            _running -= 1
+        if not finished.cancelled() and isinstance(finished.exception(), BrokenProcessPool):
+            _replace(started)
+
+    future.add_done_callback(done)
     return future
 
 
 def call(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
     """``fn(*args, **kwargs)`` in a worker process while :func:`worker_processes` is open, else in place.
 
-    ``fn`` must be a module-level function and its arguments and result picklable. Its exception is re-raised
+    ``fn`` must be a module-level function of an importable module (one of the ``__main__`` script runs in place)
+    and its arguments and result picklable. Its exception is re-raised
     here. A worker that dies (killed, out of memory) breaks the pool; the pool is then replaced for later calls
     and this call raises :class:`~concurrent.futures.process.BrokenProcessPool`, which the stage's retries treat
     as transient.

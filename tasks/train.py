@@ -31,7 +31,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +151,8 @@ def _read_resume_record(folder: Path, log: Log) -> list[Entry]:
         return []
 
 
-def save_resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, *, config: dict, epoch: int,
-                history: History, log: Log, attempt: str = LEGACY) -> Path:
+def save_resume(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer | CellOptimizer, *, config: dict,
+                epoch: int, history: History, log: Log, attempt: str = LEGACY) -> Path:
     """Write the resume checkpoint of ``epoch`` and record its digest, keeping this build's previous generation.
 
     ``attempt`` names the build (:func:`build_attempt`); the record's entries of other builds are kept as they are,
@@ -349,6 +349,56 @@ def resume_files(ctx: StageContext, *, attempt: str = LEGACY, seen: Collection[s
     return (*record, *(folder / name for name in sorted(names) if _attempt_of(name) not in live))
 
 
+class CellOptimizer:
+    """The cell's Adam, built only where this process needs one: to step it (a training here) or to check that a
+    resume checkpoint's state fits the model.
+
+    A training in a stage worker needs neither: the worker builds its own, and this process only carries its state
+    between the worker and the resume checkpoints. Building a torch optimizer first imports ``torch._dynamo`` (about
+    1.1 s), which held back the hand-over of a run's first training. It stands in for the optimizer where the task
+    passes one on (:func:`save_resume`, :func:`tasks.train_worker.pack` and ``unpack_into``).
+    """
+
+    def __init__(self, parameters: Callable[[], Iterable[nn.Parameter]], *, lr: float) -> None:
+        self._parameters, self._lr = parameters, lr
+        self._adam: torch.optim.Adam | None = None
+        self._state: dict[str, Any] | None = None  # loaded into the Adam when it is built; None: fresh
+
+    def built(self) -> torch.optim.Adam:
+        """The Adam itself, built now if need be, holding the state taken so far."""
+        if self._adam is None:
+            adam = torch.optim.Adam(self._parameters(), lr=self._lr)
+            if self._state is not None:
+                adam.load_state_dict(self._state)
+            self._adam, self._state = adam, None
+        return self._adam
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The optimizer's ``state_dict()``; None while it is fresh and not built (a worker then starts a fresh one)."""
+        return self._adam.state_dict() if self._adam is not None else self._state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take ``state``: loaded (checked and cast as torch does) into the Adam if it is built, else kept as it is.
+
+        Unbuilt, it takes only states of this cell's own optimizer (the stage worker's); a state read from a
+        checkpoint goes through :meth:`built`, which checks that it fits.
+        """
+        if self._adam is not None:
+            self._adam.load_state_dict(state)
+        else:
+            self._state = state
+
+    def follow_parameters(self) -> None:
+        """After the model moved to its device: a built Adam's state moves too (``load_state_dict`` casts it to
+        the parameters' device); an unbuilt one is built on the parameters where they are."""
+        if self._adam is not None:
+            self._adam.load_state_dict(self._adam.state_dict())
+
+    def reset(self) -> None:
+        """Fresh again: what any state taken or built so far is dropped."""
+        self._adam, self._state = None, None
+
+
 def build_cell_model(field: StageOutput, root: Path, solver: str, config: SolverConfig) -> tuple[nn.Module, dict]:
     """The cell's untrained model and its config: the field stage's initial weights, the cell's solver."""
     initial = load_checkpoint(field.path(root, "field"))
@@ -375,6 +425,7 @@ def train_cell(
     training: TrainingConfig,
     device: str,
     run_device: str | None = None,
+    cell_name: str | None = None,
 ) -> Built:
     """Train on ``device`` holding one of its slots; checkpoint every few epochs and resume from there.
 
@@ -384,29 +435,32 @@ def train_cell(
 
     ``run_device`` is the same device as this process names it, when that differs (a dispatched cell for
     ``cuda:3`` runs with ``CUDA_VISIBLE_DEVICES=3`` and trains on ``cuda:0``); it is not part of the key.
+    ``cell_name`` is the grid's name of the cell (:attr:`tasks.grid.Cell.name`, with its seed where the grid sweeps
+    several), shown in logs, progress artifacts and plot titles; not part of the key either. Without it the name is
+    made from the solver, device and model kind.
     """
     logger = get_run_logger()
-    cell = Cell(solver=solver, device=device, model=field.data["kind"]).name
+    cell = cell_name or Cell(solver=solver, device=device, model=field.data["kind"]).name
     X, y, _ = read_dataset(dataset.path(ctx.root, "train"))
     classifier, config = build_cell_model(field, ctx.root, solver, solver_config)
     model_config = dict(config)  # what builds the model (a stage worker rebuilds it from this)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=training.lr)
+    optimizer = CellOptimizer(classifier.parameters, lr=training.lr)  # built only if it is needed here
     config |= {"training": training.model_dump(mode="json"), "device": device}
 
     history, start_epoch = History(), 0
     attempt = build_attempt(ctx)
     restore_resume(ctx, logger)  # the store's record of every build's checkpoints, when the store is remote
     seen = resume_checkpoints(ctx)  # what other builds have written so far (see resume_files)
-    fresh = copy.deepcopy(classifier.state_dict()), copy.deepcopy(optimizer.state_dict())
+    fresh = copy.deepcopy(classifier.state_dict())
 
     def resume_into(checkpoint: Checkpoint) -> None:
         """Load ``checkpoint`` into the model and optimizer, or (raising) leave them untrained."""
         try:
             load_weights(classifier, checkpoint.state_dict, source=ctx.key_folder / "resume")
-            optimizer.load_state_dict(checkpoint.optimizer_state)
+            optimizer.built().load_state_dict(checkpoint.optimizer_state)  # a state that does not fit raises
         except BaseException:
-            classifier.load_state_dict(fresh[0])
-            optimizer.load_state_dict(fresh[1])
+            classifier.load_state_dict(fresh)
+            optimizer.reset()
             raise
 
     remote = ctx.store is not None and not ctx.store.is_local
@@ -433,7 +487,7 @@ def train_cell(
         threads = cpu_threads(local, slot.limit)
         classifier.to(local)
         # Adam's state follows its parameters; moved after loading so a CPU checkpoint resumes on a GPU.
-        optimizer.load_state_dict(optimizer.state_dict())  # load_state_dict casts state to the params' device
+        optimizer.follow_parameters()
         X, y, span = X.to(local), y.to(local), depth_grid(model.t_end, model.t_points, device=local)
 
         # The epochs after which a resume checkpoint is written (not after the last: the stage output follows).
@@ -464,7 +518,7 @@ def train_cell(
         with torch_threads(threads):
             if job is None or not train_in_worker(classifier, optimizer, job, on_epoch):
                 train(classifier, X, y, t_span=span, epochs=training.epochs, lr=training.lr,
-                      batch_size=training.batch_size, optimizer=optimizer, start_epoch=start_epoch,
+                      batch_size=training.batch_size, optimizer=optimizer.built(), start_epoch=start_epoch,
                       callback=on_epoch)
         seconds = time.perf_counter() - started
     logger.info("%s: trained in %.1f s after %.1f s queued for its device slot", cell, seconds, queue_seconds)

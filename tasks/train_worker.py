@@ -33,7 +33,7 @@ class Job:
     """What the worker needs to rebuild the model and run epochs ``start_epoch .. epochs - 1``."""
 
     model_config: dict[str, Any]
-    state: bytes  # torch.save of (model state_dict, optimizer state_dict)
+    state: bytes  # torch.save of (model state_dict, optimizer state_dict or None for a fresh optimizer)
     train_set: Path
     t_end: float
     t_points: int
@@ -46,7 +46,7 @@ class Job:
 
 
 def pack(model: Any, optimizer: Any) -> bytes:
-    """The model's and optimizer's state as bytes."""
+    """The model's and optimizer's state as bytes; the optimizer's ``state_dict()`` may be None (a fresh one)."""
     import torch
 
     buffer = io.BytesIO()
@@ -55,12 +55,14 @@ def pack(model: Any, optimizer: Any) -> bytes:
 
 
 def unpack_into(state: bytes, model: Any, optimizer: Any) -> None:
-    """Load :func:`pack`'s bytes into ``model`` and ``optimizer`` (tensors only: ``weights_only=True``)."""
+    """Load :func:`pack`'s bytes into ``model`` and ``optimizer`` (tensors only: ``weights_only=True``); a fresh
+    optimizer's state (None) leaves ``optimizer`` as it is, fresh too."""
     import torch
 
     weights, optimizer_state = torch.load(io.BytesIO(state), weights_only=True)
     model.load_state_dict(weights)
-    optimizer.load_state_dict(optimizer_state)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
 
 
 def run_epochs(connection: Any, job: Job) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,58 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_spare_cores_counts_the_calls_running_or_waiting_for_a_worker(monkeypatch):
+    monkeypatch.setattr(offload, "usable_cores", lambda: 2)
+    assert offload.spare_cores() == 0  # no pool: nothing to split work over
+    with offload.worker_processes(2):
+        assert offload.spare_cores() == 2
+        first = offload.submit(_sleep, 1.0)
+        assert offload.spare_cores() == 1
+        second, third = offload.submit(_sleep, 1.0), offload.submit(_sleep, 0.0)
+        assert offload.spare_cores() == 0  # a call waiting for a worker counts too
+        for future in (first, second, third):
+            future.result()
+        deadline = time.monotonic() + 5  # the done callbacks run on the pool's thread, just after
+        while offload.spare_cores() != 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert offload.spare_cores() == 2
+
+
+def test_a_worker_runs_the_call_without_re_running_the_flows_main_script(tmp_path):
+    """Workers import the module of the function they run, not the flow's script (nor Prefect, which it imports);
+    a function defined in that script runs in place instead of killing the worker that cannot find it."""
+    (tmp_path / "probe.py").write_text(textwrap.dedent("""
+        import os, sys
+        def modules():
+            mains = {getattr(sys.modules.get(name), "__file__", None) for name in ("__main__", "__mp_main__")}
+            return [os.getpid(), "prefect" in sys.modules, "flow.py" in " ".join(map(str, mains))]
+    """))
+    marker = tmp_path / "main-ran"
+    script = tmp_path / "flow.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, sys
+        sys.path[:0] = [{str(Path(__file__).resolve().parents[2])!r}, {str(tmp_path)!r}]
+        with open({str(marker)!r}, "a") as marker:
+            marker.write("ran ")
+        import prefect
+        import probe
+        from tasks import offload
+        def in_main():
+            return os.getpid()
+        if __name__ == "__main__":
+            with offload.worker_processes(1):
+                print(json.dumps([offload.call(probe.modules), offload.call(in_main), os.getpid()]))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (worker, has_prefect, has_script), in_main, flow = json.loads(done.stdout)
+    assert worker != flow and not has_prefect and not has_script
+    assert in_main == flow  # run in place
+    assert marker.read_text() == "ran "  # the script ran once: in the flow process, never in a worker
+    assert "died" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,36 @@ def test_plots_drawn_in_a_stage_worker_process_are_the_same_files(tmp_path: Path
         in_worker = {name: path.read_bytes() for name, path in render(tmp_path / "cell", outputs).items()}
     assert set(in_worker) == set(in_place) == {"depth", "state_space", "vector_field", "decision_boundary"}
     assert in_worker == in_place
+
+
+def test_with_two_spare_cores_the_plots_are_drawn_in_two_calls_with_the_same_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The last cell of a run (no training left) draws its decision boundary beside its other plots; the files are
+    those of one call in place."""
+    from tasks import offload
+
+    monkeypatch.setenv(KEY_ENV, "render-test-key-0123456789")
+    monkeypatch.setattr(offload, "usable_cores", lambda: 2)
+    outputs = trained_cell(tmp_path / "cell")
+    in_place = {name: path.read_bytes() for name, path in render(tmp_path / "cell", outputs).items()}
+    for path in (tmp_path / "cell").rglob("*.png"):
+        path.unlink()
+    parts: list[tuple[str, ...]] = []
+    submit = offload.submit
+
+    def recorded(fn: Any, *args: Any, plots: tuple[str, ...], **kwargs: Any) -> Any:
+        parts.append(tuple(plots))
+        return submit(fn, *args, plots=plots, **kwargs)
+
+    monkeypatch.setattr(offload, "submit", recorded)
+    with offload.worker_processes(2):
+        split = {name: path.read_bytes() for name, path in render(tmp_path / "cell", outputs).items()}
+        assert parts == [("depth", "state_space", "vector_field"), ("decision_boundary",)]
+        parts.clear()
+        for path in (tmp_path / "cell").rglob("*.png"):
+            path.unlink()
+        busy = submit(time.sleep, 2.0)  # a training holds a core: one call draws everything
+        render(tmp_path / "cell", outputs)
+        assert parts == [tasks.render.PLOTS]
+        busy.result()
+    assert list(split) == list(in_place) and split == in_place

@@ -552,3 +552,25 @@ def test_a_training_killed_right_after_its_manifest_is_not_retrained(
     state = _train(prefect_server, root)
     assert state.is_completed(), state.message
     assert state.result().reused  # from its manifest: not trained again
+
+
+def test_the_cell_optimizer_is_built_only_when_needed_and_carries_its_state_either_way() -> None:
+    """A training in a stage worker never builds the task's Adam (torch._dynamo's import is 1.1 s): the state only
+    passes through; built later (a training in place, a resume), it takes the state it was given."""
+    from tasks.train import CellOptimizer
+
+    model = nn.Linear(2, 2)
+    optimizer = CellOptimizer(model.parameters, lr=0.1)
+    assert optimizer.state_dict() is None  # fresh: a worker starts its own fresh Adam
+    stepped = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.ones(1, 2)).sum().backward()
+    stepped.step()
+    optimizer.load_state_dict(stepped.state_dict())  # what a worker hands back
+    assert optimizer.state_dict() == stepped.state_dict()  # kept as it is, unbuilt
+    built = optimizer.built()
+    assert isinstance(built, torch.optim.Adam) and optimizer.built() is built
+    assert torch.equal(built.state_dict()["state"][0]["exp_avg"], stepped.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(ValueError):  # a built one checks what it loads, as torch does
+        optimizer.load_state_dict(torch.optim.Adam([nn.Parameter(torch.ones(1))]).state_dict())
+    optimizer.reset()
+    assert optimizer.state_dict() is None and not optimizer.built().state_dict()["state"]
