@@ -132,7 +132,7 @@ class Stages:
         stages: list[tuple[str, StageRef, bool, Inputs]] = [
             ("trained", TRAIN, True, lambda up: dict(
                 dataset=dataset, field=field, model=model, solver=cell.solver, solver_config=config.solver,
-                training=config.training, device=cell.device, run_device=run_device)),
+                training=config.training, device=cell.device, run_device=run_device, cell_name=cell.name)),
             ("metrics", EVALUATE, True, lambda up: dict(dataset=dataset, trained=up["trained"], model=model)),
         ]
         if cell.model != "deq":  # an equilibrium model has no depth to integrate over

@@ -52,7 +52,7 @@ ORPHAN_GRACE_SECONDS = 3600.0  # a build its key's manifest does not name is del
 _log = logging.getLogger(__name__)
 _unsigned_reported = False  # whether this process has said that a manifest's signature did not verify
 # Inputs that say where or how a stage runs, not what it computes: never part of the key.
-CONTROL_INPUTS = ("root", "refresh", "run_device")
+CONTROL_INPUTS = ("root", "refresh", "run_device", "cell_name")
 
 
 class StageOutput(BaseModel):

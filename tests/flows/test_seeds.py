@@ -65,6 +65,11 @@ def test_each_seed_has_its_own_field_stage_and_cell_keys(tmp_path: Path) -> None
     train_keys = {stage_key(TRAIN.stage, "code", stages._cell_stages(cell, DATASET, DATASET, None)[0][3]({}))
                   for cell in cells}
     assert len(train_keys) == len(cells)
+    # each training is told its seeded name, which is not part of its key
+    for cell in cells:
+        inputs = stages._cell_stages(cell, DATASET, DATASET, None)[0][3]({})
+        assert inputs["cell_name"] == cell.name
+        assert stage_key(TRAIN.stage, "code", inputs) == stage_key(TRAIN.stage, "code", {**inputs, "cell_name": "x"})
     # seed 0 is the config's own init seed: its cells are the default grid's, keys and all
     default = Stages(config.model_copy(update={"seeds": []}))
     assert stages.field_inputs(cells[0], DATASET) == default.field_inputs(Cell(solver="rk4", device="cpu"), DATASET)

@@ -320,6 +320,10 @@ def test_a_seed_axis_reuses_the_default_cells_and_adds_a_field_and_cells_per_new
     assert len(stage_folders(warm, "build-vector-field")) == 2 and len(stage_folders(warm, "train")) == 4
     trained = {row["cell"]: outputs["trained"]["key"] for row, outputs in zip(summary["rows"], summary["cells"])}
     assert len(set(trained.values())) == 4  # a training per solver and seed
+    # the new trainings were told their seeded names (logs, progress artifacts, plot titles); seed 0's are the
+    # baseline's cached ones, trained before under the unseeded name
+    assert [outputs["trained"]["data"]["cell"] for outputs in summary["cells"]] == [
+        cell if seed == 1 else cell.removesuffix("#s0") for cell, seed in expected]
 
     state = run_flow(prefect_server, config)
     assert state.is_completed(), state.message
