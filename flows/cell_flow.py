@@ -55,6 +55,16 @@ class SupersededOutput(ValueError):
     """
 
 
+class UnverifiedOutput(ValueError):
+    """A stage output a cell result names has no verified manifest in the store (now): it is missing, a file of it is
+    gone, or its signature does not verify with this host's key.
+
+    A store that lost an output (or a cleanup that removed it) is recovered by running the cell again, which
+    rebuilds what is missing; the dispatch does so a bounded number of times (``--run.retries``). An output signed
+    with another key keeps failing: every host needs the same ``NODECORE_SIGNING_KEY``.
+    """
+
+
 def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
     """The stage outputs a dispatched :func:`cell_flow` wrote to ``path`` in ``store``, each re-read from its
     verified manifest.
@@ -64,7 +74,8 @@ def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
 
     Raises:
         SupersededOutput: a verified manifest is not the output the file names (see the class).
-        ValueError: the file is not a cell result, or names an output without a verified manifest.
+        UnverifiedOutput: the file names an output without a verified manifest (see the class).
+        ValueError: the file is not a cell result.
     """
     try:
         blob = store.read_bytes(path)
@@ -78,8 +89,9 @@ def read_cell_result(path: str, store: ArtifactStore) -> dict[str, StageOutput]:
         plain = output.key.isalnum() and output.stage.replace("-", "").isalnum()
         verified = read_stage(store, output.stage, output.key) if plain else None
         if verified is None:
-            raise ValueError(f"cell result {str(path)!r} names {output.stage}/{output.key}, which has no "
-                             "verified manifest")
+            raise UnverifiedOutput(f"cell result {str(path)!r} names {output.stage}/{output.key}, which has no "
+                                   "verified manifest (missing, a file of it gone, or signed with another key: is "
+                                   "NODECORE_SIGNING_KEY the same on every host?)")
         if verified.digest != output.digest:
             raise SupersededOutput(f"cell result {str(path)!r} names an output of {output.stage}/{output.key} that "
                                    "another build of that key has replaced")

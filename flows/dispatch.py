@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
-from flows.cell_flow import CELL_FLOW_NAME, SupersededOutput, read_cell_result
+from flows.cell_flow import CELL_FLOW_NAME, SupersededOutput, UnverifiedOutput, read_cell_result
 from flows.zombies import heartbeat_env
 from tasks.config import PipelineConfig
 from tasks.grid import Cell
@@ -60,7 +60,8 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
     worker of the pool may take the new run, and its training resumes from the checkpoint in the store).
 
     Raises:
-        CellLost: the flow run timed out or crashed, or another build of one of its keys replaced an output.
+        CellLost: the flow run timed out or crashed, another build of one of its keys replaced an output, or an
+            output it names has no verified manifest in the store.
         RuntimeError: the cell's flow run failed or was cancelled (its state and id are in the message).
     """
     store = artifact_store(config.run.artifacts_dir)
@@ -100,7 +101,8 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
                            f"{flow_run.id}): {state.message}")
     try:
         return read_cell_result(result_path, store)
-    except SupersededOutput as err:  # raced by another build of one of its keys: its stages no longer agree
+    except (SupersededOutput, UnverifiedOutput) as err:  # raced by another build of one of its keys (its stages no
+        # longer agree), or an output the store no longer vouches for: running the cell again rebuilds what it lacks
         raise CellLost(f"cell {cell.name} (flow run {flow_run.id}): {err}; running it again") from err
     finally:
         store.remove(result_path)

@@ -35,8 +35,9 @@ def test_a_relative_artifacts_folder_is_sent_as_this_hosts_absolute_path(
     assert sent["config"].model_copy(update={"run": config.run}) == config  # nothing else changed
 
 
+@pytest.mark.parametrize("stale", ["superseded", "unverified"])
 def test_a_cell_whose_outputs_another_build_replaced_is_dispatched_again(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale: str) -> None:
     """Raced by a timed-out host's build of its training: the result names an output that is no longer its key's,
     so the dispatch raises CellLost, which the training flow retries (the retry takes the winner from the cache)."""
     from types import SimpleNamespace
@@ -47,13 +48,16 @@ def test_a_cell_whose_outputs_another_build_replaced_is_dispatched_again(
         return SimpleNamespace(id="run-1", state=Completed())
 
     def superseded(path: str, store: object) -> None:
+        if stale == "unverified":  # e.g. the store lost a file of it: the new run rebuilds it
+            raise flows.dispatch.UnverifiedOutput("cell result names an output which has no verified manifest")
         raise flows.dispatch.SupersededOutput("cell result names an output that another build of that key has replaced")
 
     monkeypatch.setattr(flows.dispatch, "run_deployment", run_deployment)
     monkeypatch.setattr(flows.dispatch, "read_cell_result", superseded)
     config = PipelineConfig.model_validate({"run": {"artifacts_dir": str(tmp_path), "executor": "deployments"}})
     output = StageOutput(stage="generate-dataset", key="0" * 24, files={}, digests={})
-    with pytest.raises(flows.dispatch.CellLost, match="another build .* running it again") as raised:
+    with pytest.raises(flows.dispatch.CellLost, match="(another build|no verified manifest).* running it again"
+                       ) as raised:
         flows.dispatch.dispatch_cell.fn(config=config, cell=Cell(solver="euler", device="cpu"), pool="cpu",
                                         device="cpu", env={}, dataset=output, field=output)
     assert flows.dispatch._lost_cells_only(None, None, SimpleNamespace(result=lambda: (_ for _ in ()).throw(

@@ -116,7 +116,7 @@ def test_forged_metrics_in_a_manifest_are_not_reported(prefect_server: ServerInf
 
 
 def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path) -> None:
-    from flows.cell_flow import SupersededOutput, read_cell_result
+    from flows.cell_flow import SupersededOutput, UnverifiedOutput, read_cell_result
     from tasks.store import artifact_store
 
     summary = json.loads((store / "summary.json").read_text())
@@ -141,5 +141,5 @@ def test_a_cell_result_pointing_at_forged_outputs_is_refused(store: Path) -> Non
 
     elsewhere = cell["metrics"].model_copy(update={"key": "0" * 24})
     result.write_text(json.dumps({"metrics": elsewhere.model_dump(mode="json")}))
-    with pytest.raises(ValueError, match="no verified manifest"):
+    with pytest.raises(UnverifiedOutput, match="no verified manifest"):
         read_cell_result("cells/cell.json", artifacts)
