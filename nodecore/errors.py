@@ -3,11 +3,12 @@
 import os
 
 
-class InputShapeError(ValueError):
+class InputShapeError(ValueError, RuntimeError):
     """A model's input does not have the shape its layers take (e.g. a state ``[B, 3]`` for a field built for 2).
 
     The message names the input's shape and, where the first layer declares it, the ``in_features`` it takes;
-    torch's own error is chained as ``__cause__``.
+    torch's own error is chained as ``__cause__``. Both a ``ValueError`` and a ``RuntimeError``: code written for
+    torchdyn, where torch's ``RuntimeError`` comes through, catches it as before.
     """
 
 

@@ -62,6 +62,7 @@ def test_state_of_the_wrong_width_names_its_shape_and_the_width_the_field_takes(
         model(torch.randn(4, 3), T_SPAN)
     message = str(info.value)
     assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, RuntimeError)  # torchdyn code catching torch's own error still catches it
     assert "the state x of shape (4, 3)" in message
     assert "first layer '0' (Linear) takes 2 input features" in message and "has 3" in message
     assert isinstance(info.value.__cause__, RuntimeError)  # torch's own error is kept
