@@ -12,26 +12,12 @@ import torch
 from torch import nn
 
 from nodecore import NeuralODE
-from nodecore.fields import DepthCat
 from nodecore.neuralode import _first_parameter
 from nodecore.solvers import SOLVER_NAMES
+from tests.nodecore.numerics._fields import ReadsDepth, TimeField
 
 
-class _TimeField(nn.Module):
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.cos(t).expand_as(x)
-
-
-class _ReadsDepth(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = DepthCat(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cos(self.depth(x)[:, -1:]).expand_as(x)
-
-
-@pytest.mark.parametrize("field", [_TimeField, _ReadsDepth], ids=["takes-t", "depthcat"])
+@pytest.mark.parametrize("field", [TimeField, ReadsDepth], ids=["takes-t", "depthcat"])
 @pytest.mark.parametrize("solver", ["dopri5", "tsit5", "rk4"])
 def test_time_dependent_fields_see_the_stage_times_with_grad(field: type, solver: str) -> None:
     model = NeuralODE(field(), solver=solver, atol=1e-9, rtol=1e-9, return_t_eval=False).double()

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from nodecore import NeuralODE
-from nodecore.fields import DepthCat, VectorField
+from nodecore.fields import VectorField
+from tests.nodecore.numerics._fields import ReadsDepth, TimeField
 
 
 class _Linear(nn.Module):
@@ -17,30 +18,13 @@ class _Linear(nn.Module):
         return -x
 
 
-class _TimeField(nn.Module):
-    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.cos(t).expand_as(x)
-
-
-class _ReadsDepth(nn.Module):
-    """dx/dt = cos(t) through DepthCat: the time reaches the field only as a concatenated column."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.depth = DepthCat(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.depth(x)[:, -1:]
-        return torch.cos(t).expand_as(x)
-
-
 def test_which_fields_ignore_time() -> None:
     assert VectorField(_Linear()).ignores_time
-    assert not VectorField(_TimeField()).ignores_time
-    assert not VectorField(_ReadsDepth()).ignores_time
+    assert not VectorField(TimeField()).ignores_time
+    assert not VectorField(ReadsDepth()).ignores_time
 
 
-@pytest.mark.parametrize("field", [_TimeField, _ReadsDepth], ids=["takes-t", "depthcat"])
+@pytest.mark.parametrize("field", [TimeField, ReadsDepth], ids=["takes-t", "depthcat"])
 @pytest.mark.parametrize("solver", ["dopri5", "rk4", "tsit5"])
 def test_time_dependent_fields_see_the_stage_times_without_grad(field: type, solver: str) -> None:
     model = NeuralODE(field(), solver=solver, atol=1e-9, rtol=1e-9, return_t_eval=False)
@@ -71,7 +55,7 @@ def test_a_shared_solver_computes_stage_times_again_for_a_time_dependent_field()
     x0 = torch.zeros(3, 2, dtype=torch.float64)
     t_span = torch.linspace(0.0, 2.0, 41, dtype=torch.float64)
     free = NeuralODE(_Linear(), solver=solver, return_t_eval=False)
-    timed = NeuralODE(_TimeField(), solver=solver, return_t_eval=False)
+    timed = NeuralODE(TimeField(), solver=solver, return_t_eval=False)
     with torch.no_grad():
         free(x0, t_span)
         (workspace,) = solver._workspaces.values()
