@@ -3,8 +3,9 @@
 Every function builds a standalone :class:`matplotlib.figure.Figure` attached to an Agg
 canvas; pyplot's global state (current figure, figure manager, backend) is never touched,
 so importing this module is safe in interactive sessions and figures are freed by the
-garbage collector like any other object. Array inputs may be torch tensors (any device,
-with or without grad) or numpy arrays.
+garbage collector like any other object. The plot functions also take ``figure=``, an empty
+figure to draw on instead (e.g. one made by ``plt.figure()``, which pyplot then shows and saves).
+Array inputs may be torch tensors (any device, with or without grad) or numpy arrays.
 """
 
 from __future__ import annotations
@@ -57,10 +58,21 @@ def _to_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _new_figure(figsize: tuple[float, float], title: str | None) -> Figure:
-    """A constrained-layout figure on an Agg canvas; ``title`` (e.g. the pipeline's cell) is its one suptitle."""
-    fig = Figure(figsize=figsize, layout="constrained")
-    FigureCanvasAgg(fig)
+def _new_figure(figsize: tuple[float, float], title: str | None, figure: Figure | None = None) -> Figure:
+    """A constrained-layout figure on an Agg canvas; ``title`` (e.g. the pipeline's cell) is its one suptitle.
+
+    With ``figure`` (which must have no axes yet) that figure is drawn on instead, its size, layout and canvas
+    (a pyplot figure's is its backend's) left as they are.
+    """
+    if figure is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        FigureCanvasAgg(fig)
+    elif not isinstance(figure, Figure):
+        raise TypeError(f"figure must be a matplotlib Figure (e.g. plt.figure()), got {type(figure).__name__}")
+    elif figure.axes:
+        raise ValueError(f"figure must be empty: it already has {len(figure.axes)} axes")
+    else:
+        fig = figure
     if title:
         fig.suptitle(title)
     return fig
@@ -200,7 +212,7 @@ def _trajectory_lines(traj: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def plot_trajectories_depth(
     trajectory: Any, t_eval: Any, labels: Any, *, max_points: int = 500,
     colors: Sequence[str] = CLASS_COLORS, alpha: float = 0.1, class_names: Sequence[str] | None = None,
-    augmented_dims: Iterable[int] = (), title: str | None = None,
+    augmented_dims: Iterable[int] = (), title: str | None = None, figure: Figure | None = None,
 ) -> Figure:
     """Plot each state dimension against depth ``t``; one subplot per dimension.
 
@@ -211,9 +223,10 @@ def plot_trajectories_depth(
         max_points: at most this many samples are drawn.
         augmented_dims: state dimensions an augmenter added (they start at 0); their subplots say so.
         title: the figure's one suptitle (the pipeline passes the cell, ``solver@device``).
+        figure: an empty figure to draw on (e.g. ``plt.figure()``) instead of a new headless one.
 
     Returns:
-        A figure with ``D`` axes.
+        A figure with ``D`` axes (``figure`` when given).
     """
     traj = _as_trajectory(trajectory)
     T, B, D = traj.shape
@@ -225,7 +238,7 @@ def plot_trajectories_depth(
     idx = _subsample(B, max_points)
     palette = _Palette(colors, class_names)
     handles = palette.handles(palette.check(y[idx]))
-    fig = _new_figure((8.0, 2.3 * D + 0.4), title)
+    fig = _new_figure((8.0, 2.3 * D + 0.4), title, figure)
     for d, ax in enumerate(fig.subplots(D, 1, squeeze=False)[:, 0]):
         segs = np.stack([np.broadcast_to(t, (len(idx), T)), traj[:, idx, d].T], axis=-1)
         ax.add_collection(LineCollection(segs, colors=palette.of(y[idx]), alpha=alpha))
@@ -239,7 +252,7 @@ def plot_trajectories_depth(
 def plot_state_space(
     trajectory: Any, labels: Any, *, max_points: int = 500,
     colors: Sequence[str] = CLASS_COLORS, alpha: float = 0.2, class_names: Sequence[str] | None = None,
-    augmented_dims: Iterable[int] = (), title: str | None = None,
+    augmented_dims: Iterable[int] = (), title: str | None = None, figure: Figure | None = None,
 ) -> Figure:
     """Plot trajectories ``[T, B, D>=2]`` in the (dim0, dim1) plane, coloured by ``labels [B]``.
 
@@ -247,7 +260,8 @@ def plot_state_space(
     (:data:`END_MARKER`) in the class colour; the legend names the classes (``class_names[label]``,
     ``"class <label>"`` when None) and explains the marker shapes. ``augmented_dims`` (state dimensions an
     augmenter added, which start at 0) are marked on the axes and in a note under the title; ``title`` is the
-    figure's one suptitle. Returns one axis.
+    figure's one suptitle. ``figure`` is an empty figure to draw on (e.g. ``plt.figure()``) instead of a new
+    headless one. Returns the figure, with one axis.
     """
     traj = _as_trajectory(trajectory, min_dims=2)
     y = _as_labels(labels, traj.shape[1])
@@ -255,7 +269,7 @@ def plot_state_space(
     idx = _subsample(traj.shape[1], max_points)
     palette = _Palette(colors, class_names)
     classes = palette.check(y[idx])
-    fig = _new_figure((7.5, 6.0), title)
+    fig = _new_figure((7.5, 6.0), title, figure)
     ax = fig.add_subplot(1, 1, 1)
     ax.add_collection(LineCollection(_trajectory_lines(traj, idx), colors=palette.of(y[idx]), alpha=alpha))
     for c in classes:
@@ -291,6 +305,7 @@ def plot_vector_field(
     n_points: int = 50, t: float | torch.Tensor = 0.0, trajectory: Any = None,
     cmap: str | Colormap = _FIELD_CMAP, labels: Any = None, max_points: int = 500,
     colors: Sequence[str] = CLASS_COLORS, class_names: Sequence[str] | None = None, title: str | None = None,
+    figure: Figure | None = None,
 ) -> Figure:
     """Streamplot of ``field(t, z)`` on an ``n_points x n_points`` grid over ``xlim x ylim``.
 
@@ -299,8 +314,9 @@ def plot_vector_field(
     return ``[n_points**2, 2]``. Streamlines are coloured by the speed ``|field|`` (``cmap``, greys by
     default, so that class colours stand out) with a colorbar. An optional ``trajectory [T, B, D>=2]`` of
     test points is overlaid (at most ``max_points``): in class colours with a legend naming the classes when
-    ``labels [B]`` are given, in one neutral colour otherwise. ``title`` is the figure's one suptitle.
-    Returns 2 axes (the plot and its colorbar).
+    ``labels [B]`` are given, in one neutral colour otherwise. ``title`` is the figure's one suptitle;
+    ``figure`` is an empty figure to draw on (e.g. ``plt.figure()``) instead of a new headless one.
+    Returns the figure, with 2 axes (the plot and its colorbar).
     """
     device, dtype = _module_device_dtype(field)
     xs, ys, z = _grid(xlim, ylim, n_points, device, dtype)
@@ -312,7 +328,7 @@ def plot_vector_field(
             f"field must return shape [{n_points * n_points}, 2] for 2-D states; got {tuple(out.shape)}"
         )
     u, v = (out[:, k].reshape(n_points, n_points) for k in (0, 1))
-    fig = _new_figure((8.5, 6.0), title)
+    fig = _new_figure((8.5, 6.0), title, figure)
     ax = fig.add_subplot(1, 1, 1)
     strm = ax.streamplot(_to_numpy(xs).astype(np.float64), _to_numpy(ys).astype(np.float64),
                          u, v, color=np.hypot(u, v), cmap=cmap, density=1.2, linewidth=0.8)
@@ -341,6 +357,7 @@ def plot_decision_boundary(
     predict_logits: Callable[[torch.Tensor], torch.Tensor], X: Any, y: Any, *,
     n_points: int = 200, margin: float = 0.5, cmap: str | Colormap | None = None,
     colors: Sequence[str] = CLASS_COLORS, class_names: Sequence[str] | None = None, title: str | None = None,
+    figure: Figure | None = None,
 ) -> Figure:
     """Decision regions of ``predict_logits(grid [N, 2]) -> [N, C]`` around data ``X [N, 2]``.
 
@@ -349,7 +366,8 @@ def plot_decision_boundary(
     otherwise the argmax class, each region in its class's colour. ``cmap`` replaces the fill's colours.
     Data is scattered in the class colours (``colors[label % len(colors)]``) with a legend naming the classes
     (``class_names[label]``, ``"class <label>"`` when None). The grid spans the data's range plus ``margin``
-    on each side; ``title`` is the figure's one suptitle. Returns 2 axes (the plot and its colorbar).
+    on each side; ``title`` is the figure's one suptitle; ``figure`` is an empty figure to draw on (e.g.
+    ``plt.figure()``) instead of a new headless one. Returns the figure, with 2 axes (the plot and its colorbar).
     """
     Xn = _to_numpy(X).astype(np.float64)
     if Xn.ndim != 2 or Xn.shape[1] != 2 or Xn.shape[0] < 1:
@@ -377,7 +395,7 @@ def plot_decision_boundary(
         zz, levels, boundaries = logits.argmax(dim=1).numpy(), np.arange(n_cls + 1) - 0.5, np.arange(n_cls - 1) + 0.5
         fill = cmap or ListedColormap([palette.color(c) for c in range(n_cls)], name="class_regions")
         boundary_label, ticks = "decision boundaries", np.arange(n_cls)
-    fig = _new_figure((8.5, 6.0), title)
+    fig = _new_figure((8.5, 6.0), title, figure)
     ax = fig.add_subplot(1, 1, 1)
     grid_x, grid_y = _to_numpy(xs).astype(np.float64), _to_numpy(ys).astype(np.float64)
     zz = zz.reshape(n_points, n_points)

@@ -1,9 +1,10 @@
 """torchdyn's ``torchdyn.utils`` plotting helpers by their names, drawn with nodecore's plots.
 
-Each returns a matplotlib ``Figure`` built without pyplot (headless: save it with
-:func:`nodecore.plotting.save_figure` or ``fig.savefig``); torchdyn's draw on pyplot's current figure.
-``plot_traj_vf_1D`` returns torchdyn's ``(S, X, U, V)`` with the figure as ``.figure``. They live in
-:mod:`nodecore.utils.plots`.
+As torchdyn's, each draws on a new pyplot figure, left current (``plot_traj_vf_1D``: on pyplot's current axes),
+and returns None (``plot_traj_vf_1D``: torchdyn's ``(S, X, U, V)``, with the figure as ``.figure``), so
+``plt.gcf()``, ``plt.savefig``, ``plt.show()`` and Jupyter's inline display see it. pyplot is imported on the
+first call; headless (no display) matplotlib draws with Agg. For figures outside pyplot, use
+:mod:`nodecore.plotting`. They live in :mod:`nodecore.utils.plots`.
 """
 
 from __future__ import annotations

@@ -411,3 +411,45 @@ def test_augmented_dimensions_are_noted_as_starting_at_zero(three_classes):
         assert not any("augmented" in text or "starts at 0" in text for text in _notes(fig))
     with pytest.raises(ValueError, match="augmented_dims"):
         plot_state_space(augmented, y, augmented_dims=(4,))
+
+
+# ------------------------------------------------------------------------------- figure=
+@each_plot
+def test_a_given_empty_figure_is_drawn_on_and_returned_as_a_new_one_would_be(three_classes, plot):
+    headless = PLOTS[plot](*three_classes, title="cell")
+    given = Figure(figsize=(3.0, 2.0))
+    assert PLOTS[plot](*three_classes, title="cell", figure=given) is given
+    assert [ax.get_title() for ax in given.axes] == [ax.get_title() for ax in headless.axes]
+    assert [len(ax.collections) for ax in given.axes] == [len(ax.collections) for ax in headless.axes]
+    assert given.get_suptitle() == "cell" and tuple(given.get_size_inches()) == (3.0, 2.0)  # size kept
+
+
+def test_a_figure_that_already_has_axes_or_is_not_a_figure_is_refused(three_classes):
+    traj, _, y, _ = three_classes
+    used = Figure()
+    used.add_subplot(1, 1, 1)
+    with pytest.raises(ValueError, match="figure must be empty: it already has 1 axes"):
+        plot_state_space(traj, y, figure=used)
+    with pytest.raises(TypeError, match="figure must be a matplotlib Figure .*got Axes"):
+        plot_state_space(traj, y, figure=used.axes[0])
+    assert len(used.axes) == 1
+
+
+def test_plots_stay_out_of_pyplot_unless_given_a_pyplot_figure(three_classes, tmp_path):
+    import matplotlib.pyplot as plt
+
+    traj, _, y, _ = three_classes
+    previous = plt.get_backend()
+    plt.switch_backend("agg")
+    try:
+        plt.close("all")
+        plot_state_space(traj, y)
+        assert plt.get_fignums() == []  # the default figure is headless, pyplot never sees it
+        fig = plot_state_space(traj, y, figure=plt.figure())
+        assert plt.gcf() is fig and plt.get_fignums() == [fig.number]
+        plt.savefig(tmp_path / "state.png")
+        image = mpimg.imread(tmp_path / "state.png")
+        assert (np.abs(image - image[0, 0]).sum(axis=-1) > 1e-3).mean() > 0.02  # the drawing, not a blank page
+    finally:
+        plt.close("all")
+        plt.switch_backend(previous)

@@ -1,7 +1,14 @@
-"""torchdyn's plotting helpers by their names (nodecore.utils): headless figures that draw their inputs."""
+"""torchdyn's plotting helpers by their names (nodecore.utils): what each draws on its pyplot figure.
+
+How they use pyplot (which figure, what they return, what stays open) is tested in ``test_utils_pyplot.py``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -22,6 +29,32 @@ from nodecore.utils import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _agg() -> Iterator[None]:
+    """Draw headless (Agg) in this module, whatever the session's backend; restore it afterwards."""
+    previous = plt.get_backend()
+    plt.switch_backend("agg")
+    yield
+    plt.close("all")
+    plt.switch_backend(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_open_figures() -> Iterator[None]:
+    plt.close("all")
+    yield
+    plt.close("all")
+
+
+def _drawn(helper: Callable[..., Any], *args: Any, **kwargs: Any) -> Figure:
+    """Call a helper that, like torchdyn's, draws on a new pyplot figure and returns None; return that figure."""
+    before = set(plt.get_fignums())
+    assert helper(*args, **kwargs) is None
+    (new,) = set(plt.get_fignums()) - before
+    assert plt.gcf().number == new
+    return plt.gcf()
+
+
 @pytest.fixture(scope="module")
 def solved() -> tuple[NeuralODE, torch.Tensor, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
@@ -39,23 +72,22 @@ def _lines(fig: Figure) -> int:
 
 def test_depth_trajectories_draw_two_dimensions_of_n_lines(solved) -> None:
     _, s_span, trajectory, y = solved
-    fig = plot_2D_depth_trajectory(s_span, trajectory, y, 20)
-    assert isinstance(fig, Figure) and len([ax for ax in fig.axes if ax.get_xlabel()]) == 2
+    fig = _drawn(plot_2D_depth_trajectory, s_span, trajectory, y, 20)
+    assert len([ax for ax in fig.axes if ax.get_xlabel()]) == 2
     assert _lines(fig) > 0
 
 
 def test_state_space_and_space_depth_draw_the_first_n_lines(solved) -> None:
     _, s_span, trajectory, y = solved
-    assert isinstance(plot_2D_state_space(trajectory, y, 16), Figure)
-    fig = plot_2D_space_depth(s_span, trajectory, y, 16)
+    assert _lines(_drawn(plot_2D_state_space, trajectory, y, 16)) > 0
+    fig = _drawn(plot_2D_space_depth, s_span, trajectory, y, 16)
     assert len(fig.axes[0].lines) == 16 and fig.axes[0].get_zlabel() == "h1"
 
 
 def test_static_vector_field_reads_the_field_of_a_neural_ode_or_a_sequential(solved) -> None:
     model, _, trajectory, _ = solved
     for target in (model, torch.nn.Sequential(torch.nn.Identity(), model)):
-        fig = plot_static_vector_field(target, trajectory, N=12)
-        assert isinstance(fig, Figure) and _lines(fig) > 0
+        assert _lines(_drawn(plot_static_vector_field, target, trajectory, N=12)) > 0
 
 
 def test_bad_values_are_named(solved) -> None:
@@ -64,14 +96,14 @@ def test_bad_values_are_named(solved) -> None:
         plot_2D_state_space(trajectory, y, 0)
     with pytest.raises(ValueError, match="ax is not supported"):
         plot_static_vector_field(solved[0], trajectory, ax=object())
+    assert plt.get_fignums() == []  # a call that fails leaves no figure behind
 
 
 def test_a_3d_dataset_is_drawn_one_colour_per_class_with_a_legend() -> None:
     from nodecore.utils import plot_3D_dataset
 
     X, y = ToyDataset().generate(200, "spheres", dim=3, seed=0)
-    fig = plot_3D_dataset(X, y)
-    (ax,) = fig.axes
+    (ax,) = _drawn(plot_3D_dataset, X, y).axes
     assert ax.name == "3d" and len(ax.collections) == 2
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["class 0", "class 1"]
     with pytest.raises(ValueError, match=r"points \[N, 3 or more\], got shape \(200, 2\)"):
@@ -113,7 +145,7 @@ def test_static_vector_field_streamlines_follow_the_models_field() -> None:
     with torch.no_grad():
         field.weight.copy_(torch.tensor([[-0.5, 1.0], [-1.0, -0.5]]))  # a stable spiral: dh = A h
     trajectory = torch.tensor([[[-2.0, -2.0]], [[2.0, 2.0]]])
-    mid, step = _streamline_steps(plot_static_vector_field(NeuralODE(field, "rk4"), trajectory, N=25).axes[0])
+    mid, step = _streamline_steps(_drawn(plot_static_vector_field, NeuralODE(field, "rk4"), trajectory, N=25).axes[0])
     A = field.weight.detach().numpy().astype(np.float64)
     far = np.linalg.norm(mid, axis=1) > 0.25  # near the fixed point at 0 one step turns a large angle
     assert far.sum() > 100
@@ -124,8 +156,8 @@ def test_static_vector_field_streamlines_follow_the_models_field() -> None:
 # ----------------------------------------------------------------------------------------- plot_2d_flows
 def test_2d_flows_draw_dimension_0_and_1_of_the_first_num_flows_against_the_step() -> None:
     trajectory = torch.randn(7, 5, 3)
-    fig = plot_2d_flows(trajectory, 3, figsize=(6, 3), alpha=0.5)
-    assert isinstance(fig, Figure) and tuple(fig.get_size_inches()) == (6.0, 3.0)
+    fig = _drawn(plot_2d_flows, trajectory, 3, figsize=(6, 3), alpha=0.5)
+    assert tuple(fig.get_size_inches()) == (6.0, 3.0)
     assert [ax.get_title() for ax in fig.axes] == ["Dimension 0", "Dimension 1"]
     for d, (ax, color) in enumerate(zip(fig.axes, ("red", "blue"))):
         assert len(ax.lines) == 3
@@ -133,7 +165,7 @@ def test_2d_flows_draw_dimension_0_and_1_of_the_first_num_flows_against_the_step
             np.testing.assert_array_equal(line.get_xdata(), np.arange(7))
             np.testing.assert_allclose(line.get_ydata(), trajectory[:, i, d].numpy())
             assert to_rgba(line.get_color()) == to_rgba(color) and line.get_alpha() == 0.5
-    assert [len(ax.lines) for ax in plot_2d_flows(trajectory).axes] == [2, 2]  # torchdyn's default num_flows=2
+    assert [len(ax.lines) for ax in _drawn(plot_2d_flows, trajectory).axes] == [2, 2]  # torchdyn's num_flows=2
 
 
 def test_2d_flows_name_bad_values() -> None:
@@ -145,6 +177,7 @@ def test_2d_flows_name_bad_values() -> None:
         plot_2d_flows(torch.randn(7, 5, 2), figsize=8)
     with pytest.raises(ValueError, match=r"alpha must be a finite number in \[0, 1\], got 2"):
         plot_2d_flows(torch.randn(7, 5, 2), alpha=2)
+    assert plt.get_fignums() == []
 
 
 # -------------------------------------------------------------------------------------- plot_2d_boundary
@@ -167,8 +200,7 @@ def test_2d_boundary_separates_the_classes_of_a_linear_classifier_in_data_coordi
     mesh = torch.stack(torch.meshgrid(g, g, indexing=indexing), dim=-1)
     X = torch.rand(300, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     y = torch.as_tensor(_margin(X.numpy()) > 0).long()
-    fig = plot_2d_boundary(_linear_classifier(), X, y, mesh)
-    (ax,) = fig.axes
+    (ax,) = _drawn(plot_2d_boundary, _linear_classifier(), X, y, mesh).axes
     (boundary,) = _filled(ax, False).get_paths()
     # The drawn boundary lies on x0 + 2 x1 = 0.3, to half a grid step times the margin's steepest slope (2).
     assert len(boundary.vertices) > 20
@@ -198,6 +230,7 @@ def test_2d_boundary_name_bad_values() -> None:
         plot_2d_boundary(_linear_classifier(), torch.zeros(4, 3), y, mesh)
     with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1, got 0"):
         plot_2d_boundary(_linear_classifier(), X, y, mesh, 0)
+    assert plt.get_fignums() == []
 
 
 # --------------------------------------------------------------------------------------- plot_traj_vf_1D
@@ -218,6 +251,7 @@ def test_traj_vf_1d_returns_torchdyns_grid_and_draws_the_field_at_its_points() -
     torch.testing.assert_close(X, xx[None, :].expand(20, 20))
     torch.testing.assert_close(U, torch.ones(20, 20))
     torch.testing.assert_close(V, S - X)
+    assert result.figure is plt.gcf()  # drawn on pyplot's current axes, as torchdyn's is
     (ax,) = result.figure.axes
     speed = _filled(ax, True)
     assert speed.cmap.name == "winter" and speed.get_alpha() == 0.7
@@ -249,6 +283,7 @@ def test_traj_vf_1d_reads_a_neural_odes_field_as_the_torchdyn_tutorial_calls_it(
         expected = torch.stack([net(torch.cat([X[i, :, None], S[i, :, None]], 1))[:, 0] for i in range(12)])
     torch.testing.assert_close(V, expected)
     assert len(result.figure.axes[0].lines) == 6 and result.figure.axes[0].get_xlabel() == "depth $s$"
+    plt.figure()  # a fresh current axes: the call draws on the current one, as torchdyn's does
     assert len(plot_traj_vf_1D(model, t_span, None, "cpu", [-1, 1], 8).figure.axes[0].lines) == 0
 
 
@@ -272,3 +307,4 @@ def test_traj_vf_1d_names_bad_values() -> None:
         plot_traj_vf_1D(controlled, s_span, None, "cpu", [-1, 1], 10)
     with pytest.raises(ValueError, match=r"traj_alpha must be a finite number in \[0, 1\], got -0.1"):
         plot_traj_vf_1D(field, s_span, None, "cpu", [-1, 1], 10, traj_alpha=-0.1)
+    assert plt.get_fignums() == []  # each check fails before anything is drawn
