@@ -1,7 +1,7 @@
 """torchdyn's ``torchdyn.models`` names: ``from nodecore.models import CNF, HNN, NeuralODE`` works as in torchdyn.
 
-The flows, energy fields and SDEs live in :mod:`nodecore.models.cnf`, :mod:`nodecore.models.energy` and
-:mod:`nodecore.models.sde`; the Neural ODE
+The flows, energy fields and SDEs live in :mod:`nodecore.models.cnf`, :mod:`nodecore.models.energy`,
+:mod:`nodecore.models.sde` and :mod:`nodecore.models.latent_sde` (torchdyn's ``LatentNeuralSDE``); the Neural ODE
 classes torchdyn re-exports here in :mod:`nodecore.neuralode` and :mod:`nodecore.problems`; nodecore's own models
 (DEQs, the ODE classifier, physics systems) in their modules. This package only gathers them. torchdyn's
 ``models.hybrid`` (``HybridNeuralDE``) is :mod:`nodecore.models.hybrid`, imported by that path as in torchdyn.
@@ -11,6 +11,7 @@ from nodecore.classifiers import ODEClassifier
 from nodecore.deq import DEQ, DEQCell, DEQClassifier
 from nodecore.models.cnf import CNF, REQUIRES_NOISE, autograd_trace, hutch_trace
 from nodecore.models.energy import GNF, HNN, LNN, ConservativeLinearSNF
+from nodecore.models.latent_sde import LatentNeuralSDE, LatentSDEFunc
 from nodecore.models.sde import NeuralSDE, SDEFunc, SDEProblem
 from nodecore.neuralode import NeuralODE
 from nodecore.problems import MultipleShootingLayer, ODEProblem
@@ -31,6 +32,8 @@ __all__ = [
     "DEQClassifier",
     "DampedPendulum",
     "HybridField",
+    "LatentNeuralSDE",
+    "LatentSDEFunc",
     "LotkaVolterra",
     "MultipleShootingLayer",
     "NeuralODE",

@@ -3,8 +3,8 @@ each observation and flows continuously between them (ODE-RNN, ODE-GRU, ODE-LSTM
 
 torchdyn's module cannot be imported (1.0.6 and master: it imports ``LSDEFunc``, which torchdyn removed in 2020),
 so its class is matched to the code as written, with three of its bugs fixed (see :class:`HybridNeuralDE`).
-torchdyn's other class there, ``LatentNeuralSDE``, is not provided: it subclasses a ``NeuralSDE`` the module never
-imports, with that class's pre-1.0 signature, and calls ``torchsde.sdeint`` with arguments torchsde does not take.
+torchdyn's other class there, ``LatentNeuralSDE``, cannot run in torchdyn either; nodecore's
+(:mod:`nodecore.models.latent_sde`) computes what it intends, and is importable from here as from torchdyn's module.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from nodecore._checks import choice
 from nodecore.errors import InputShapeError
+from nodecore.models.latent_sde import LatentNeuralSDE
 
-__all__ = ["HybridNeuralDE"]
+__all__ = ["HybridNeuralDE", "LatentNeuralSDE"]
 
 
 class HybridNeuralDE(nn.Module):

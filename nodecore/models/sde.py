@@ -3,13 +3,18 @@
 ``dx = f(t, x) ds + g(t, x) dW`` with a learned drift ``f`` and diffusion ``g``. torchsde does the stepping
 (``torchsde.sdeint``, or ``torchsde.sdeint_adjoint`` for ``sensitivity='adjoint'``); this module checks the
 options and shapes before any work starts and wraps the user's modules in torchsde's SDE interface.
+
+``NeuralSDE`` takes both torchdyn signatures: 1.0.6's (its positional order; ``s_span``, ``model(x)`` returning
+the final state) and master's keywords (``t_span``, ``bm``, ``return_t_eval``, ``interpolator``;
+``model(x, t_span)`` returning ``(t_eval, trajectory)``). The latent SDE is in :mod:`nodecore.models.latent_sde`.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torchsde
@@ -18,6 +23,7 @@ from torch import Tensor, nn
 from nodecore._checks import choice, integer, positive
 from nodecore._shapes import explained_shapes
 from nodecore.fields import Time, VectorField
+from nodecore.numerics.spans import save_at_indices
 from nodecore.numerics.solvers.sde import (  # noqa: F401  (the registry's names, importable from here as before)
     NOISE_TYPES,
     SDE_SOLVER_NAMES,
@@ -26,9 +32,11 @@ from nodecore.numerics.solvers.sde import (  # noqa: F401  (the registry's names
     NoiseType,
     SDESolver,
     SDEType,
+    TORCHDYN_SDE_SOLVERS,
     check_diffusion,
     check_sde_interface,
     check_sde_options,
+    resolve_sde_solver,
 )
 
 SDESensitivity = Literal["autograd", "adjoint"]
@@ -92,13 +100,18 @@ class SDEFunc(nn.Module):
         return self.diffusion.vf
 
     @property
+    def vector_fields(self) -> tuple[VectorField, ...]:
+        """The wrappers whose evaluations are counted (the drift's first)."""
+        return self.drift, self.diffusion
+
+    @property
     def nfe(self) -> int:
         return self.drift.nfe
 
     @nfe.setter
     def nfe(self, value: int) -> None:
-        self.drift.nfe = value
-        self.diffusion.nfe = value
+        for field in self.vector_fields:
+            field.nfe = value
 
     @property
     def nfe_diffusion(self) -> int:
@@ -135,10 +148,13 @@ class SDEProblem(nn.Module):
             solves the adjoint SDE backwards (``torchsde.sdeint_adjoint``, memory flat in the number of steps).
         s_span: ``[T]`` strictly increasing times; ``forward`` integrates from ``s_span[0]`` to ``s_span[-1]``.
             None means ``[0, 1]``.
-        solver: a name from :data:`SDE_SOLVER_NAMES` that solves this SDE type and noise type.
+        solver: a name from :data:`SDE_SOLVER_NAMES` that solves this SDE type and noise type, or one of torchdyn
+            master's names (``'eulerHeun'``, ``'milstein_ito'``, ``'milstein_stratonovich'``: torchsde's
+            ``euler_heun`` and derivative-free ``milstein``).
         atol, rtol: tolerances of adaptive stepping; unused unless ``adaptive`` (torchdyn never steps adaptively).
         ds: the step size (torchsde's ``dt``); the initial step when ``adaptive``.
         adaptive: adaptive time-stepping (off, as in torchdyn, where it is the attribute ``adaptive``).
+        options: torchsde's method options (e.g. ``{'grad_free': True}`` for ``'milstein'``), passed on as given.
 
     Raises:
         ValueError: unknown or incompatible sensitivity, solver, noise type or SDE type (the message lists the
@@ -159,12 +175,16 @@ class SDEProblem(nn.Module):
         *,
         ds: float = 1e-3,
         adaptive: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.order = _check_order(order)
         check_sde_interface(func, "func must be torchsde's SDE:", "(build one with NeuralSDE(drift, diffusion))")
         self.defunc = func
-        self.sensitivity, self.solver = sensitivity, solver
+        if options is not None and not isinstance(options, Mapping):
+            raise TypeError(f"options must be a dict of torchsde's method options or None, got "
+                            f"{type(options).__name__}")
+        self.sensitivity, self.solver, self.options = sensitivity, solver, None if options is None else dict(options)
         self._options()  # checks them, with the SDE's noise and SDE types
         self.atol = positive("atol", atol)
         self.rtol = positive("rtol", rtol)
@@ -177,13 +197,18 @@ class SDEProblem(nn.Module):
 
     def _options(self) -> SDESolver:
         """The solver's registry entry, after checking the options (they are attributes torchdyn code may set)."""
+        return self._method()[0]
+
+    def _method(self) -> tuple[SDESolver, dict[str, Any]]:
+        """The torchsde method's registry entry and its options, after checking them with the SDE's types."""
         sensitivity = choice("sensitivity", self.sensitivity, SDE_SENSITIVITIES, plural="sensitivities")
         if sensitivity == "adjoint" and not isinstance(self.defunc, nn.Module):
             raise TypeError(
                 "sensitivity='adjoint' returns gradients for an nn.Module's parameters, got "
                 f"{type(self.defunc).__name__}; make the SDE an nn.Module or use sensitivity='autograd'"
             )
-        return check_sde_options(self.solver, self.defunc.noise_type, self.defunc.sde_type)
+        entry, options = _resolve_solver(self.solver, self.defunc.noise_type, self.defunc.sde_type)
+        return entry, {**options, **(self.options or {})}
 
     def extra_repr(self) -> str:
         return (f"solver={self.solver!r}, sensitivity={self.sensitivity!r}, ds={self.ds}, "
@@ -205,30 +230,31 @@ class SDEProblem(nn.Module):
             TypeError, ValueError: bad ``x``, ``s_span`` or ``bm``, or a drift/diffusion that returns the wrong
             shape for the noise type (:class:`~nodecore.errors.InputShapeError` when it cannot take ``x``).
         """
-        return self._solve(x, self.s_span, bm)[-1]
+        return self._solve(x, self.s_span, bm)[1][-1]
 
     def trajectory(self, x: Tensor, s_span: SSpan, *, bm: torchsde.BaseBrownian | None = None) -> Tensor:
         """The states ``[T, B, D]`` at the ``T`` times of ``s_span`` (``trajectory[0]`` is ``x``); see ``forward``."""
-        return self._solve(x, s_span, bm)
+        return self._solve(x, s_span, bm)[1]
 
-    def _solve(self, x: Tensor, s_span: SSpan, bm: torchsde.BaseBrownian | None) -> Tensor:
-        entry = self._options()
-        span = self._check_inputs(x, s_span)
+    def _solve(self, x: Tensor, s_span: SSpan | None, bm: torchsde.BaseBrownian | None) -> tuple[Tensor, Tensor]:
+        """``(span [T], states [T, B, D])``: the times on ``x``'s device and dtype, and the solve's states there."""
+        entry, method_options = self._method()
+        span = self._check_inputs(x, torch.linspace(0, 1, 2) if s_span is None else s_span)
         for layer in getattr(self.defunc, "control_layers", ()):  # DataControl: the control is each solve's x0
             layer.u = x
         channels = self._check_func(x, span[0])
         if bm is None:
             bm = self._brownian(x, span, channels, entry)
         else:
-            self._check_bm(bm, x, channels, entry)
-        options = {"bm": bm, "method": self.solver, "dt": self.ds, "adaptive": self.adaptive, "rtol": self.rtol,
-                   "atol": self.atol}
+            self._check_bm(bm, x, channels, entry, span)
+        options = {"bm": bm, "method": entry.name, "dt": self.ds, "adaptive": self.adaptive, "rtol": self.rtol,
+                   "atol": self.atol, "options": method_options or None}
         if self.sensitivity == "autograd":
-            return torchsde.sdeint(self.defunc, x, span, **options)
+            return span, torchsde.sdeint(self.defunc, x, span, **options)
         params = tuple(self.defunc.parameters())
         if getattr(self.defunc, "control_layers", ()) and x.requires_grad:
             params = (*params, x)  # a data-controlled SDE depends on x0 through its control too
-        return torchsde.sdeint_adjoint(self.defunc, x, span, adjoint_params=params, **options)
+        return span, torchsde.sdeint_adjoint(self.defunc, x, span, adjoint_params=params, **options)
 
     def _check_inputs(self, x: Tensor, s_span: SSpan) -> Tensor:
         """``s_span`` as a tensor on ``x``'s device and dtype, after checking ``x`` and it."""
@@ -258,14 +284,13 @@ class SDEProblem(nn.Module):
                self.sensitivity)
         if self._checked_for == key:
             return self._noise_channels
-        func = self.defunc
-        counted = isinstance(func, SDEFunc)
-        nfe = (func.drift.nfe, func.diffusion.nfe) if counted else None
+        fields = tuple(getattr(self.defunc, "vector_fields", ()))
+        nfe = [field.nfe for field in fields]
         try:
             channels = self._check_shapes(x, t0)
         finally:
-            if counted:  # the checks' evaluations are not part of the solve
-                func.drift.nfe, func.diffusion.nfe = nfe
+            for field, count in zip(fields, nfe):  # the checks' evaluations are not part of the solve
+                field.nfe = count
         self._checked_for, self._noise_channels = key, channels
         return channels
 
@@ -290,7 +315,8 @@ class SDEProblem(nn.Module):
         With diagonal noise, torchsde's Milstein and SRK steps and its Itô adjoint compute the correction
         ``g_i dg_i/dx_i`` as ``((dg/dx)^T g)_i``; the two agree only when ``dg/dx`` is diagonal.
         """
-        return self.solver in _DERIVATIVE_SOLVERS or (self.sensitivity == "adjoint" and self.defunc.sde_type == "ito")
+        uses = self._options().name in _DERIVATIVE_SOLVERS  # torchdyn's milstein_* names are 'milstein' too
+        return uses or (self.sensitivity == "adjoint" and self.defunc.sde_type == "ito")
 
     def _refuse_mixing_diffusion(self) -> None:
         """Raise where a diagonal diffusion that mixes dimensions gives wrong results; warn where it costs accuracy.
@@ -334,7 +360,7 @@ class SDEProblem(nn.Module):
             dt=None if self.adaptive else self.ds, levy_area_approximation=entry.levy_areas[0],
         )
 
-    def _check_bm(self, bm: object, x: Tensor, channels: int, entry: SDESolver) -> None:
+    def _check_bm(self, bm: object, x: Tensor, channels: int, entry: SDESolver, span: Tensor) -> None:
         if not isinstance(bm, torchsde.BaseBrownian):
             raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval), got "
                             f"{type(bm).__name__}")
@@ -349,13 +375,42 @@ class SDEProblem(nn.Module):
                 f"solver {self.solver!r} needs a Brownian motion with levy_area_approximation in "
                 f"{', '.join(entry.levy_areas)}, got {levy!r}"
             )
+        start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)  # a BrownianInterval's [t0, t1]
+        if start is not None and end is not None:
+            first, last = float(span[0]), float(span[-1])
+            slack = 1e-6 * max(1.0, abs(float(start)), abs(float(end)))
+            if first < float(start) - slack or last > float(end) + slack:
+                raise ValueError(
+                    f"bm covers [{float(start):g}, {float(end):g}] but the solve runs over [{first:g}, {last:g}] "
+                    "(torchsde would only warn and extrapolate); build bm with t0=t_span[0], t1=t_span[-1]"
+                )
 
 
 class NeuralSDE(SDEProblem):
-    """A Neural SDE ``dx = f(t, x) ds + g(t, x) dW``, in torchdyn's signature, order and defaults.
+    """A Neural SDE ``dx = f(t, x) ds + g(t, x) dW`` that takes torchdyn 1.0.6's signature and master's keywords.
 
-    ``model(x)`` returns the state at ``model.s_span[-1]`` ``[B, D]``; ``model.trajectory(x, s_span)`` the
-    states ``[T, B, D]`` at every time of ``s_span``.
+    One model, two call styles:
+
+    * torchdyn 1.0.6: ``NeuralSDE(f, g, noise_type, sde_type, order, sensitivity, s_span, solver, ...)``;
+      ``model(x)`` returns the state at ``model.s_span[-1]`` ``[B, D]``, ``model.trajectory(x, s_span)`` the
+      states ``[T, B, D]`` at the ``T`` times of ``s_span``.
+    * torchdyn master: ``NeuralSDE(f, g, solver='euler', t_span=t_span, bm=bm, ...)``; ``model(x)`` or
+      ``model(x, t_span)`` returns ``(t_eval [T], trajectory [T, B, D])`` (``trajectory[0]`` is ``x``), or the
+      trajectory alone with ``return_t_eval=False``, so the model chains inside ``nn.Sequential``.
+
+    ``return_t_eval`` decides the output: True or False is master's; None, the default unless ``t_span`` or ``bm``
+    is given, is 1.0.6's final state, except that a ``forward`` given a ``t_span`` or ``save_at`` (which only
+    master's takes) returns master's ``(t_eval, trajectory)``. ``t_span`` and ``s_span`` are one attribute under
+    two names.
+
+    The positional order is 1.0.6's: master reorders every argument after the diffusion (``order, solver,
+    noise_type, sde_type, t_span, atol, rtol, sensitivity, ds, ...``), so one signature cannot follow both, and
+    master's options go by keyword, as its tutorials pass them. Master's ``order`` integer where 1.0.6 puts
+    ``noise_type`` is refused with that advice.
+
+    Where master steps once per interval of ``t_span`` and ignores ``ds``, the solve here steps at ``ds``
+    (torchsde's ``dt``, as in 1.0.6 and as master documents ``ds``) and reports the states at the points of
+    ``t_span``; :func:`nodecore.numerics.sdeint` steps as master does. Both converge to the same solution.
 
     Args:
         drift_func: the drift, an ``nn.Module`` (or callable) taking ``x`` or ``(t, x)``: ``[B, D] -> [B, D]``.
@@ -364,19 +419,31 @@ class NeuralSDE(SDEProblem):
             ``'general'`` (``[B, D, m]``), ``'scalar'`` (``[B, D, 1]``) or ``'additive'`` (``[B, D, m]``,
             not depending on ``x``; torchsde trusts this and does not check it).
         sde_type: ``'ito'`` or ``'stratonovich'``.
-        order, sensitivity, s_span, solver, atol, rtol, ds: as in :class:`SDEProblem` (default solver
-            ``'srk'``, which solves Itô SDEs with diagonal, scalar or additive noise only).
+        order, sensitivity, s_span, solver, atol, rtol, ds: as in :class:`SDEProblem`. The default solver is
+            1.0.6's ``'srk'`` (Itô SDEs with diagonal, scalar or additive noise only); master's is ``'euler'``,
+            so pass ``solver='euler'`` for master's results. Master's names ``'eulerHeun'``, ``'milstein_ito'``
+            and ``'milstein_stratonovich'`` are accepted too. ``sensitivity='adjoint'`` works in both styles
+            (master raises ``NotImplementedError`` for it).
         intloss: torchdyn's integral loss, which torchdyn stores but never applies; only None is accepted.
+        t_span: master's name for ``s_span`` (keyword-only; give one of the two).
+        bm: master's: a torchsde Brownian motion ``[B, m]`` covering ``t_span`` that drives every call, so each
+            call repeats its path, as in master (keyword-only). ``forward(x, bm=...)`` overrides it for one
+            call; None draws a fresh path per call from torch's global generator.
+        return_t_eval: master's: True returns ``(t_eval, trajectory)``, False the trajectory; None as above.
+        interpolator: master's, which its SDE solve ignores; only None is accepted.
         adaptive: adaptive time-stepping (keyword-only; torchdyn's attribute ``adaptive``, off).
+        options: torchsde's method options (keyword-only), as in :class:`SDEProblem`.
 
     Attributes:
         defunc: the :class:`SDEFunc` torchsde integrates (``defunc.f_func``/``g_func`` are the user's modules).
 
     Raises:
-        ValueError: unknown or incompatible options, as in :class:`SDEProblem`.
+        ValueError: unknown or incompatible options, as in :class:`SDEProblem`; both ``t_span`` and ``s_span``;
+            an ``interpolator``.
         NotImplementedError: ``order`` > 1 or an ``intloss``.
         TypeError: ``sensitivity='adjoint'`` with a drift or diffusion that is a plain function rather than an
-            ``nn.Module`` (tensors it captures would silently get no gradient).
+            ``nn.Module`` (tensors it captures would silently get no gradient); master's positional order;
+            a ``bm`` that is not a torchsde Brownian motion.
     """
 
     def __init__(
@@ -394,24 +461,167 @@ class NeuralSDE(SDEProblem):
         ds: float = 1e-3,
         intloss: Callable[[Tensor, Tensor], Tensor] | None = None,
         *,
+        t_span: SSpan | None = None,
+        bm: torchsde.BaseBrownian | None = None,
+        return_t_eval: bool | None = None,
+        interpolator: str | Callable | None = None,
         adaptive: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> None:
+        _check_master_options(noise_type, s_span, t_span, bm, interpolator)
+        if return_t_eval is not None:
+            return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
         if intloss is not None:
             raise NotImplementedError(
                 "integral losses (intloss) are not implemented for Neural SDEs (torchdyn accepts one and ignores "
                 "it); add the running cost to the loss from model.trajectory(x, s_span) instead"
             )
-        if sensitivity == "adjoint":
-            for name, fn in (("drift_func", drift_func), ("diffusion_func", diffusion_func)):
-                if not isinstance(fn, nn.Module):
-                    raise TypeError(
-                        f"sensitivity='adjoint' returns gradients for the SDE's module parameters only, so "
-                        f"{name} must be an nn.Module (got {type(fn).__name__}); tensors a plain function captures "
-                        "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
-                    )
+        _check_adjoint_modules(sensitivity, {"drift_func": drift_func, "diffusion_func": diffusion_func})
         func = SDEFunc(drift_func, diffusion_func, order, noise_type=noise_type, sde_type=sde_type)
-        super().__init__(func, order, sensitivity, s_span, solver, atol, rtol, ds=ds, adaptive=adaptive)
+        super().__init__(func, order, sensitivity, s_span if t_span is None else t_span, solver, atol, rtol, ds=ds,
+                         adaptive=adaptive, options=options)
         self.intloss = intloss
+        self.interpolator = interpolator
+        self.bm = bm
+        if return_t_eval is None and (t_span is not None or bm is not None):
+            return_t_eval = True  # built the master way: master's output
+        self.return_t_eval = return_t_eval
+
+    @property
+    def t_span(self) -> Tensor | None:
+        """torchdyn master's name for ``s_span``: the times ``forward(x)`` solves over (None means ``[0, 1]``)."""
+        return self.s_span
+
+    @t_span.setter
+    def t_span(self, value: SSpan | None) -> None:
+        self.s_span = value
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        t_span: SSpan | None = None,
+        save_at: SSpan = (),
+        args: Mapping[str, object] | None = None,
+        *,
+        bm: torchsde.BaseBrownian | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Solve from ``x`` at the first time of ``t_span`` (torchdyn master's ``forward``, and 1.0.6's ``model(x)``).
+
+        Args:
+            x: initial state ``[B, D]``, floating point.
+            t_span: ``[T]`` strictly increasing times; None uses ``self.t_span`` (``[0, 1]`` when that is None).
+            save_at: points of ``t_span`` to return (all when empty, master's default ``()``).
+            args: master's, which its SDE solvers ignore; only None or an empty dict is accepted.
+            bm: the Brownian motion ``[B, m]`` for this call; None uses ``self.bm``, or draws a new path, seeded
+                from torch's global generator (``torch.manual_seed`` repeats it), when that is None too.
+
+        Returns:
+            With ``return_t_eval`` True: ``(t_eval [S], trajectory [S, B, D])``, the ``S`` points of ``save_at``
+            (all of ``t_span`` when empty); False: ``trajectory`` alone; None: ``x(t_span[-1])`` ``[B, D]``
+            (1.0.6's), or ``(t_eval, trajectory)`` when ``t_span`` or ``save_at`` is given.
+
+        Raises:
+            TypeError, ValueError: bad ``x``, ``t_span``, ``save_at`` (a point not in ``t_span``) or ``bm``, or a
+            drift/diffusion that returns the wrong shape for the noise type.
+            NotImplementedError: a non-empty ``args``.
+        """
+        if args:
+            raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the drift and diffusion "
+                                      "instead (torchdyn master's SDE solvers ignore them)")
+        span = self.s_span if t_span is None else t_span
+        saving = _given(save_at)
+        if saving:  # fail before the solve
+            save_at_indices(save_at, _as_span(torch.linspace(0, 1, 2) if span is None else span, None))
+        span, trajectory = self._solve(x, span, self.bm if bm is None else bm)
+        if self.return_t_eval is None and t_span is None and not saving:
+            return trajectory[-1]
+        keep = save_at_indices(save_at, span) if saving else None
+        t_eval = span
+        if keep is not None:
+            t_eval, trajectory = span[keep], trajectory[keep]
+        return trajectory if self.return_t_eval is False else (t_eval, trajectory)
+
+    def trajectory(  # type: ignore[override]
+        self,
+        x: Tensor,
+        s_span: SSpan | None = None,
+        *,
+        t_span: SSpan | None = None,
+        bm: torchsde.BaseBrownian | None = None,
+    ) -> Tensor:
+        """The states ``[T, B, D]`` at the ``T`` times of ``s_span`` (or ``t_span``, master's name; None uses
+        ``self.s_span``); ``trajectory[0]`` is ``x``. ``bm`` as in ``forward``."""
+        if s_span is not None and t_span is not None:
+            raise ValueError("give the times as t_span (torchdyn master) or s_span (torchdyn 1.0.6), not both")
+        span = s_span if s_span is not None else t_span if t_span is not None else self.s_span
+        return self._solve(x, span, self.bm if bm is None else bm)[1]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, return_t_eval={self.return_t_eval}"
+
+
+def _check_master_options(noise_type: object, s_span: object, t_span: object, bm: object,
+                          interpolator: object) -> None:
+    """Refuse torchdyn master's positional order, two spans, a non-Brownian ``bm`` and an ``interpolator``."""
+    if isinstance(noise_type, numbers.Integral) and not isinstance(noise_type, bool):
+        raise TypeError(
+            f"noise_type={noise_type!r} is not a noise type (valid noise_types: {', '.join(NOISE_TYPES)}). "
+            "NeuralSDE takes torchdyn 1.0.6's positional order (drift_func, diffusion_func, noise_type, sde_type, "
+            "order, sensitivity, s_span, solver, atol, rtol, ds, intloss); torchdyn master's order (drift_func, "
+            "diffusion_func, order, solver, noise_type, ...) differs from the third argument on. Pass the options "
+            "by keyword, e.g. NeuralSDE(f, g, order=1, solver='euler', t_span=t_span)"
+        )
+    if s_span is not None and t_span is not None:
+        raise ValueError("give the times as t_span (torchdyn master) or s_span (torchdyn 1.0.6), not both")
+    if bm is not None and not isinstance(bm, torchsde.BaseBrownian):
+        raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval) or None, got "
+                        f"{type(bm).__name__}")
+    if interpolator is not None:
+        raise ValueError(
+            f"interpolator={interpolator!r}: a Neural SDE reports its states at the points of t_span and has no "
+            "interpolator (torchdyn master accepts one and ignores it); leave it None"
+        )
+
+
+def _check_adjoint_modules(sensitivity: object, functions: Mapping[str, object]) -> None:
+    """With the adjoint, every user function must be an ``nn.Module`` (its parameters are the ones differentiated)."""
+    if sensitivity != "adjoint":
+        return
+    for name, fn in functions.items():
+        if not isinstance(fn, nn.Module):
+            raise TypeError(
+                f"sensitivity='adjoint' returns gradients for the SDE's module parameters only, so "
+                f"{name} must be an nn.Module (got {type(fn).__name__}); tensors a plain function captures "
+                "would silently get no gradient. Wrap it in an nn.Module or use sensitivity='autograd'"
+            )
+
+
+def _given(save_at: object) -> bool:
+    """Whether ``save_at`` names any point (torchdyn's default ``()`` names none)."""
+    if isinstance(save_at, Tensor):
+        return save_at.numel() > 0
+    try:
+        return len(save_at) > 0  # type: ignore[arg-type]
+    except TypeError:
+        return True  # a lone number: save_at_indices refuses it by name
+
+
+def _resolve_solver(solver: object, noise_type: str, sde_type: str) -> tuple[SDESolver, dict[str, Any]]:
+    """The torchsde registry entry and method options for ``solver``: torchsde's name or torchdyn master's.
+
+    Raises:
+        ValueError: an unknown noise type, SDE type or solver (the message lists the valid ones), or a solver that
+        cannot solve this SDE (the message lists those that can).
+    """
+    choice("noise_type", noise_type, NOISE_TYPES)
+    choice("sde_type", sde_type, SDE_TYPES)
+    if isinstance(solver, str) and solver in SDE_SOLVERS:
+        return check_sde_options(solver, noise_type, sde_type), {}
+    if isinstance(solver, str) and solver in TORCHDYN_SDE_SOLVERS:
+        return resolve_sde_solver(solver, noise_type, sde_type)
+    masters = [name for name in TORCHDYN_SDE_SOLVERS if name not in SDE_SOLVERS]
+    raise ValueError(f"unknown solver {solver!r}; valid solvers: {', '.join(SDE_SOLVER_NAMES)} (torchsde's), or "
+                     f"torchdyn master's {', '.join(masters)}")
 
 
 def _elementwise(func: object, t0: Tensor, x: Tensor) -> bool:
