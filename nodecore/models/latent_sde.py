@@ -73,23 +73,14 @@ class LatentSDEFunc(SDEFunc):
         return self.prior(t, x)
 
 
-class _PathKL(nn.Module):
-    """The posterior SDE with one more state column, ``int 1/2 |u|^2 dt``, the path's KL integrand.
-
-    The column has zero diffusion (for diagonal noise its own Brownian channel, multiplied by zero, as torchsde's
-    ``logqp`` builds it). ``u`` solves ``g u = f - h``: ``(f - h) / g`` for diagonal noise, the least-squares
-    solution ``pinv(g) (f - h)`` otherwise (exact when ``f - h`` lies in the span of ``g``'s columns; otherwise
-    the posterior is not absolutely continuous with respect to the prior and the true KL is infinite).
-    """
+class _LatentPart(nn.Module):
+    """One of a :class:`LatentSDEFunc`'s SDEs, as torchsde's SDE: its noise and SDE types, diffusion and counted
+    fields are the latent function's."""
 
     def __init__(self, func: LatentSDEFunc) -> None:
         super().__init__()
         self.func = func
         self.noise_type, self.sde_type = func.noise_type, func.sde_type
-
-    @property
-    def f_func(self) -> nn.Module | Callable[..., Tensor]:
-        return self.func.f_func
 
     @property
     def g_func(self) -> nn.Module | Callable[..., Tensor]:
@@ -98,6 +89,20 @@ class _PathKL(nn.Module):
     @property
     def vector_fields(self) -> tuple[VectorField, ...]:
         return self.func.vector_fields
+
+
+class _PathKL(_LatentPart):
+    """The posterior SDE with one more state column, ``int 1/2 |u|^2 dt``, the path's KL integrand.
+
+    The column has zero diffusion (for diagonal noise its own Brownian channel, multiplied by zero, as torchsde's
+    ``logqp`` builds it). ``u`` solves ``g u = f - h``: ``(f - h) / g`` for diagonal noise, the least-squares
+    solution ``pinv(g) (f - h)`` otherwise (exact when ``f - h`` lies in the span of ``g``'s columns; otherwise
+    the posterior is not absolutely continuous with respect to the prior and the true KL is infinite).
+    """
+
+    @property
+    def f_func(self) -> nn.Module | Callable[..., Tensor]:
+        return self.func.f_func
 
     @property
     def control_layers(self) -> list:
@@ -116,25 +121,12 @@ class _PathKL(nn.Module):
         return torch.cat([g, g.new_zeros(g.shape[0], 1, g.shape[2])], dim=1)
 
 
-class _Prior(nn.Module):
+class _Prior(_LatentPart):
     """The prior SDE ``dz = h dt + g dW`` of a :class:`LatentSDEFunc`, as torchsde's SDE."""
-
-    def __init__(self, func: LatentSDEFunc) -> None:
-        super().__init__()
-        self.func = func
-        self.noise_type, self.sde_type = func.noise_type, func.sde_type
 
     @property
     def f_func(self) -> nn.Module | Callable[..., Tensor]:
         return self.func.h_func
-
-    @property
-    def g_func(self) -> nn.Module | Callable[..., Tensor]:
-        return self.func.g_func
-
-    @property
-    def vector_fields(self) -> tuple[VectorField, ...]:
-        return self.func.vector_fields
 
     def f(self, t: Time, z: Tensor) -> Tensor:
         return self.func.h(t, z)

@@ -21,31 +21,10 @@ import nodecore.core
 import nodecore.models
 from nodecore.models import LatentNeuralSDE, NeuralSDE
 from nodecore.neuralode import NeuralODE
+from tests.nodecore.models._fields import Constant, Linear
 
 F64 = torch.float64
 A = torch.tensor([[-0.5, 1.0], [-1.0, -0.5]], dtype=F64)
-
-
-class Linear(nn.Module):
-    """``x -> x M^T`` with a fixed matrix."""
-
-    def __init__(self, matrix: Tensor) -> None:
-        super().__init__()
-        self.matrix = nn.Parameter(matrix.clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x @ self.matrix.T
-
-
-class Constant(nn.Module):
-    """A state-independent diffusion ``value`` (``[D]`` diagonal, ``[D, m]`` otherwise) over the batch."""
-
-    def __init__(self, value: Tensor) -> None:
-        super().__init__()
-        self.value = nn.Parameter(value.clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.value.expand(x.shape[0], *self.value.shape)
 
 
 def exact_linear(x0: Tensor, t_span: Tensor) -> Tensor:
