@@ -390,7 +390,8 @@ class CellOptimizer:
 
     def follow_parameters(self) -> None:
         """After the model moved to its device: a built Adam's state moves too (``load_state_dict`` casts it to
-        the parameters' device); an unbuilt one is built on the parameters where they are."""
+        the parameters' device); an unbuilt one has nothing to move (built later, it loads its state onto the
+        parameters where they are then)."""
         if self._adam is not None:
             self._adam.load_state_dict(self._adam.state_dict())
 
