@@ -5,7 +5,7 @@ How they use pyplot (which figure, what they return, what stays open) is tested 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -27,23 +27,7 @@ from nodecore.utils import (
     plot_static_vector_field,
     plot_traj_vf_1D,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _agg() -> Iterator[None]:
-    """Draw headless (Agg) in this module, whatever the session's backend; restore it afterwards."""
-    previous = plt.get_backend()
-    plt.switch_backend("agg")
-    yield
-    plt.close("all")
-    plt.switch_backend(previous)
-
-
-@pytest.fixture(autouse=True)
-def _no_open_figures() -> Iterator[None]:
-    plt.close("all")
-    yield
-    plt.close("all")
+from tests.nodecore._pyplot import agg_backend, no_open_figures  # noqa: F401  (autouse fixtures)
 
 
 def _drawn(helper: Callable[..., Any], *args: Any, **kwargs: Any) -> Figure:

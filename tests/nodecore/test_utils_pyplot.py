@@ -18,7 +18,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +43,9 @@ from nodecore.utils import (
     plot_static_vector_field,
     plot_traj_vf_1D,
 )
+from tests.nodecore._pyplot import agg_backend, no_open_figures  # noqa: F401  (autouse fixtures)
 
 N_LINES = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _agg() -> Iterator[None]:
-    previous = plt.get_backend()
-    plt.switch_backend("agg")
-    yield
-    plt.close("all")
-    plt.switch_backend(previous)
-
-
-@pytest.fixture(autouse=True)
-def _no_open_figures() -> Iterator[None]:
-    plt.close("all")
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")
