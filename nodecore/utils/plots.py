@@ -79,12 +79,15 @@ def _span(name: str, values: Any) -> tuple[float, float]:
     return float(span[0]), float(span[-1])
 
 
+N_LINES = 128  # torchdyn's default count of trajectories drawn
+
+
 def _first(trajectory: Any, labels: Any, n_lines: int, n_samples: int | None = None
            ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``n_lines`` trajectories and their labels; ``n_samples`` is the same count by torchdyn master's
     name for it."""
     if n_samples is not None:
-        if n_lines != 128 and n_lines != n_samples:
+        if n_lines != N_LINES and n_lines != n_samples:
             raise ValueError(f"n_lines={n_lines!r} and n_samples={n_samples!r} name the same count: give one")
         n_lines = n_samples
     traj = plotting._as_trajectory(trajectory, min_dims=2)
@@ -92,7 +95,8 @@ def _first(trajectory: Any, labels: Any, n_lines: int, n_samples: int | None = N
     return traj[:, :n], plotting._as_labels(labels, traj.shape[1])[:n]
 
 
-def plot_2D_depth_trajectory(s_span: Any, trajectory: Any, yn: Any, n_lines: int = 128, *, n_samples: int | None = None) -> None:
+def plot_2D_depth_trajectory(s_span: Any, trajectory: Any, yn: Any, n_lines: int = N_LINES, *,
+                             n_samples: int | None = None) -> None:
     """Dimensions 0 and 1 of the first ``n_lines`` trajectories ``[T, B, D]`` against depth, coloured by ``yn``.
 
     Drawn on a new pyplot figure (two axes), left current; returns None, as torchdyn's does. ``n_samples`` is
@@ -103,7 +107,8 @@ def plot_2D_depth_trajectory(s_span: Any, trajectory: Any, yn: Any, n_lines: int
         plotting.plot_trajectories_depth(traj[..., :2], s_span, labels, max_points=traj.shape[1], figure=fig)
 
 
-def plot_2D_state_space(trajectory: Any, yn: Any, n_lines: int = 128, *, n_samples: int | None = None) -> None:
+def plot_2D_state_space(trajectory: Any, yn: Any, n_lines: int = N_LINES, *,
+                        n_samples: int | None = None) -> None:
     """The first ``n_lines`` trajectories in the (h0, h1) plane, coloured by ``yn``.
 
     Drawn on a new pyplot figure (one axes), left current; returns None, as torchdyn's does.
@@ -113,7 +118,8 @@ def plot_2D_state_space(trajectory: Any, yn: Any, n_lines: int = 128, *, n_sampl
         plotting.plot_state_space(traj, labels, max_points=traj.shape[1], figure=fig)
 
 
-def plot_2D_space_depth(s_span: Any, trajectory: Any, yn: Any, n_lines: int = 128, *, n_samples: int | None = None) -> None:
+def plot_2D_space_depth(s_span: Any, trajectory: Any, yn: Any, n_lines: int = N_LINES, *,
+                        n_samples: int | None = None) -> None:
     """The first ``n_lines`` trajectories as curves in (depth, h0, h1) space, coloured by ``yn``.
 
     Drawn on a new pyplot figure (one 3-D axes), left current; returns None, as torchdyn's does.
