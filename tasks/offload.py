@@ -6,12 +6,13 @@ executor opens it around a run's pending cells), :func:`call` hands such a funct
 processes instead; everywhere else (no pool open: a worker process of the ``processes`` or ``dask`` executor, a
 dispatched cell, a test calling a stage) it calls the function in place.
 
-The pool is the standard library's ``ProcessPoolExecutor``: it runs compute only, never a Prefect task, so the
-task run, its retries, cache and manifest stay in the flow's thread. Its processes are forked from Python's
-*forkserver* (started once per flow process, with torch, matplotlib and nodecore imported once in it), so a
-worker is ready in milliseconds and is never forked from the flow process's threads. What crosses to a worker is
-a module-level function and plain arguments (paths, numbers, small configs), pickled by the standard library:
-nothing read from disk or the store is unpickled.
+Each worker is a single-process ``ProcessPoolExecutor`` of the standard library, fed from one queue, so a worker
+that dies fails its own call only. The pool runs compute only, never a Prefect task, so the task run, its retries,
+cache and manifest stay in the flow's thread. Its processes are forked from Python's *forkserver* (started once per
+flow process, with torch, matplotlib and nodecore imported once in it), so a worker is ready in milliseconds and is
+never forked from the flow process's threads. What crosses to a worker is a module-level function and plain
+arguments (paths, numbers, small configs), pickled by the standard library: nothing read from disk or the store
+is unpickled.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +45,7 @@ _WATCH_SECONDS = 1.0
 
 _LOCK = threading.Lock()
 # Set while a block of worker_processes is open; its result is None where the pool could not start.
-_pool: Future[ProcessPoolExecutor | None] | None = None
+_pool: Future[_Pool | None] | None = None
 _workers = 0
 _running = 0  # calls submitted and not yet done, in any pool
 _blocks = 0  # open blocks of worker_processes (threads of one process may run several flows)
@@ -84,20 +86,90 @@ def _ready() -> None:
     """A no-op submitted once per worker, so that the pool forks them all before the first real call."""
 
 
-def _new_pool(workers: int) -> ProcessPoolExecutor:
+def _new_worker() -> ProcessPoolExecutor:
+    """One worker process, warm: a single-process executor forked from the forkserver, its process started."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up,
-                               initargs=(os.getpid(),))
-    for _ in range(workers):
-        pool.submit(_ready)  # blocks until the forkserver has imported PRELOAD (the first time: seconds)
-    return pool
+    worker = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_warm_up, initargs=(os.getpid(),))
+    worker.submit(_ready).result()  # the first time: seconds, while the forkserver imports PRELOAD
+    return worker
 
 
-def _started(workers: int) -> Future[ProcessPoolExecutor | None]:
+class _Call:
+    """A call waiting for a worker: the function, its arguments and the future the caller holds."""
+
+    __slots__ = ("future", "fn", "args", "kwargs")
+
+    def __init__(self, future: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
+
+
+class _Pool:
+    """``workers`` worker processes fed from one queue, each by its own thread. Each process is a single-process
+    ``ProcessPoolExecutor``, so a worker that dies (killed, out of memory) fails its own call only: its thread
+    starts a new process for the next call, while the other workers' calls go on."""
+
+    def __init__(self, workers: int) -> None:
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._workers = [_new_worker() for _ in range(workers)]
+        self._threads = [threading.Thread(target=self._feed, args=(slot,), name=f"nodecore-stage-worker-{slot}",
+                                          daemon=True) for slot in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._queue.put(_Call(future, fn, args, kwargs))
+        return future
+
+    def _feed(self, slot: int) -> None:
+        while (call := self._queue.get()) is not None:
+            if not call.future.set_running_or_notify_cancel():
+                continue
+            try:
+                worker = self._workers[slot]
+                if worker is None:  # the last one died: a new one, forked in milliseconds
+                    worker = self._workers[slot] = _new_worker()
+                result = worker.submit(call.fn, *call.args, **call.kwargs).result()
+            except BrokenProcessPool as err:
+                _log.warning("a stage worker process died; a new one takes its next call")
+                self._workers[slot] = None
+                worker.shutdown(wait=False)
+                call.future.set_exception(err)
+            except BaseException as err:  # noqa: BLE001  (the call's own error, kept for the caller)
+                call.future.set_exception(err)
+            else:
+                call.future.set_result(result)
+
+    def shutdown(self, wait: bool) -> None:
+        """End the workers: after the calls submitted (``wait``), or at once, the waiting calls cancelled and the
+        running ones left to end on their own (a worker exits when the flow process is gone)."""
+        if not wait:
+            while True:
+                try:
+                    call = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None:
+                    call.future.cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+        for worker in self._workers:
+            if worker is not None:
+                worker.shutdown(wait=wait, cancel_futures=True)
+
+
+def _new_pool(workers: int) -> _Pool:
+    return _Pool(workers)
+
+
+def _started(workers: int) -> Future[_Pool | None]:
     """A pool of ``workers`` processes, started in a background thread: the caller goes on meanwhile. Its result
     is None, with a warning, where the pool cannot start: the stages then run in place."""
-    started: Future[ProcessPoolExecutor | None] = Future()
+    started: Future[_Pool | None] = Future()
 
     def start() -> None:
         try:
@@ -142,7 +214,7 @@ def worker_processes(workers: int) -> Iterator[None]:
         if started is not None:
             pool = started.result()
             if pool is not None:
-                pool.shutdown(wait=not failed, cancel_futures=True)
+                pool.shutdown(wait=not failed)
 
 
 def active_workers() -> int:
@@ -166,8 +238,8 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
     where ``fn`` is defined in the ``__main__`` script (a worker never imports that: see
     :mod:`tasks.worker_preload`), so that it runs in place.
 
-    The future raises :class:`~concurrent.futures.process.BrokenProcessPool` if its worker died; the pool is then
-    replaced for later calls (see :func:`call`).
+    The future raises :class:`~concurrent.futures.process.BrokenProcessPool` if its worker died; that worker is
+    replaced for later calls, and the other workers' calls are not affected.
     """
     if getattr(fn, "__module__", None) in ("__main__", "__mp_main__"):
         return None
@@ -177,11 +249,6 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
     if pool is None:
         return None
     global _running
-    try:
-        future: Future[_T] = pool.submit(fn, *args, **kwargs)
-    except BrokenProcessPool:
-        _replace(started)
-        raise
     with _LOCK:
         _running += 1
 
@@ -189,9 +256,8 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
         global _running
         with _LOCK:
             _running -= 1
-        if not finished.cancelled() and isinstance(finished.exception(), BrokenProcessPool):
-            _replace(started)
 
+    future = pool.submit(fn, *args, **kwargs)
     future.add_done_callback(done)
     return future
 
@@ -201,22 +267,9 @@ def call(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
 
     ``fn`` must be a module-level function of an importable module (one of the ``__main__`` script runs in place)
     and its arguments and result picklable. Its exception is re-raised
-    here. A worker that dies (killed, out of memory) breaks the pool; the pool is then replaced for later calls
-    and this call raises :class:`~concurrent.futures.process.BrokenProcessPool`, which the stage's retries treat
-    as transient.
+    here. A worker that dies (killed, out of memory) fails this call with
+    :class:`~concurrent.futures.process.BrokenProcessPool`, which the stage's retries treat as transient; the
+    calls in the other workers go on, and a new worker takes this one's place.
     """
     future = submit(fn, *args, **kwargs)
     return fn(*args, **kwargs) if future is None else future.result()
-
-
-def _replace(broken: Future[ProcessPoolExecutor | None]) -> None:
-    """Replace the pool ``broken`` by a new one, unless that happened already (or its block has ended)."""
-    global _pool
-    with _LOCK:
-        if _pool is not broken:
-            return
-        _log.warning("a stage worker process died; starting %d new ones", _workers)
-        _pool = _started(_workers)
-    pool = broken.result()
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)

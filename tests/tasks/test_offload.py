@@ -192,3 +192,33 @@ def test_a_worker_runs_the_call_without_re_running_the_flows_main_script(tmp_pat
     assert in_main == flow  # run in place
     assert marker.read_text() == "ran "  # the script ran once: in the flow process, never in a worker
     assert "died" not in done.stderr
+
+
+def test_a_dead_worker_fails_only_its_own_call_and_the_others_go_on():
+    """A worker killed mid-call (out of memory, a kill) does not take the calls of the other workers with it."""
+    with offload.worker_processes(2):
+        running = offload.submit(_sleep_and_report, 1.5)
+        time.sleep(0.3)  # running in its worker before the other one dies
+        dying = offload.submit(_die)
+        with pytest.raises(BrokenProcessPool):
+            dying.result(timeout=30)
+        assert running.result(timeout=30) == "slept 1.5"
+        after = [offload.call(_pid_and_threads)[0] for _ in range(3)]  # the dead worker's place is taken again
+    assert os.getpid() not in after
+
+
+def _sleep_and_report(seconds: float) -> str:
+    time.sleep(seconds)
+    return f"slept {seconds}"
+
+
+def test_calls_waiting_for_a_worker_are_cancelled_when_a_block_fails():
+    with pytest.raises(RuntimeError, match="the run failed"), offload.worker_processes(1):
+        first = offload.submit(_sleep, 0.5)
+        waiting = offload.submit(_sleep, 0.5)
+        deadline = time.monotonic() + 30
+        while not first.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise RuntimeError("the run failed")
+    assert waiting.cancelled()
+    first.result(timeout=30)  # the running call was left to end on its own
