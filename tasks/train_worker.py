@@ -5,8 +5,8 @@ epochs run in a worker process while the task, in the flow's thread, keeps every
 logs and progress, resume checkpoints (signing, the store), the fault hook. The worker sends each epoch's
 :class:`~nodecore.training.EpochStats`, and at the epochs where the task saves a resume checkpoint also the weights
 and optimizer state of that epoch; it never waits for the task. A task that fails (a fault after a checkpoint, a
-lost API) closes the connection, and the worker stops at its next epoch. The results are the same bit for bit as training in the thread: the same
-initial state, data, seeds and thread count.
+lost API) closes the connection, and the worker stops at its next epoch (it finishes the one it is in). The
+results are the same bit for bit as training in the thread: the same initial state, data, seeds and thread count.
 
 Only this process's own worker sends here: the states are ``torch.save`` bytes read back with
 ``weights_only=True``, and the rest is plain data.
