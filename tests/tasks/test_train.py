@@ -122,6 +122,27 @@ def test_a_checkpoint_written_but_not_recorded_is_discarded(tmp_path: Path, capl
     assert not (tmp_path / "resume-000004.pt").exists()
 
 
+@pytest.mark.parametrize("newest_fits", [True, False])
+def test_what_another_build_records_while_a_resume_is_tried_is_kept(tmp_path: Path, newest_fits: bool) -> None:
+    """A superseded run of the same key may record a checkpoint while this build tries its own: the record that
+    load_resume rewrites (after discarding a checkpoint that does not fit) still lists it, and without a discard
+    the record is not rewritten at all."""
+    _save(tmp_path, 2, 4)
+    other = "b" * 16
+
+    def apply(checkpoint: Checkpoint) -> None:
+        if checkpoint.epoch == 4:  # the other build records its checkpoint while this one is being tried
+            save_resume(tmp_path, nn.Linear(2, 2), torch.optim.Adam(nn.Linear(2, 2).parameters()),
+                        config={"kind": "test"}, epoch=3, history=History([]), log=LOG, attempt=other)
+            if not newest_fits:
+                raise ValueError("the weights do not fit")
+
+    chosen = load_resume(tmp_path, LOG, apply=apply)
+    assert chosen is not None and chosen.epoch == (4 if newest_fits else 2)
+    assert _recorded(tmp_path) == ([4, 3, 2] if newest_fits else [3, 2])
+    assert (tmp_path / f"resume-000003-{other}.pt").is_file()
+
+
 @pytest.mark.parametrize("record", [b"{not json", b'{"checkpoints": [{"file": "../../etc/x", "epoch": 2, '
                                                 b'"sha256": "00"}]}', None])
 def test_an_unreadable_or_missing_record_trusts_nothing(
