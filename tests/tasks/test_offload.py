@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import textwrap
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,3 +224,48 @@ def test_calls_waiting_for_a_worker_are_cancelled_when_a_block_fails():
         raise RuntimeError("the run failed")
     assert waiting.cancelled()
     first.result(timeout=30)  # the running call was left to end on its own
+
+
+def _reply(connection: Any) -> int:
+    connection.send("epoch")
+    connection.close()
+    return os.getpid()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
+def test_calls_that_hand_a_pipe_to_a_worker_leave_no_descriptor_open():
+    """A training's connection crosses to its worker by descriptor passing: after many calls, some of them never
+    run (cancelled while waiting for a worker), this process holds as many descriptors as before."""
+    context = multiprocessing.get_context("forkserver")
+
+    def hand_over() -> None:
+        here, there = context.Pipe()
+        future = offload.submit(_reply, there)
+        assert here.recv() == "epoch"
+        future.result(timeout=30)
+        here.close()
+        there.close()
+
+    with offload.worker_processes(2):
+        hand_over()  # the workers, their pipes and the standard library's descriptor-passing listener are up
+        before = _open_descriptors()
+        for _ in range(30):
+            hand_over()
+        assert _open_descriptors() == before
+    with pytest.raises(RuntimeError), offload.worker_processes(1):
+        offload.call(_pid_and_threads)
+        before = _open_descriptors()
+        pipes = [context.Pipe() for _ in range(5)]
+        waiting = [offload.submit(_sleep, 0.3), *(offload.submit(_reply, there) for _, there in pipes)]
+        for here, there in pipes:
+            here.close()
+            there.close()
+        raise RuntimeError("the run failed")
+    for future in waiting:
+        if not future.cancelled():
+            future.exception(timeout=30)
+    assert _open_descriptors() <= before
