@@ -65,7 +65,8 @@ class SDEFunc(nn.Module):
         g: the diffusion, ``x [B, D] ->`` the shape of ``noise_type`` (``[B, D]`` diagonal, ``[B, D, m]``
             general or additive, ``[B, D, 1]`` scalar).
         order: 1 (the only order implemented).
-        noise_type, sde_type: torchsde's, see :data:`NOISE_TYPES` and :data:`SDE_TYPES`.
+        noise_type, sde_type: torchsde's, see :data:`NOISE_TYPES` and :data:`SDE_TYPES` (positional after
+            ``order``, as in torchdyn master's ``SDEFunc(f, g, order, noise_type, sde_type)``).
 
     Attributes:
         drift, diffusion: the :class:`~nodecore.fields.VectorField` wrappers (``drift.vf`` is ``f``).
@@ -77,7 +78,6 @@ class SDEFunc(nn.Module):
         f: nn.Module | Callable[..., Tensor],
         g: nn.Module | Callable[..., Tensor],
         order: int = 1,
-        *,
         noise_type: NoiseType = "diagonal",
         sde_type: SDEType = "ito",
     ) -> None:
@@ -137,7 +137,12 @@ class SDEProblem(nn.Module):
     """An SDE ``dx = f(t, x) ds + g(t, x) dW`` with its solver and sensitivity, solved by torchsde.
 
     torchdyn 1.0.6 declares ``SDEProblem`` but its constructor only raises ``NotImplementedError``; this one
-    takes the arguments torchdyn's ``NeuralSDE`` passes it.
+    takes the arguments torchdyn's ``NeuralSDE`` passes it, in that positional order, and torchdyn master's
+    keywords beside them: ``SDEProblem(defunc=sde, solver='euler', interpolator=None, atol=..., rtol=...,
+    sensitivity=..., solver_adjoint=..., atol_adjoint=..., rtol_adjoint=...)``, with master's
+    ``prob(x, t_span, bm)`` and ``prob.sdeint(x, t_span, bm, save_at)`` returning ``(t_eval, trajectory)``.
+    Master's positional order (``defunc, solver, interpolator, atol, ...``) differs from the second argument on
+    and is refused with that advice (a solver name where ``order`` goes).
 
     Args:
         func: torchsde's SDE: an object with ``f(t, x) -> [B, D]``, ``g(t, x)`` (shaped by its noise type) and
@@ -155,17 +160,28 @@ class SDEProblem(nn.Module):
         ds: the step size (torchsde's ``dt``); the initial step when ``adaptive``.
         adaptive: adaptive time-stepping (off, as in torchdyn, where it is the attribute ``adaptive``).
         options: torchsde's method options (e.g. ``{'grad_free': True}`` for ``'milstein'``), passed on as given.
+        defunc: torchdyn master's name for ``func`` (keyword-only; give one of the two).
+        interpolator: master's, which its SDE solve ignores; only None is accepted (keyword-only).
+        solver_adjoint: the solver of the adjoint SDE with ``sensitivity='adjoint'`` (torchsde's
+            ``adjoint_method``), by the same names as ``solver`` (master's ``'milstein_*'`` are torchsde's
+            derivative-using Milstein here: its derivative-free one cannot solve an adjoint SDE); None is torchsde's
+            default for the SDE's type (keyword-only; master stores none of the three adjoint options, and raises
+            for the adjoint).
+        atol_adjoint, rtol_adjoint: the adjoint solve's tolerances (torchsde's ``adjoint_atol``/``adjoint_rtol``),
+            used only when ``adaptive``; None is torchsde's defaults (keyword-only).
 
     Raises:
-        ValueError: unknown or incompatible sensitivity, solver, noise type or SDE type (the message lists the
-            valid ones), bad tolerances, step size or ``s_span``.
+        ValueError: unknown or incompatible sensitivity, solver, solver_adjoint, noise type or SDE type (the
+            message lists the valid ones), bad tolerances, step size or ``s_span``; both or neither of ``func``
+            and ``defunc``; an ``interpolator``; adjoint options without ``sensitivity='adjoint'``.
         NotImplementedError: ``order`` > 1.
-        TypeError: ``func`` lacks ``f``/``g``; ``'adjoint'`` with a ``func`` that is not an ``nn.Module``.
+        TypeError: ``func`` lacks ``f``/``g``; ``'adjoint'`` with a ``func`` that is not an ``nn.Module``; master's
+            positional order (a solver name where ``order`` goes).
     """
 
     def __init__(
         self,
-        func: nn.Module,
+        func: nn.Module | None = None,
         order: int = 1,
         sensitivity: SDESensitivity = "autograd",
         s_span: SSpan | None = None,
@@ -176,8 +192,17 @@ class SDEProblem(nn.Module):
         ds: float = 1e-3,
         adaptive: bool = False,
         options: Mapping[str, Any] | None = None,
+        defunc: nn.Module | None = None,
+        interpolator: str | Callable | None = None,
+        solver_adjoint: str | None = None,
+        atol_adjoint: float | None = None,
+        rtol_adjoint: float | None = None,
     ) -> None:
         super().__init__()
+        func = _problem_func(func, defunc, order)
+        if interpolator is not None:
+            raise ValueError(f"interpolator={interpolator!r}: {_NO_INTERPOLATOR}")
+        self.interpolator = interpolator
         self.order = _check_order(order)
         check_sde_interface(func, "func must be torchsde's SDE:", "(build one with NeuralSDE(drift, diffusion))")
         self.defunc = func
@@ -194,6 +219,16 @@ class SDEProblem(nn.Module):
         _check_span(self.s_span)
         self._checked_for: tuple | None = None
         self._noise_channels = 0
+        adjoint_options = {"solver_adjoint": solver_adjoint, "atol_adjoint": atol_adjoint,
+                           "rtol_adjoint": rtol_adjoint}
+        given = [name for name, value in adjoint_options.items() if value is not None]
+        if given and sensitivity != "adjoint":
+            raise ValueError(f"{', '.join(given)} set the adjoint solve, which only sensitivity='adjoint' runs "
+                             f"(got sensitivity={sensitivity!r})")
+        self.solver_adjoint = solver_adjoint
+        self.atol_adjoint = None if atol_adjoint is None else positive("atol_adjoint", atol_adjoint)
+        self.rtol_adjoint = None if rtol_adjoint is None else positive("rtol_adjoint", rtol_adjoint)
+        self._adjoint_method()  # checks solver_adjoint with the SDE's noise and SDE types
 
     def _options(self) -> SDESolver:
         """The solver's registry entry, after checking the options (they are attributes torchdyn code may set)."""
@@ -210,27 +245,91 @@ class SDEProblem(nn.Module):
         entry, options = _resolve_solver(self.solver, self.defunc.noise_type, self.defunc.sde_type)
         return entry, {**options, **(self.options or {})}
 
+    def _adjoint_method(self) -> dict[str, Any]:
+        """torchsde's adjoint keywords for ``solver_adjoint`` and the adjoint tolerances (empty for the defaults)."""
+        kwargs: dict[str, Any] = {}
+        if self.solver_adjoint is not None:
+            try:
+                entry, _ = _resolve_solver(self.solver_adjoint, self.defunc.noise_type, self.defunc.sde_type)
+            except ValueError as err:
+                raise ValueError(f"solver_adjoint: {err}") from None
+            kwargs["adjoint_method"] = entry.name  # without master's grad_free for milstein: torchsde's
+            # derivative-free Milstein cannot solve an adjoint SDE, its derivative-using one can
+        if self.atol_adjoint is not None:
+            kwargs["adjoint_atol"] = self.atol_adjoint
+        if self.rtol_adjoint is not None:
+            kwargs["adjoint_rtol"] = self.rtol_adjoint
+        return kwargs
+
     def extra_repr(self) -> str:
         return (f"solver={self.solver!r}, sensitivity={self.sensitivity!r}, ds={self.ds}, "
                 f"adaptive={self.adaptive}, atol={self.atol}, rtol={self.rtol}")
 
-    def forward(self, x: Tensor, *, bm: torchsde.BaseBrownian | None = None) -> Tensor:
-        """The state at ``s_span[-1]`` of the solve from ``x`` at ``s_span[0]``.
+    def forward(
+        self,
+        x: Tensor,
+        t_span: SSpan | None = None,
+        bm: torchsde.BaseBrownian | None = None,
+        save_at: SSpan = (),
+        args: Mapping[str, object] | None = None,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The state at ``s_span[-1]`` of the solve from ``x`` at ``s_span[0]``; with a ``t_span`` (or ``save_at``),
+        torchdyn master's ``forward``: ``(t_eval, trajectory)``, as :meth:`sdeint`.
 
         Args:
             x: initial state ``[B, D]``, floating point.
+            t_span: ``[T]`` strictly increasing times (master's; None solves over ``s_span``).
             bm: the Brownian motion to drive the solve with, shaped ``[B, m]`` (e.g. a
-                ``torchsde.BrownianInterval`` over ``s_span`` with a fixed ``entropy``, to repeat a sample path);
+                ``torchsde.BrownianInterval`` over the times with a fixed ``entropy``, to repeat a sample path);
                 None draws a new path, seeded from torch's global generator (``torch.manual_seed`` repeats it).
+            save_at, args: as in :meth:`sdeint`.
 
         Returns:
-            ``x(s_span[-1])`` ``[B, D]`` (torchdyn's ``forward`` returns the final state only).
+            ``x(s_span[-1])`` ``[B, D]`` (the final state only, as 1.0.6's ``NeuralSDE``), or, given ``t_span`` or
+            ``save_at``, ``(t_eval [S], trajectory [S, B, D])``.
 
         Raises:
             TypeError, ValueError: bad ``x``, ``s_span`` or ``bm``, or a drift/diffusion that returns the wrong
             shape for the noise type (:class:`~nodecore.errors.InputShapeError` when it cannot take ``x``).
+            NotImplementedError: a non-empty ``args``.
         """
-        return self._solve(x, self.s_span, bm)[1][-1]
+        if t_span is None and not _given(save_at) and not args:
+            return self._solve(x, self.s_span, bm)[1][-1]
+        return self.sdeint(x, t_span, bm, save_at, args)
+
+    def sdeint(
+        self,
+        x: Tensor,
+        t_span: SSpan | None = None,
+        bm: torchsde.BaseBrownian | None = None,
+        save_at: SSpan = (),
+        args: Mapping[str, object] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """torchdyn master's ``SDEProblem.sdeint``: ``(t_eval [S], trajectory [S, B, D])`` from ``x`` at ``t_span[0]``.
+
+        Args:
+            x: initial state ``[B, D]``, floating point.
+            t_span: ``[T]`` strictly increasing times; None uses ``s_span``.
+            bm: the Brownian motion ``[B, m]`` (master requires one); None uses the model's ``bm`` attribute where
+                it has one (a :class:`NeuralSDE` built with ``bm=``), else draws a new path.
+            save_at: points of ``t_span`` to return (all of them when empty, master's default ``()``).
+            args: master's, which its SDE solvers ignore; only None or an empty dict is accepted.
+
+        Raises:
+            As :meth:`forward`; ValueError for a ``save_at`` point not in ``t_span``.
+        """
+        if args:
+            raise NotImplementedError(f"args={dict(args)!r}: capture extra arguments in the drift and diffusion "
+                                      "instead (torchdyn master's SDE solvers ignore them)")
+        span = self.s_span if t_span is None else t_span
+        saving = _given(save_at)
+        if saving:  # fail before the solve
+            save_at_indices(save_at, _as_span(torch.linspace(0, 1, 2) if span is None else span, None))
+        span, trajectory = self._solve(x, span, getattr(self, "bm", None) if bm is None else bm)
+        if saving:
+            keep = save_at_indices(save_at, span)
+            return span[keep], trajectory[keep]
+        return span, trajectory
 
     def trajectory(self, x: Tensor, s_span: SSpan, *, bm: torchsde.BaseBrownian | None = None) -> Tensor:
         """The states ``[T, B, D]`` at the ``T`` times of ``s_span`` (``trajectory[0]`` is ``x``); see ``forward``."""
@@ -254,7 +353,8 @@ class SDEProblem(nn.Module):
         params = tuple(self.defunc.parameters())
         if getattr(self.defunc, "control_layers", ()) and x.requires_grad:
             params = (*params, x)  # a data-controlled SDE depends on x0 through its control too
-        return span, torchsde.sdeint_adjoint(self.defunc, x, span, adjoint_params=params, **options)
+        return span, torchsde.sdeint_adjoint(self.defunc, x, span, adjoint_params=params, **options,
+                                             **self._adjoint_method())
 
     def _check_inputs(self, x: Tensor, s_span: SSpan) -> Tensor:
         """``s_span`` as a tensor on ``x``'s device and dtype, after checking ``x`` and it."""
@@ -560,6 +660,26 @@ class NeuralSDE(SDEProblem):
         return f"{super().extra_repr()}, return_t_eval={self.return_t_eval}"
 
 
+_NO_INTERPOLATOR = ("a Neural SDE reports its states at the points of t_span and has no interpolator (torchdyn master "
+                    "accepts one and ignores it); leave it None")
+
+
+def _problem_func(func: object, defunc: object, order: object) -> Any:
+    """The SDE given as ``func`` (positional, 1.0.6's ``NeuralSDE`` order) or ``defunc`` (master's keyword)."""
+    if isinstance(order, str):
+        raise TypeError(
+            f"order={order!r} is not an order. SDEProblem takes the positional order (func, order, sensitivity, "
+            "s_span, solver, atol, rtol) that torchdyn 1.0.6's NeuralSDE passes it; torchdyn master's order (defunc, "
+            "solver, interpolator, atol, rtol, sensitivity, ...) differs from the second argument on. Pass the "
+            "options by keyword, e.g. SDEProblem(defunc=sde, solver='euler', sensitivity='autograd')"
+        )
+    if func is not None and defunc is not None:
+        raise ValueError("give the SDE as func (positional) or defunc (torchdyn master's keyword), not both")
+    if func is None and defunc is None:
+        raise TypeError("SDEProblem needs the SDE: SDEProblem(func) or SDEProblem(defunc=func), e.g. an SDEFunc(f, g)")
+    return func if func is not None else defunc
+
+
 def _check_master_options(noise_type: object, s_span: object, t_span: object, bm: object,
                           interpolator: object) -> None:
     """Refuse torchdyn master's positional order, two spans, a non-Brownian ``bm`` and an ``interpolator``."""
@@ -577,10 +697,7 @@ def _check_master_options(noise_type: object, s_span: object, t_span: object, bm
         raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval) or None, got "
                         f"{type(bm).__name__}")
     if interpolator is not None:
-        raise ValueError(
-            f"interpolator={interpolator!r}: a Neural SDE reports its states at the points of t_span and has no "
-            "interpolator (torchdyn master accepts one and ignores it); leave it None"
-        )
+        raise ValueError(f"interpolator={interpolator!r}: {_NO_INTERPOLATOR}")
 
 
 def _check_adjoint_modules(sensitivity: object, functions: Mapping[str, object]) -> None:
