@@ -50,6 +50,21 @@ def _new_pyplot_figure(figsize: tuple[float, float], *, layout: str | None = "co
         raise
 
 
+def _make_colour_scale_current(fig: Figure) -> None:
+    """Make ``fig``'s colour-mapped drawing pyplot's current image (its axes current), as ``plt.contourf`` would:
+    a bare ``plt.colorbar()`` after the helper then draws that scale's colorbar, as after torchdyn's. The first
+    filled contour is taken, else the first collection that maps values to colours (speed-coloured streamlines).
+    """
+    from matplotlib.contour import ContourSet
+
+    plt = _pyplot()
+    mapped = [(ax, c) for ax in fig.axes for c in ax.collections if c.get_array() is not None]
+    filled = [(ax, c) for ax, c in mapped if isinstance(c, ContourSet) and c.filled]
+    for ax, artist in [*filled, *mapped][:1]:
+        plt.sca(ax)
+        plt.sci(artist)
+
+
 def _field_of(model: Any) -> Any:
     """The field inside ``model``: a ``NeuralODE``'s ``.vf``, that of ``model[1]`` (torchdyn's
     ``nn.Sequential(Augmenter, NeuralODE)``), or ``model`` itself."""
@@ -160,6 +175,7 @@ def plot_static_vector_field(model: nn.Module, trajectory: Any, t: float = 0.0, 
     with _new_pyplot_figure((8.5, 6.0)) as fig:  # nodecore.plotting's own size
         plotting.plot_vector_field(field, xlim=xlim, ylim=ylim, n_points=n_points, t=number("t", t),
                                    trajectory=trajectory, figure=fig)
+        _make_colour_scale_current(fig)
 
 
 def plot_3D_dataset(X: Any, yn: Any) -> None:
@@ -257,6 +273,7 @@ def plot_2d_boundary(model: Callable[[Tensor], Tensor], X: Any, y: Any, mesh: An
             ax.scatter(points[members, 0], points[members, 1], alpha=alpha, label=f"class {c}",
                        color=plotting.CLASS_COLORS[c % len(plotting.CLASS_COLORS)])
         ax.set(xlabel="input $x_0$", ylabel="input $x_1$", title="Decision regions")
+        _make_colour_scale_current(fig)
 
 
 class _Grid1D(NamedTuple):
@@ -341,4 +358,5 @@ def plot_traj_vf_1D(model: Any, s_span: Any, traj: Any, device: str | torch.devi
     if states is not None:
         ax.plot(depth, states[:, :, 0], color=traj_color, alpha=traj_alpha)
     ax.set(xlabel="depth $s$", ylabel="state $h(s)$")
+    _make_colour_scale_current(ax.figure)
     return FieldGrid1D(S, X, U, V, ax.figure)

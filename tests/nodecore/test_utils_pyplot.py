@@ -298,3 +298,20 @@ def test_the_static_vector_field_is_evaluated_at_torchdyns_positional_t(data) ->
     plot_static_vector_field(field, data["trajectory"], 0.75, 8)  # torchdyn's order: model, trajectory, t, N
     assert seen == [0.75]
     plt.close("all")
+
+
+@pytest.mark.parametrize("name", ["plot_static_vector_field", "plot_2d_boundary", "plot_traj_vf_1D"])
+def test_a_bare_colorbar_after_a_colour_mapped_helper_is_that_scales(name: str, data) -> None:
+    """pyplot's current image is the helper's colour scale (a filled contour; the field's speed-coloured
+    streamlines), as after ``plt.contourf``: torchdyn code that calls ``plt.colorbar()`` next gets that scale's
+    colorbar (before, pyplot raised: no mappable)."""
+    ALL[name](data)
+    image = plt.gci()
+    if name == "plot_static_vector_field":
+        assert isinstance(image, LineCollection) and image.get_array() is not None
+    else:
+        assert isinstance(image, ContourSet) and image.filled
+    assert image.axes is plt.gca()
+    axes = len(plt.gcf().axes)
+    colorbar = plt.colorbar()
+    assert colorbar.mappable is image and len(plt.gcf().axes) == axes + 1
