@@ -22,8 +22,12 @@ def test_every_public_name_is_exported_and_documented():
 
 # torchdyn's import paths and the names torchdyn code imports from them: `torchdyn` -> `nodecore` must work.
 TORCHDYN_PATHS = {
-    "nodecore.core": ["NeuralODE", "NeuralDE", "NeuralSDE", "ODEProblem", "SDEProblem", "MultipleShootingLayer"],
+    "nodecore.core": ["NeuralODE", "NeuralDE", "NeuralSDE", "ODEProblem", "SDEProblem", "MultipleShootingLayer",
+                      "DEFunc", "SDEFunc"],
     "nodecore.core.problems": ["ODEProblem", "SDEProblem", "MultipleShootingProblem"],
+    "nodecore.core.neuralde": ["NeuralODE", "NeuralSDE", "MultipleShootingLayer"],
+    "nodecore.core.defunc": ["DEFunc", "SDEFunc"],
+    "nodecore.nn.node_layers": ["Augmenter", "DepthCat", "DataControl"],
     "nodecore.numerics": ["odeint", "odeint_symplectic", "odeint_mshooting", "odeint_hybrid", "Euler",
                           "RungeKutta4", "DormandPrince45", "Tsitouras45", "AsynchronousLeapfrog", "HyperEuler",
                           "MSZero", "MSBackward", "Lorenz", "VanDerPol", "sdeint"],
