@@ -91,7 +91,11 @@ def _new_worker() -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(PRELOAD))
     worker = ProcessPoolExecutor(max_workers=1, mp_context=context, initializer=_warm_up, initargs=(os.getpid(),))
-    worker.submit(_ready).result()  # the first time: seconds, while the forkserver imports PRELOAD
+    try:
+        worker.submit(_ready).result()  # the first time: seconds, while the forkserver imports PRELOAD
+    except BaseException:
+        worker.shutdown(wait=False, cancel_futures=True)
+        raise
     return worker
 
 
@@ -104,62 +108,103 @@ class _Call:
         self.future, self.fn, self.args, self.kwargs = future, fn, args, kwargs
 
 
+class PoolClosed(RuntimeError):
+    """The pool has shut down (its block ended): the call was not started."""
+
+
 class _Pool:
     """``workers`` worker processes fed from one queue, each by its own thread. Each process is a single-process
     ``ProcessPoolExecutor``, so a worker that dies (killed, out of memory) fails its own call only: its thread
-    starts a new process for the next call, while the other workers' calls go on."""
+    starts a new process for its next call, while the other workers' calls go on."""
 
     def __init__(self, workers: int) -> None:
         self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
-        self._workers = [_new_worker() for _ in range(workers)]
+        self._lock = threading.Lock()
+        self._closed = False
+        self._workers: list[ProcessPoolExecutor | None] = []
+        try:
+            for _ in range(workers):
+                self._workers.append(_new_worker())
+        except BaseException:
+            for worker in self._workers:
+                worker.shutdown(wait=False, cancel_futures=True)
+            raise
         self._threads = [threading.Thread(target=self._feed, args=(slot,), name=f"nodecore-stage-worker-{slot}",
                                           daemon=True) for slot in range(workers)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Queue ``fn(*args, **kwargs)`` for the next free worker.
+
+        Raises:
+            PoolClosed: the pool has shut down.
+        """
         future: Future[_T] = Future()
-        self._queue.put(_Call(future, fn, args, kwargs))
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("the stage worker processes have shut down")
+            self._queue.put(_Call(future, fn, args, kwargs))
         return future
 
     def _feed(self, slot: int) -> None:
+        """One worker's thread: run the queued calls in that worker until the pool shuts down; every call taken
+        ends with its result or its error (never left running)."""
         while (call := self._queue.get()) is not None:
             if not call.future.set_running_or_notify_cancel():
                 continue
             try:
-                worker = self._workers[slot]
-                if worker is None:  # the last one died: a new one, forked in milliseconds
-                    worker = self._workers[slot] = _new_worker()
-                result = worker.submit(call.fn, *call.args, **call.kwargs).result()
-            except BrokenProcessPool as err:
-                _log.warning("a stage worker process died; a new one takes its next call")
-                self._workers[slot] = None
-                worker.shutdown(wait=False)
-                call.future.set_exception(err)
-            except BaseException as err:  # noqa: BLE001  (the call's own error, kept for the caller)
+                result = self._run(slot, call)
+            except BaseException as err:  # noqa: BLE001  (the call's own error, or its worker's, for the caller)
                 call.future.set_exception(err)
             else:
                 call.future.set_result(result)
 
+    def _run(self, slot: int, call: _Call) -> Any:
+        worker = self._workers[slot]
+        if worker is None:  # the last one died: a new one, forked in milliseconds
+            if self._closed:
+                raise PoolClosed("the stage worker processes have shut down")
+            worker = self._workers[slot] = _new_worker()  # its own failure fails this call; the next one retries
+        try:
+            return worker.submit(call.fn, *call.args, **call.kwargs).result()
+        except BrokenProcessPool:
+            _log.warning("a stage worker process died; a new one takes its next call")
+            self._workers[slot] = None
+            worker.shutdown(wait=False)
+            raise
+
     def shutdown(self, wait: bool) -> None:
         """End the workers: after the calls submitted (``wait``), or at once, the waiting calls cancelled and the
-        running ones left to end on their own (a worker exits when the flow process is gone)."""
+        running ones left to end on their own (a worker exits when the flow process is gone). Later calls to
+        :meth:`submit` raise :class:`PoolClosed`."""
+        with self._lock:
+            self._closed = True
+            for _ in self._threads:
+                self._queue.put(None)
         if not wait:
-            while True:
-                try:
-                    call = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if call is not None:
-                    call.future.cancel()
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
+            self._cancel_waiting()
+        else:
             for thread in self._threads:
                 thread.join()
         for worker in self._workers:
             if worker is not None:
                 worker.shutdown(wait=wait, cancel_futures=True)
+
+    def _cancel_waiting(self) -> None:
+        """Cancel the queued calls; the feeding threads' end markers go back in the queue."""
+        ends = 0
+        while True:
+            try:
+                call = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if call is None:
+                ends += 1
+            else:
+                call.future.cancel()
+        for _ in range(ends):
+            self._queue.put(None)
 
 
 def _new_pool(workers: int) -> _Pool:
@@ -189,7 +234,8 @@ def worker_processes(workers: int) -> Iterator[None]:
 
     The workers start in the background (the block goes on at once; the first call waits for them). Blocks may
     overlap (flows in threads of one process): the first opens the pool, with its ``workers``, and the last to end
-    shuts it down, after its running calls; a block that ends by an exception does not wait for them.
+    shuts it down, after the calls submitted to it; a block that ends by an exception cancels the calls still
+    waiting for a worker and does not wait for the running ones. A call submitted after that runs in place.
     """
     global _pool, _workers, _blocks
     if workers <= 0:
@@ -248,6 +294,10 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
     pool = None if started is None else started.result()
     if pool is None:
         return None
+    try:
+        future = pool.submit(fn, *args, **kwargs)
+    except PoolClosed:  # its block ended meanwhile: in place, as outside a block
+        return None
     global _running
     with _LOCK:
         _running += 1
@@ -257,7 +307,6 @@ def submit(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T] | 
         with _LOCK:
             _running -= 1
 
-    future = pool.submit(fn, *args, **kwargs)
     future.add_done_callback(done)
     return future
 

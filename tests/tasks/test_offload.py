@@ -269,3 +269,33 @@ def test_calls_that_hand_a_pipe_to_a_worker_leave_no_descriptor_open():
         if not future.cancelled():
             future.exception(timeout=30)
     assert _open_descriptors() <= before
+
+
+def test_a_worker_whose_replacement_cannot_start_fails_its_call_and_the_next_call_tries_again(monkeypatch):
+    with offload.worker_processes(1):
+        first = offload.call(_pid_and_threads)[0]
+        with pytest.raises(BrokenProcessPool):
+            offload.call(_die)
+        start = offload._new_worker
+
+        def refuse() -> None:
+            raise BrokenProcessPool("the new worker died while starting")
+
+        monkeypatch.setattr(offload, "_new_worker", refuse)
+        with pytest.raises(BrokenProcessPool, match="while starting"):  # an error, not a call left hanging
+            offload.submit(_pid_and_threads).result(timeout=30)
+        monkeypatch.setattr(offload, "_new_worker", start)
+        again = offload.call(_pid_and_threads)[0]
+        assert offload.spare_cores() == min(1, offload.usable_cores())  # no call counted as running for good
+    assert again not in (first, os.getpid())
+
+
+def test_a_call_reaching_a_pool_that_just_shut_down_runs_in_place():
+    """The last block may shut the pool down between a stage's reading it and its submitting: the call then runs
+    in place, as outside a block, rather than waiting in a queue that no worker reads."""
+    with offload.worker_processes(1):
+        pool = offload._pool.result()
+        pool.shutdown(wait=True)
+        with pytest.raises(offload.PoolClosed):
+            pool.submit(_pid_and_threads)
+        assert offload.call(_pid_and_threads)[0] == os.getpid()
