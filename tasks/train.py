@@ -231,40 +231,43 @@ def load_resume(folder: Path, log: Log, *, fetch: Callable[[str, str], Path | No
         else:
             log.info("ignoring the resume checkpoint %s: not (yet) recorded in %s by its build", path, RESUME)
     chosen, discarded, skipped = None, set(), []
-    for entry in entries:
-        if fetch is not None:
-            fetch(entry["file"], entry["sha256"])
-        try:
-            checkpoint = _verified(folder, entry)
-            if apply is not None:
-                apply(checkpoint)
-            chosen = checkpoint
-        except _LOAD_ERRORS as err:
-            log.warning("discarding the resume checkpoint %s (epoch %d): %s", folder / entry["file"],
-                        entry["epoch"], err)
-            (folder / entry["file"]).unlink(missing_ok=True)
-            discarded.add(entry["file"])
-            skipped.append(f"{entry['file']} (epoch {entry['epoch']}): {err}")
-            continue
-        if skipped:
-            log.info("resuming from the resume checkpoint %s (epoch %d), the newest that loads; skipped %s",
-                     folder / entry["file"], entry["epoch"], "; ".join(skipped))
-        break
-    if discarded or (not entries and (folder / RESUME).exists()):  # an unreadable record is replaced too
-        _forget(folder, discarded)
+    try:
+        for entry in entries:
+            if fetch is not None:
+                fetch(entry["file"], entry["sha256"])
+            try:
+                checkpoint = _verified(folder, entry)
+                if apply is not None:
+                    apply(checkpoint)
+                chosen = checkpoint
+            except _LOAD_ERRORS as err:
+                log.warning("discarding the resume checkpoint %s (epoch %d): %s", folder / entry["file"],
+                            entry["epoch"], err)
+                (folder / entry["file"]).unlink(missing_ok=True)
+                discarded.add(entry["file"])
+                skipped.append(f"{entry['file']} (epoch {entry['epoch']}): {err}")
+                continue
+            if skipped:
+                log.info("resuming from the resume checkpoint %s (epoch %d), the newest that loads; skipped %s",
+                         folder / entry["file"], entry["epoch"], "; ".join(skipped))
+            break
+    finally:  # also when a fetch fails (a store that does not answer): the deleted files leave the record
+        if discarded or (not entries and (folder / RESUME).exists()):  # an unreadable record is replaced too
+            _forget(folder, discarded, entries)
     return chosen
 
 
-def _forget(folder: Path, discarded: set[str]) -> None:
+def _forget(folder: Path, discarded: set[str], entries: list[Entry]) -> None:
     """Rewrite ``folder``'s resume record without the files ``discarded``, read again just before: what another
     build of this key (a superseded run still going) recorded while :func:`load_resume` tried its checkpoints is
-    kept. An unreadable record (warned about by the first read) becomes an empty one."""
+    kept. Where that second read fails, the first read's ``entries`` are kept instead (an unreadable record,
+    warned about by the first read, becomes an empty one)."""
     try:
         current = _parse_resume_record(folder)
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError):
-        current = []
+        current = entries
     _write_resume_record(folder, [e for e in current if e["file"] not in discarded])
 
 

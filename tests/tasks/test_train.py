@@ -595,3 +595,18 @@ def test_the_cell_optimizer_is_built_only_when_needed_and_carries_its_state_eith
         optimizer.load_state_dict(torch.optim.Adam([nn.Parameter(torch.ones(1))]).state_dict())
     optimizer.reset()
     assert optimizer.state_dict() is None and not optimizer.built().state_dict()["state"]
+
+
+def test_a_store_that_fails_mid_resume_still_leaves_the_discarded_file_out_of_the_record(tmp_path: Path) -> None:
+    """The newest checkpoint is discarded, then fetching the one before fails (the store stops answering): the
+    error propagates, and the record no longer lists the deleted file."""
+    _save(tmp_path, 2, 4)
+    _flip(tmp_path / "resume-000004.pt")
+
+    def fetch(file: str, sha256: str) -> None:
+        if file == "resume-000002.pt":
+            raise ConnectionError("the store does not answer")
+
+    with pytest.raises(ConnectionError):
+        load_resume(tmp_path, LOG, fetch=fetch)
+    assert _recorded(tmp_path) == [2] and not (tmp_path / "resume-000004.pt").exists()
