@@ -5,7 +5,12 @@ solvers themselves are all here.
 
 Every solver takes one step with :meth:`RungeKutta.step` (torchdyn's signature, public for hypersolvers and
 multiple shooting). The loop uses the faster internal methods below, which combine all earlier stages of a
-Runge–Kutta stage in a single fused ``addmv`` and keep the tableau's tensors cached per dtype and device.
+Runge–Kutta stage in a single product and keep the tableau's tensors cached per dtype and device.
+
+Every state update is ``y + h * (Σ a_j k_j)``: the weighted sum of the stages first, then one addition to the
+state. A fused ``addmv(y, K, a, alpha=h)`` is not used for it: CPU BLAS ``gemv`` adds each column into ``y`` in
+turn, so every nonzero weight costs a rounding at the state's magnitude (about sqrt(5) times the round-off of one
+addition per dopri5 step, which dominates float32 solves with many short steps).
 """
 
 from __future__ import annotations
@@ -323,18 +328,18 @@ class RungeKutta(nn.Module):
         times = co.c.mul(h).add_(t).unbind() if stage_times else (co.no_time,) * n_stages
         # The graph this records is what backward walks, so each stage costs few, cheap ops: stage 1 is one add,
         # later ones one [1, i] @ [i, N] product over the earlier stages stacked as rows (a plain copy, and its
-        # backward hands each stage a contiguous gradient row). Field outputs shaped like the state are used as
-        # they are, without views.
+        # backward hands each stage a contiguous gradient row), added to the state (not a fused addmm: see the
+        # module docstring). Field outputs shaped like the state are used as they are, without views.
         if k0 is None:
             k0 = f(times[0], y)
             counts.nfe += 1
         k, stages = k0, [k0.reshape(-1)]  # stages: flat [N] each
-        y_stage, addmm, stack = y, torch.addmm, torch.stack
+        y_stage, mm, stack = y, torch.mm, torch.stack
         for i in range(1, n_stages):
             if i == 1:
                 y_stage = torch.add(y, k if k.shape == shape else stages[0].view(shape), alpha=h * self.tableau.a[1][0])
             else:
-                y_stage = addmm(flat, a_rows[i], stack(stages), alpha=h).view(shape)
+                y_stage = torch.add(y, mm(a_rows[i], stack(stages)).view(shape), alpha=h)
             k = f(times[i], y_stage)
             stages.append(k.reshape(-1))
         counts.nfe += n_stages - 1
@@ -342,7 +347,7 @@ class RungeKutta(nn.Module):
         if self.tableau.fsal:
             y1, last = y_stage, k if k.shape == shape else stages[-1].view(shape)
         else:
-            y1, last = addmm(flat, co.b_row, K, alpha=h).view(shape), None
+            y1, last = torch.add(y, mm(co.b_row, K).view(shape), alpha=h), None
         norm = None
         if need_error and co.b_error is not None:
             with torch.no_grad():  # no detach needed: nothing here is recorded
@@ -352,7 +357,7 @@ class RungeKutta(nn.Module):
     def _attempt_in(self, ws: Workspace, co: _Coefficients, f: Field, y: Tensor, t: float, h: float,
                     k0: Tensor | None, counts: StepCounts, need_error: bool, atol: float, rtol: float,
                     error_size: int | None) -> Attempt:
-        """:meth:`attempt` without a graph: one fused ``addmv`` per stage, written into preallocated rows."""
+        """:meth:`attempt` without a graph: one ``mv`` and one ``add`` per stage, written into preallocated rows."""
         b = ws.current
         ws.writes[b] += 1
         rows, mats, inputs, flat_inputs = ws.shaped_rows[b], ws.mats[b], ws.inputs[b], ws.flat_inputs[b]
@@ -364,16 +369,16 @@ class RungeKutta(nn.Module):
             counts.nfe += 1
         else:
             rows[0].copy_(k0)
-        addmv = torch.addmv
+        mv, add = torch.mv, torch.add
         for a_i, mat, flat_in, stage_in, row, t_i in ws.plans[b]:
-            addmv(flat, mat, a_i, alpha=h, out=flat_in)
+            add(flat, mv(mat, a_i, out=flat_in), alpha=h, out=flat_in)  # y + h (K a): see the module docstring
             row.copy_(f(t_i, stage_in))
         counts.nfe += len(ws.plans[b])
         K = ws.stages[b]
         if self.tableau.fsal:
             y1, last = inputs[-2], rows[-1]
         else:
-            torch.addmv(flat, mats[-1], co.b, alpha=h, out=flat_inputs[-1])
+            torch.add(flat, torch.mv(mats[-1], co.b, out=flat_inputs[-1]), alpha=h, out=flat_inputs[-1])
             y1, last = inputs[-1], None
         norm = None
         if need_error and co.b_error is not None:
@@ -441,7 +446,7 @@ class RungeKutta(nn.Module):
         flat = y0.reshape(-1)
         rows = [stages[i] for i in range(stages.shape[0])]
         for c, a in zip(co.extra_c, co.extra_a):
-            y_stage = torch.addmv(flat, torch.stack(rows, 1), a, alpha=h).view(y0.shape)
+            y_stage = torch.add(flat, torch.mv(torch.stack(rows, 1), a), alpha=h).view(y0.shape)
             rows.append(f(time_tensor(t + c * h, y0), y_stage).reshape(-1))
             counts.nfe += 1
         return torch.stack(rows)
@@ -460,8 +465,9 @@ class RungeKutta(nn.Module):
         m = len(thetas)
         W = self._dense_rows(thetas, y0)  # [m * S]: row-major [m, S]
         if m == 1:
-            return [torch.addmv(flat, K_t, W, alpha=h).view(y0.shape)]
-        return list(torch.addmm(flat, W.view(m, -1), K, alpha=h).view(m, *y0.shape).unbind())  # [m, N]: a row each
+            return [torch.add(flat, torch.mv(K_t, W), alpha=h).view(y0.shape)]
+        # [m, N]: a row each; the weighted stages first, then the state (see the module docstring)
+        return list(torch.add(flat, torch.mm(W.view(m, -1), K), alpha=h).view(m, *y0.shape).unbind())
 
 
 _REAL_OF_COMPLEX = {torch.complex32: torch.float16, torch.complex64: torch.float32, torch.complex128: torch.float64}
