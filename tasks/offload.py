@@ -178,13 +178,13 @@ class _Pool:
         """End the workers: after the calls submitted (``wait``), or at once, the waiting calls cancelled and the
         running ones left to end on their own (a worker exits when the flow process is gone). Later calls to
         :meth:`submit` raise :class:`PoolClosed`."""
-        with self._lock:
+        with self._lock:  # no call is queued after this
             self._closed = True
+            if not wait:
+                self._cancel_waiting()
             for _ in self._threads:
                 self._queue.put(None)
-        if not wait:
-            self._cancel_waiting()
-        else:
+        if wait:
             for thread in self._threads:
                 thread.join()
         for worker in self._workers:
@@ -192,19 +192,14 @@ class _Pool:
                 worker.shutdown(wait=wait, cancel_futures=True)
 
     def _cancel_waiting(self) -> None:
-        """Cancel the queued calls; the feeding threads' end markers go back in the queue."""
-        ends = 0
+        """Cancel the queued calls (those a feeding thread has not taken yet)."""
         while True:
             try:
                 call = self._queue.get_nowait()
             except queue.Empty:
-                break
-            if call is None:
-                ends += 1
-            else:
+                return
+            if call is not None:
                 call.future.cancel()
-        for _ in range(ends):
-            self._queue.put(None)
 
 
 def _new_pool(workers: int) -> _Pool:
