@@ -60,7 +60,8 @@ def _make_colour_scale_current(fig: Figure) -> None:
     plt = _pyplot()
     mapped = [(ax, c) for ax in fig.axes for c in ax.collections if c.get_array() is not None]
     filled = [(ax, c) for ax, c in mapped if isinstance(c, ContourSet) and c.filled]
-    for ax, artist in [*filled, *mapped][:1]:
+    if filled or mapped:
+        ax, artist = (filled or mapped)[0]
         plt.sca(ax)
         plt.sci(artist)
 
