@@ -9,8 +9,11 @@ after ``k`` iterations, so ``maxiter >= N`` reproduces the sequential fine solve
 * :class:`MSBackward` — Newton's method with the exact Jacobian–vector products of ``F`` (by autograd):
   ``B[m+1] <- F(B[m]) + ∂F(B[m]) (B_new[m] - B[m])``.
 
-The fine propagators of all intervals run as one batched solve, which assumes a field that does not depend
-on ``t`` (as torchdyn's do) and equally spaced ``t_span``; both are checked.
+The propagators of all intervals run as one batched solve when the field promises not to read ``t`` (a true
+``ignores_time`` attribute, as a :class:`~nodecore.fields.VectorField` around a field of ``x`` alone has);
+otherwise each interval is solved on its own times, one solve per interval, so a time-dependent field gets its
+true ``t`` (torchdyn's batch every interval from ``t = 0`` and return a wrong solution for one). ``t_span`` must
+be equally spaced (checked).
 
 Gradients: ``sensitivity='autograd'`` backpropagates through every iteration (memory grows with ``maxiter``
 times the intervals). ``'adjoint'`` differentiates the solution of the shooting equations ``B[m+1] = F(B[m])``,
@@ -24,6 +27,7 @@ unconverged points, and does not differentiate the iterations. The initial guess
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
@@ -40,6 +44,24 @@ from nodecore.numerics.stats import StepCounts
 Field = Callable[[Tensor, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class ShootingGrid:
+    """The shooting intervals: interval ``m`` runs over ``starts[m] + offsets`` (``offsets[0] = 0``).
+
+    Attributes:
+        starts: the left ends ``t_0 .. t_{N-1}``; offsets: the fine grid of one interval, from 0.
+        time_free: the field never reads ``t``, so all intervals can be solved as one batch.
+    """
+
+    starts: tuple[float, ...]
+    offsets: tuple[float, ...]
+    time_free: bool
+
+    def times(self, m: int) -> list[float]:
+        """The fine grid of interval ``m``."""
+        return [self.starts[m] + offset for offset in self.offsets]
+
+
 class MultipleShootingSolver:
     """A multiple-shooting method: a coarse and a fine single-interval solver and an update rule.
 
@@ -51,25 +73,32 @@ class MultipleShootingSolver:
         self.coarse_method = solver_object(coarse_method)
         self.fine_method = solver_object(fine_method)
 
-    def propagate(self, solver: RungeKutta, f: Field, z: Tensor, sub_times: list[float]) -> Tensor:
-        """One interval of ``solver`` from every state in ``z`` (batched over its leading dimension)."""
-        return integrate(f, z, sub_times, solver, atol=1.0, rtol=1.0, controller=IntegralController(),
+    def propagate(self, solver: RungeKutta, f: Field, z: Tensor, times: list[float]) -> Tensor:
+        """``solver`` at constant steps over ``times`` from every state in ``z`` (batched over its leading dims)."""
+        return integrate(f, z, times, solver, atol=1.0, rtol=1.0, controller=IntegralController(),
                          counts=StepCounts(), max_steps=10**9)[-1]
 
-    def root_solve(self, f: Field, x: Tensor, B: Tensor, sub_times: list[float], maxiter: int) -> Tensor:
+    def propagate_all(self, solver: RungeKutta, f: Field, Z: Tensor, grid: ShootingGrid) -> Tensor:
+        """Interval ``m`` of ``solver`` from ``Z[m]``, for every ``m``: ``[N, *S] -> [N, *S]``."""
+        if grid.time_free:
+            return self.propagate(solver, f, Z, list(grid.offsets))
+        return torch.stack([self.propagate(solver, f, Z[m], grid.times(m)) for m in range(Z.shape[0])])
+
+    def root_solve(self, f: Field, x: Tensor, B: Tensor, grid: ShootingGrid, maxiter: int) -> Tensor:
+        """The shooting points after ``maxiter`` iterations from the guess ``B [N+1, *S]``."""
         raise NotImplementedError
 
 
 class MSZero(MultipleShootingSolver):
     """Parareal: the coarse solver's sweep corrected by the fine solver's defect (torchdyn's ``'mszero'``)."""
 
-    def root_solve(self, f: Field, x: Tensor, B: Tensor, sub_times: list[float], maxiter: int) -> Tensor:
+    def root_solve(self, f: Field, x: Tensor, B: Tensor, grid: ShootingGrid, maxiter: int) -> Tensor:
         for _ in range(maxiter):
-            fine = self.propagate(self.fine_method, f, B[:-1], sub_times)
-            coarse = self.propagate(self.coarse_method, f, B[:-1], sub_times)
+            fine = self.propagate_all(self.fine_method, f, B[:-1], grid)
+            coarse = self.propagate_all(self.coarse_method, f, B[:-1], grid)
             points = [x]
             for m in range(B.shape[0] - 1):
-                points.append(self.propagate(self.coarse_method, f, points[-1], sub_times) + fine[m] - coarse[m])
+                points.append(self.propagate(self.coarse_method, f, points[-1], grid.times(m)) + fine[m] - coarse[m])
             B = torch.stack(points)
         return B
 
@@ -78,13 +107,13 @@ class MSBackward(MultipleShootingSolver):
     """Newton's method on the shooting equations, Jacobian–vector products by autograd (torchdyn's
     ``'msbackward'``)."""
 
-    def root_solve(self, f: Field, x: Tensor, B: Tensor, sub_times: list[float], maxiter: int) -> Tensor:
-        def fine(z: Tensor) -> Tensor:
-            return self.propagate(self.fine_method, f, z, sub_times)
-
+    def root_solve(self, f: Field, x: Tensor, B: Tensor, grid: ShootingGrid, maxiter: int) -> Tensor:
         for _ in range(maxiter):
             points = [x]
             for m in range(B.shape[0] - 1):
+                def fine(z: Tensor, times: list[float] = grid.times(m)) -> Tensor:
+                    return self.propagate(self.fine_method, f, z, times)
+
                 value, jvp = torch.autograd.functional.jvp(fine, B[m], points[-1] - B[m], create_graph=torch.is_grad_enabled())
                 points.append(value + jvp)
             B = torch.stack(points)
@@ -95,10 +124,10 @@ class _ShootingAdjoint(torch.autograd.Function):
     """The shooting solution ``B`` with the implicit-function-theorem gradient (the module docstring's recursion)."""
 
     @staticmethod
-    def forward(ctx, solver: MultipleShootingSolver, f: nn.Module, sub_times: list[float], maxiter: int, B0: Tensor,
+    def forward(ctx, solver: MultipleShootingSolver, f: nn.Module, grid: ShootingGrid, maxiter: int, B0: Tensor,
                 x: Tensor, *params: Tensor) -> Tensor:
-        B = solver.root_solve(f, x, B0, sub_times, maxiter)  # grad mode is off here: no graph is kept
-        ctx.solver, ctx.f, ctx.sub_times, ctx.params = solver, f, sub_times, params
+        B = solver.root_solve(f, x, B0, grid, maxiter)  # grad mode is off here: no graph is kept
+        ctx.solver, ctx.f, ctx.grid, ctx.params = solver, f, grid, params
         ctx.save_for_backward(B)
         return B
 
@@ -106,13 +135,13 @@ class _ShootingAdjoint(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_B: Tensor) -> tuple:
         (B,) = ctx.saved_tensors
-        solver, f, sub_times, params = ctx.solver, ctx.f, ctx.sub_times, ctx.params
+        solver, f, grid, params = ctx.solver, ctx.f, ctx.grid, ctx.params
         lam = grad_B[-1]
         grads = [torch.zeros_like(p) for p in params]
         for m in range(B.shape[0] - 2, -1, -1):
             with torch.enable_grad():
                 z = B[m].detach().requires_grad_()
-                step = solver.propagate(solver.fine_method, f, z, sub_times)
+                step = solver.propagate(solver.fine_method, f, z, grid.times(m))
                 d_z, *d_params = torch.autograd.grad(step, (z, *params), lam, allow_unused=True)
             lam = grad_B[m] + (d_z if d_z is not None else 0.0)
             for total, d in zip(grads, d_params):
@@ -145,7 +174,8 @@ def odeint_mshooting(
     """Solve ``dx/dt = f(t, x)`` on ``t_span`` by multiple shooting; torchdyn's functional API.
 
     Args:
-        f: a field that does not depend on ``t`` (called as ``f(t, x)``).
+        f: the field, called as ``f(t, x)``; one with a true ``ignores_time`` attribute has all intervals solved
+            as one batch, any other one interval at a time on its own times.
         x: initial state ``[*S]``.
         t_span: ``[N+1]`` equally spaced times.
         solver: ``'mszero'`` (Parareal) or ``'msbackward'`` (Newton), or a :class:`MultipleShootingSolver`.
@@ -187,22 +217,24 @@ def odeint_mshooting(
     if not torch.allclose(dt, dt[0].expand_as(dt), rtol=1e-6, atol=rounding) or float(dt[0]) == 0.0:
         raise ValueError(f"multiple shooting needs equally spaced t_span, got {t_span.tolist()}")
     step = float(dt[0])
-    sub_times = [step * k / (fine_steps - 1) for k in range(fine_steps)]
+    grid = ShootingGrid(starts=tuple(t_span[:-1].tolist()),
+                        offsets=tuple(step * k / (fine_steps - 1) for k in range(fine_steps)),
+                        time_free=bool(getattr(f, "ignores_time", False)))
     if B0 is not None and B0.shape != (t_span.numel(), *x.shape):
         raise ValueError(f"B0 must have shape {(t_span.numel(), *x.shape)} (one state per time), got {tuple(B0.shape)}")
     if sensitivity != "autograd":
         with torch.no_grad():
-            B0 = _coarse_sweep(solver, f, x, t_span.numel(), sub_times) if B0 is None else B0.detach()
+            B0 = _coarse_sweep(solver, f, x, grid) if B0 is None else B0.detach()
         params = tuple(p for p in f.parameters() if p.requires_grad)
-        return t_span, _ShootingAdjoint.apply(solver, f, sub_times, maxiter, B0, x, *params)
+        return t_span, _ShootingAdjoint.apply(solver, f, grid, maxiter, B0, x, *params)
     if B0 is None:
-        B0 = _coarse_sweep(solver, f, x, t_span.numel(), sub_times)
-    return t_span, solver.root_solve(f, x, B0, sub_times, maxiter)
+        B0 = _coarse_sweep(solver, f, x, grid)
+    return t_span, solver.root_solve(f, x, B0, grid, maxiter)
 
 
-def _coarse_sweep(solver: MultipleShootingSolver, f: Field, x: Tensor, points: int, sub_times: list[float]) -> Tensor:
-    """The default initial guess: the coarse solver's sequential sweep from ``x``, ``[points, *x.shape]``."""
+def _coarse_sweep(solver: MultipleShootingSolver, f: Field, x: Tensor, grid: ShootingGrid) -> Tensor:
+    """The default initial guess: the coarse solver's sequential sweep from ``x``, ``[N+1, *x.shape]``."""
     states = [x]
-    for _ in range(points - 1):
-        states.append(solver.propagate(solver.coarse_method, f, states[-1], sub_times))
+    for m in range(len(grid.starts)):
+        states.append(solver.propagate(solver.coarse_method, f, states[-1], grid.times(m)))
     return torch.stack(states)
