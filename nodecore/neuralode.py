@@ -22,11 +22,13 @@ from nodecore.fields import Time, VectorField
 from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
 from nodecore.numerics.control import IntegralController
 from nodecore.numerics.integrate import integrate, integrate_by_own_step, no_args, state_like, writes_own_step
+from nodecore.numerics.interpolators import Interpolator
 from nodecore.numerics.odeint import (
     MAPPING_STATE_HINT,
     check_step_inputs,
     describe,
     interpolates,
+    interpolator_name,
     select_states,
     stack_states,
 )
@@ -430,7 +432,7 @@ class NeuralODE(nn.Module):
         solver_adjoint: str | RungeKutta | None = None,
         atol_adjoint: float = DEFAULT_ATOL_ADJOINT,
         rtol_adjoint: float = DEFAULT_RTOL_ADJOINT,
-        interpolator: str | None = None,
+        interpolator: str | Interpolator | None = None,
         integral_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         seminorm: bool = False,
         return_t_eval: bool = True,
@@ -447,8 +449,8 @@ class NeuralODE(nn.Module):
         max_steps = integer("max_steps", max_steps, minimum=1)
         return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
         self.backend = choice("backend", backend, BACKENDS)
-        self._interpolate = interpolates(interpolator)
-        self.interpolator = interpolator
+        self.interpolator = interpolator_name(interpolator)  # a torchdyn FourthOrder() is kept as "4th"
+        self._interpolate = interpolates(self.interpolator)
         if integral_loss is not None and not callable(integral_loss):
             raise TypeError(f"integral_loss must be a callable (t, x) -> loss, got {type(integral_loss).__name__}")
         self.integral_loss = integral_loss

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from nodecore._checks import choice, integer
 from nodecore.fields import VectorField
 from nodecore.neuralode import NeuralODE, TSpan
+from nodecore.numerics.interpolators import Interpolator
 from nodecore.numerics.shooting import MS_SOLVERS, SHOOTING_SENSITIVITIES, MultipleShootingSolver, odeint_mshooting
 from nodecore.numerics.solvers import RungeKutta
 
@@ -29,7 +30,7 @@ class ODEProblem(NeuralODE):
         self,
         vector_field: nn.Module | Callable[..., Tensor],
         solver: str | RungeKutta,
-        interpolator: str | None = None,
+        interpolator: str | Interpolator | None = None,
         order: int = 1,
         atol: float = 1e-4,
         rtol: float = 1e-4,

@@ -26,7 +26,20 @@ from nodecore.numerics.solvers import (
 )
 from nodecore.numerics.stats import StepCounts
 from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
-from nodecore.numerics.systems import Lorenz, VanDerPol
+from nodecore.numerics.systems import (
+    CoupledFourierSystem,
+    FourierSystem,
+    Lorenz,
+    LTISystem,
+    MatMulBoundedSystem,
+    MatMulSystem,
+    ODEProblem2,
+    ODEProblem3,
+    ODEProblem4,
+    SineSystem,
+    StiffFourierSystem,
+    VanDerPol,
+)
 from nodecore.numerics.tableaus import ButcherTableau
 
 __all__ = [
@@ -37,4 +50,6 @@ __all__ = [
     "initial_step", "odeint", "odeint_mshooting", "solver_object",
     "AsynchronousLeapfrog", "EventCallback", "Lorenz", "SYMPLECTIC_SOLVERS", "StochasticEventCallback", "VanDerPol",
     "odeint_hybrid", "odeint_symplectic", "root_find", "sdeint",
+    "CoupledFourierSystem", "FourierSystem", "LTISystem", "MatMulBoundedSystem", "MatMulSystem", "ODEProblem2",
+    "ODEProblem3", "ODEProblem4", "SineSystem", "StiffFourierSystem",
 ]

@@ -11,6 +11,7 @@ from nodecore._checks import choice, integer, positive
 from nodecore.numerics.control import IntegralController, PIController
 from nodecore.numerics.hybrid import odeint_hybrid  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.integrate import integrate, integrate_by_own_step, no_args, state_like, writes_own_step
+from nodecore.numerics.interpolators import FourthOrder, Interpolator
 from nodecore.numerics.registry import solver_object
 from nodecore.numerics.shooting import odeint_mshooting  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.solvers import RungeKutta
@@ -23,13 +24,29 @@ from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfro
 INTERPOLATORS: tuple[str, ...] = ("dense", "4th", "step")
 
 
-def interpolates(interpolator: str | None) -> bool:
-    """Whether ``interpolator`` (None or one of :data:`INTERPOLATORS`) reads inner points off the dense output.
+def interpolator_name(interpolator: str | Interpolator | None) -> str | None:
+    """``interpolator`` checked: None, one of :data:`INTERPOLATORS`, or ``'4th'`` for a torchdyn
+    :class:`~nodecore.numerics.interpolators.FourthOrder` instance.
 
     Raises:
         ValueError: an unknown value; the message lists the valid ones.
     """
-    return interpolator is not None and choice("interpolator", interpolator, INTERPOLATORS) != "step"
+    if isinstance(interpolator, FourthOrder):
+        return "4th"
+    if isinstance(interpolator, Interpolator):
+        raise ValueError(f"interpolator {type(interpolator).__name__}(): nodecore's solvers read inner points off "
+                         f"their own dense output; valid interpolators: None, {', '.join(INTERPOLATORS)} or a "
+                         "FourthOrder instance (= '4th')")
+    return None if interpolator is None else choice("interpolator", interpolator, INTERPOLATORS)
+
+
+def interpolates(interpolator: str | Interpolator | None) -> bool:
+    """Whether ``interpolator`` (see :func:`interpolator_name`) reads inner points off the dense output.
+
+    Raises:
+        ValueError: an unknown value; the message lists the valid ones.
+    """
+    return interpolator_name(interpolator) not in (None, "step")
 
 
 DEFAULT_MAX_STEPS = 10_000
@@ -118,7 +135,7 @@ def odeint(
     rtol: float = 1e-3,
     t_stops: None = None,
     verbose: bool = False,
-    interpolator: str | None = None,
+    interpolator: str | Interpolator | None = None,
     return_all_eval: bool = False,
     save_at: TSpan = (),
     args: object = None,
@@ -158,7 +175,8 @@ def odeint(
         t_stops, verbose: torchdyn options; ``t_stops`` is not supported.
         args: handed to every call of a solver's own ``step`` (``{}`` when None, as in torchdyn); refused when
             non-empty with a solver whose ``step`` is nodecore's, which would never read it.
-        interpolator: None (= ``'step'``), ``'step'``, ``'dense'`` or ``'4th'`` (= ``'dense'``).
+        interpolator: None (= ``'step'``), ``'step'``, ``'dense'`` or ``'4th'`` (= ``'dense'``; also a torchdyn
+            ``FourthOrder()`` instance).
         return_all_eval: also return the state at every accepted step (then ``t_eval`` lists those times).
         save_at: points of ``t_span`` to return (all when empty).
         seminorm: ``(True, n)`` measures the error on the first ``n`` entries of the flat state only.

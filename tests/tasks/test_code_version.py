@@ -29,7 +29,7 @@ def test_render_depends_on_plotting() -> None:
 
 def test_generate_depends_on_the_dataset_code_only() -> None:
     names = _names("generate.py")
-    assert {"datasets.py", "dataset_io.py"} <= names
+    assert {"static_datasets.py", "dataset_io.py"} <= names
     assert not names & {"plotting.py", "neuralode.py", "training.py", "solvers.py"}
 
 
