@@ -512,8 +512,8 @@ class NeuralODE(nn.Module):
         """Raise when this model's options need nodecore's engine; ``why`` says what asked for torchdiffeq."""
         if not (self.solver.method and self.solver_adjoint.method):
             raise ValueError(
-                f"{why} runs registered solvers only, got the solver object {self.solver.name}; use a name from "
-                "nodecore.solvers.SOLVER_NAMES"
+                f"{why} runs the solvers torchdiffeq has, got {self.solver.name} (torchdiffeq has no twin of it); use "
+                "a name from nodecore.solvers.SOLVER_NAMES"
             )
         if self.integral_loss is not None or self.sensitivity == "interpolated_adjoint" or self.interpolator == "step":
             raise ValueError(
@@ -700,7 +700,7 @@ class NeuralODE(nn.Module):
                           adaptive_backward=False, count=False)
         trajectory = stack_states(integrate_by_own_step(
             func.call_from_step, x, t_span.tolist(), self._stepper, args=args, counts=counter.forward,
-            max_steps=self.max_steps, step_size=self.step_size, label="forward",
+            max_steps=self.max_steps, step_size=self.step_size, label="forward", atol=self.atol, rtol=self.rtol,
         ))
         self._check_constant_step_result(x, {key: value[-1] for key, value in trajectory.items()}, t_span)
         t_eval = t_span
@@ -746,6 +746,7 @@ class NeuralODE(nn.Module):
                 return torch.stack(integrate_by_own_step(
                     func.call_from_step if field is engine else field, x0, times, self._stepper, args=args,
                     counts=counter.forward, max_steps=self.max_steps, step_size=self.step_size, label="forward",
+                    atol=self.atol, rtol=self.rtol,
                 ))
             return torch.stack(integrate(
                 field, x0, times, self._stepper, atol=self.atol, rtol=self.rtol, controller=_CONTROLLER,

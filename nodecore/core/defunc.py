@@ -18,7 +18,7 @@ from nodecore.fields import Time, VectorField
 from nodecore.models.sde import SDEFunc
 from nodecore.numerics.solvers import time_tensor
 
-__all__ = ["DEFunc", "SDEFunc"]
+__all__ = ["DEFunc", "DEFuncBase", "SDEFunc"]
 
 
 class DEFunc(nn.Module):
@@ -109,3 +109,26 @@ class _Field(VectorField):
         if not isinstance(t, Tensor):
             t = time_tensor(t, x)
         return self.vf(t, x, args={} if args is None else args)
+
+
+class DEFuncBase(nn.Module):
+    """torchdyn's ``DEFuncBase(vector_field, has_time_arg=True)``: calls ``vector_field(t, x)`` (with torchdyn's
+    ``args`` when it declares them) or, with ``has_time_arg=False``, ``vector_field(x)``; counts evaluations.
+
+    Attributes:
+        vf, has_time_arg: as given; nfe: evaluations (settable).
+    """
+
+    def __init__(self, vector_field: nn.Module | Callable[..., Tensor], has_time_arg: bool = True) -> None:
+        super().__init__()
+        if not callable(vector_field):
+            raise TypeError(f"vector_field must be an nn.Module or callable, got {type(vector_field).__name__}")
+        self.vf, self.has_time_arg, self.nfe = vector_field, bool(has_time_arg), 0
+        object.__setattr__(self, "_field", _Field(vector_field) if self.has_time_arg else None)
+
+    def forward(self, t: Time, x: Tensor, args: Mapping[str, object] | None = None) -> Tensor:
+        self.nfe += 1
+        if not self.has_time_arg:
+            return self.vf(x)
+        return self._field(t, x, args)
+

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from nodecore._checks import integer
-from nodecore.core.defunc import DEFunc
+from nodecore.core.defunc import DEFunc, DEFuncBase  # noqa: F401  (DEFuncBase: torchdyn's module hands it out)
 from nodecore.fields import VectorField, _takes_time
 
 __all__ = ["standardize_vf_call_signature"]

@@ -16,6 +16,9 @@ from nodecore.models.sde import NeuralSDE, SDEFunc, SDEProblem
 from nodecore.neuralode import NeuralODE
 from nodecore.problems import MultipleShootingLayer, ODEProblem
 from nodecore.systems import DampedPendulum, HybridField, LotkaVolterra
+from nodecore.numerics.odeint import odeint  # noqa: F401  (torchdyn's models package hands it out too)
+
+MultipleShootingProblem = MultipleShootingLayer  # torchdyn's name of the base class; one class here
 
 import torch
 from torch import nn
@@ -36,6 +39,7 @@ __all__ = [
     "LatentSDEFunc",
     "LotkaVolterra",
     "MultipleShootingLayer",
+    "MultipleShootingProblem",
     "NeuralODE",
     "NeuralSDE",
     "SDEFunc",
@@ -48,3 +52,14 @@ __all__ = [
 # `from torchdyn.models import *` also hands out the modules it imported, and torchdyn's tutorials use them
 # without importing them: the same here for a star import.
 __all__ += ["nn", "torch"]
+
+
+def __getattr__(name: str) -> object:
+    """torchdyn's ``models`` also hands out ``standardize_vf_call_signature``; loaded on first use (nodecore.core
+    imports this package, so an eager import would be circular)."""
+    if name == "standardize_vf_call_signature":
+        from nodecore.core.utils import standardize_vf_call_signature
+
+        return standardize_vf_call_signature
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

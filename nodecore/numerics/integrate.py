@@ -79,7 +79,7 @@ def integrate(
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
-                                   interpolate, stage_times=stage_times)
+                                   interpolate, stage_times=stage_times, tolerances=(atol, rtol))
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
                                first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws,
@@ -104,9 +104,10 @@ def _kept(state: Tensor, ws: Workspace | None) -> Tensor:
 
 
 def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args: object = None
-                         ) -> Callable[[Tensor, float, float], Tensor]:
+                         ) -> Callable[..., tuple]:
     """For a solver whose class overrides ``step`` (a hypersolver, a torchdyn-style custom solver): a function
-    ``(y, t, h) -> y1`` that goes through that ``step``, counting evaluations.
+    ``(y, t, h, k1=None) -> step's tuple`` that goes through that ``step``, counting evaluations (``[1]`` of the
+    tuple is the new state).
 
     The step's ``f`` passes on whatever the step gives after ``(t, x)`` (torchdyn's ``f(t, x, args)``). A step
     written outside nodecore (:func:`writes_own_step`) is called as torchdyn calls it, ``step(..., args=args)``,
@@ -124,8 +125,8 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args:
             counts.nfe += 1
             return f(t, x)
 
-        def step(y: Tensor, t: float, h: float) -> Tensor:
-            return solver.step(counted, y, time_tensor(t, y), h)[1]
+        def step(y: Tensor, t: float, h: float, k1: Tensor | None = None) -> tuple:
+            return solver.step(counted, y, time_tensor(t, y), h, k1)
 
         return step
 
@@ -136,8 +137,8 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args:
     if _takes_args(solver.step):
         handed = {} if args is None else args
 
-        def own_step(y: object, t: float, h: float) -> object:
-            return solver.step(passed_on, y, time_tensor(t, state_like(y)), h, args=handed)[1]
+        def own_step(y: object, t: float, h: float, k1: object = None) -> tuple:
+            return solver.step(passed_on, y, time_tensor(t, state_like(y)), h, *_given(k1), args=handed)
 
         return own_step
     if not no_args(args):
@@ -146,10 +147,15 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args:
             "as in torchdyn's step(self, f, x, t, dt, k1=None, args=None)"
         )
 
-    def own_step(y: object, t: float, h: float) -> object:
-        return solver.step(passed_on, y, time_tensor(t, state_like(y)), h)[1]
+    def own_step(y: object, t: float, h: float, k1: object = None) -> tuple:
+        return solver.step(passed_on, y, time_tensor(t, state_like(y)), h, *_given(k1))
 
     return own_step
+
+
+def _given(k1: object) -> tuple:
+    """``k1`` as the step's fifth argument only when there is one: a step of your own may not take it."""
+    return () if k1 is None else (k1,)
 
 
 def writes_own_step(solver: RungeKutta) -> bool:
@@ -184,11 +190,15 @@ def integrate_by_own_step(
     step_size: float | None = None,
     all_steps: list | None = None,
     label: str = "",
+    atol: float | None = None,
+    rtol: float | None = None,
 ) -> list:
     """Solve through a user-written ``solver.step`` (:func:`writes_own_step`), handing it ``args`` at every call.
 
     As torchdyn's fixed-step loop: constant steps onto every point of ``times`` (each interval split into equal
     steps no longer than ``step_size`` when given), ``step(f, x, t, dt, args=args)`` with ``t`` a 0-dim tensor.
+    An adaptive solver (``stepping_class == 'adaptive'``) with ``atol``, ``rtol`` and no ``step_size`` is
+    error-controlled by torchdyn's loop instead (:func:`_adaptive_own_steps`).
     The state is opaque to the loop, so it may be a dict of tensors (torchdyn's dict-valued states), and ``f``
     receives whatever the step passes after ``(t, x)``.
 
@@ -204,7 +214,9 @@ def integrate_by_own_step(
         TooManyStepsError: more than ``max_steps`` steps.
     """
     name = f"the {label} solve" if label else "the solve"
-    return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, None, args=args)
+    tolerances = None if atol is None or rtol is None else (atol, rtol)
+    return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, None, args=args,
+                           tolerances=tolerances)
 
 
 def _takes_args(step: Callable) -> bool:
@@ -243,12 +255,19 @@ def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Ten
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
                     ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False,
-                    args: object = None, stage_times: bool = True) -> list[Tensor]:
+                    args: object = None, stage_times: bool = True, tolerances: tuple[float, float] | None = None
+                    ) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
         ws = None  # the override builds its own tensors
+        sync = getattr(solver, "sync_device_dtype", None)  # torchdyn's hook of a solver of your own, per solve
+        if callable(sync):
+            sync(x, torch.tensor(times))
         by_override = _stepped_by_override(solver, f, counts, args)
+        if solver.adaptive and step_size is None and tolerances is not None and isinstance(x, Tensor):
+            return _adaptive_own_steps(by_override, x, times, solver, atol=tolerances[0], rtol=tolerances[1],
+                                       counts=counts, max_steps=max_steps, all_steps=all_steps, name=name)
     # With a step size and a dense output, one grid spans the whole solve and inner times are interpolated;
     # otherwise each interval between output times is split into equal steps no longer than step_size.
     dense = interpolate and step_size is not None and solver.has_dense_output and not overridden
@@ -264,7 +283,7 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
             _count_attempt(counts, max_steps, t, h, name)
             t_new = t_end if i == n - 1 else t_start + (i + 1) * h
             if overridden:
-                t, y = t_new, by_override(y, t, h)
+                t, y = t_new, by_override(y, t, h)[1]
             else:
                 attempt = solver.attempt(f, y, t, h, k0, counts, need_error=False, workspace=ws,
                                          stage_times=stage_times)
@@ -355,6 +374,55 @@ def _adaptive_steps(
                 f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} ({cause}); check the field and "
                 "inputs, loosen atol/rtol, or use a fixed-step solver"
             )
+    return out
+
+
+def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float], solver: RungeKutta, *,
+                        atol: float, rtol: float, counts: StepCounts, max_steps: int, all_steps: list | None,
+                        name: str) -> list[Tensor]:
+    """torchdyn's adaptive loop around an adaptive ``step`` of your own, which returns ``(f_new, x_new, x_err,
+    ...)``: stepping onto every point of ``times``.
+
+    A step is accepted when ``rms(x_err / (atol + rtol max(|x|, |x_new|))) <= 1``; the next step is the last
+    times ``safety · ratio^(-1/order)`` clipped to ``[min_factor, max_factor]`` (never shrinking after an accepted
+    step), the solver's ``safety``, ``min_factor`` and ``max_factor`` (torchdyn's 0.9, 0.2, 10 when it has none).
+    ``f_new``, when not None, is the next step's ``k1``. The first step tries the whole first interval.
+    """
+    safety, low, high = (float(torch.as_tensor(getattr(solver, name_, default)).reshape(-1)[0])
+                         for name_, default in (("safety", 0.9), ("min_factor", 0.2), ("max_factor", 10.0)))
+    exponent = 1.0 / max(int(solver.order), 1)
+    out, y, t, k1 = [x], x, times[0], None
+    h = times[1] - times[0]
+    direction = 1.0 if times[-1] > times[0] else -1.0
+    span_floor = abs(times[-1] - times[0]) * 1e-3
+    for target in times[1:]:
+        while direction * (target - t) > 4 * _EPS * max(abs(t), abs(target)):
+            landing = direction * (h - (target - t)) >= -4 * _EPS * max(abs(t), abs(target))
+            h_try = target - t if landing else h
+            _count_attempt(counts, max_steps, t, h_try, name)
+            result = step(y, t, h_try, k1)
+            if len(result) < 3 or not isinstance(result[2], Tensor):
+                raise TypeError(f"{type(solver).__name__} is adaptive (stepping_class 'adaptive'), so its step must "
+                                "return (f_new, x_new, x_err, ...) with x_err the error estimate, got "
+                                f"{len(result)} values")
+            f_new, y_new, err = result[0], result[1], result[2]
+            scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
+            ratio = float((err / scale).pow(2).mean().sqrt())
+            accepted = ratio <= 1.0
+            if accepted:
+                t, y, k1 = (target if landing else t + h_try), y_new, f_new
+                if all_steps is not None:
+                    all_steps.append((t, y))
+            else:
+                counts.rejected += 1
+            factor = high if ratio == 0 else safety * ratio ** -exponent if math.isfinite(ratio) else low
+            h = h_try * min(high, max(factor, 1.0 if accepted else low))
+            if not abs(h) > 16 * _EPS * max(abs(t), span_floor):
+                raise StepSizeUnderflowError(
+                    f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} (error ratio "
+                    f"{ratio:.3g}); check the field and the step's error estimate, or loosen atol/rtol"
+                )
+        out.append(y)
     return out
 
 

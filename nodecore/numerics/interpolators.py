@@ -20,7 +20,7 @@ from torch import Tensor
 from nodecore._checks import choice
 from nodecore.numerics.tableaus import DORMAND_PRINCE45
 
-__all__ = ["INTERP_DICT", "FourthOrder", "Interpolator", "Linear", "ThirdHermite", "str_to_interp"]
+__all__ = ["INTERP_DICT", "FourthOrder", "Interpolator", "Linear", "ThirdHermite", "construct_4th", "str_to_interp"]
 
 
 class Interpolator:
@@ -89,7 +89,7 @@ class FourthOrder(Interpolator):
 
     def __init__(self, dtype: torch.dtype = torch.float32) -> None:
         super().__init__(order=4)
-        self.bmid = _dopri5_midpoint_weights(dtype)
+        self.bmid = construct_4th(dtype)
 
     def fit(self, dt: Tensor | float, f0: Tensor, f1: Tensor, x0: Tensor, x1: Tensor,
             x_mid: Tensor | None = None, **kwargs: object) -> list[Tensor]:
@@ -102,7 +102,8 @@ class FourthOrder(Interpolator):
         return [x0, slope0, c2, c3, c4]
 
 
-def _dopri5_midpoint_weights(dtype: torch.dtype) -> Tensor:
+def construct_4th(dtype: torch.dtype = torch.float32) -> Tensor:
+    """The weights ``bmid`` of Dormand–Prince 5(4)'s seven stages giving the step's midpoint (torchdyn's name)."""
     weights = [sum(coef * 0.5 ** (j + 1) for j, coef in enumerate(row)) for row in DORMAND_PRINCE45.dense]
     return torch.tensor(weights, dtype=dtype)
 

@@ -19,6 +19,12 @@ from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
 from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
 
+# Names torchdyn's odeint module also hands out (its imports): `from torchdyn.numerics.odeint import X` ports.
+from nodecore.numerics.interpolators import str_to_interp  # noqa: E402, F401
+from nodecore.numerics.solvers import Tsitouras45  # noqa: E402, F401
+from nodecore.numerics.solvers.ode import str_to_ms_solver, str_to_solver  # noqa: E402, F401
+from nodecore.numerics.utils import EventState, adapt_step, hairer_norm, init_step  # noqa: E402, F401
+
 # How output times are produced: "step" (also None, the default, torchdyn's) steps onto every point; "dense"
 # (and torchdyn's "4th") reads inner points off the solver's dense output.
 INTERPOLATORS: tuple[str, ...] = ("dense", "4th", "step")
@@ -232,7 +238,7 @@ def odeint(
     step_size = None if step_size is None else positive("step_size", step_size)
     if writes_own_step(solver):
         states = integrate_by_own_step(f, x, times, solver, args=args, counts=counts, max_steps=max_steps,
-                                       step_size=step_size, all_steps=all_steps)
+                                       step_size=step_size, all_steps=all_steps, atol=atol, rtol=rtol)
     else:
         states = integrate(
             f, x, times, solver, atol=atol, rtol=rtol, controller=controller or IntegralController(), counts=counts,

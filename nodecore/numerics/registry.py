@@ -56,20 +56,34 @@ SOLVERS: Mapping[str, Solver] = MappingProxyType({s.name: s for s in (
 SOLVER_NAMES: tuple[str, ...] = tuple(SOLVERS)
 # torchdyn's other spellings of the same solvers.
 ALIASES: Mapping[str, str] = MappingProxyType({
-    "RungeKutta4": "rk4", "DormandPrince45": "dopri5", "Tsitouras45": "tsit5", "Euler": "euler",
+    "RungeKutta4": "rk4", "rk-4": "rk4", "DormandPrince45": "dopri5", "DormandPrince5": "dopri5",
+    "Tsitouras45": "tsit5", "Tsitouras5": "tsit5", "Euler": "euler", "Midpoint": "midpoint",
     "dop853": "dopri8", "heun": "adaptive_heun",
 })
 
 
+#: Solvers taken by name but left out of :data:`SOLVER_NAMES` (the pipeline's grid and ``--help``): torchdyn's
+#: implicit Euler, which has no torchdiffeq twin (``backend='torchdiffeq'`` refuses it).
+EXTRA_SOLVER_NAMES: tuple[str, ...] = ("ieuler", "implicit_euler")
+
+
+def _extra_solver(name: str) -> Solver:
+    from nodecore.numerics.implicit import ImplicitEuler  # implicit imports the solvers, as this module does
+
+    return Solver(name, 1, False, ImplicitEuler, "", "backward (implicit) Euler by Newton's method, fixed step")
+
+
 def get_solver(name: str) -> Solver:
-    """Look a solver up by name (or one of :data:`ALIASES`).
+    """Look a solver up by name (or one of :data:`ALIASES` or :data:`EXTRA_SOLVER_NAMES`).
 
     Raises:
         ValueError: the name is not registered; the message lists the valid names.
     """
     if isinstance(name, str) and name in ALIASES:
         name = ALIASES[name]
-    return SOLVERS[choice("solver", name, SOLVER_NAMES)]
+    if isinstance(name, str) and name in EXTRA_SOLVER_NAMES:
+        return _extra_solver(name)
+    return SOLVERS[choice("solver", name, SOLVER_NAMES + EXTRA_SOLVER_NAMES)]
 
 
 def solver_object(solver: str | _s.RungeKutta) -> _s.RungeKutta:

@@ -34,11 +34,12 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from nodecore._checks import choice, integer
+from nodecore._checks import choice, integer, number
 from nodecore.numerics.control import IntegralController
+from nodecore.numerics.implicit import ImplicitEuler
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.registry import solver_object
-from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.solvers import RungeKutta, time_tensor
 from nodecore.numerics.stats import StepCounts
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -120,6 +121,82 @@ class MSBackward(MultipleShootingSolver):
         return B
 
 
+class MSForward(MSBackward):
+    """torchdyn's forward-sensitivity multiple shooting: Newton's method with the exact Jacobian of the matching
+    conditions, the same iteration as :class:`MSBackward` (torchdyn's class exists but its ``root_solve`` raises
+    ``NotImplementedError``)."""
+
+
+class ParallelImplicitEuler(MultipleShootingSolver):
+    """Backward Euler on ``t_span`` through :func:`~nodecore.numerics.shooting.odeint_mshooting` (torchdyn's
+    ``ParallelImplicitEuler``): the shooting points ``B`` with one backward-Euler step per interval,
+
+        B[0] = x,    B[m+1] = B[m] + dt f(t_{m+1}, B[m+1]),    dt = t_{m+1} - t_m.
+
+    torchdyn minimises the sum of these equations' squared residuals over all of ``B`` at once by L-BFGS (and
+    evaluates ``f`` at time 0). That system is block lower-triangular: given ``B[m]``, ``B[m+1]`` is the root of one
+    backward-Euler step and nothing later. So its unique solution (for steps small enough that each step's root is
+    unique) is found here exactly and more cheaply **interval by interval**, each by :class:`ImplicitEuler`'s Newton
+    solve, with ``f`` at the right time ``t_{m+1}`` — sequential, not parallel in time, despite the name. The result
+    equals ``odeint(f, x, t_span, ImplicitEuler())``.
+
+    As in torchdyn, the guess ``B`` (the coarse solver's sweep) and ``maxiter`` are not used (each step is solved to
+    convergence), and neither is ``fine_steps``: every interval is a single step. Gradients: with
+    ``sensitivity='autograd'`` through each step's implicit-function-theorem Newton step; with ``'adjoint'``
+    :func:`odeint_mshooting`'s discrete adjoint through the same one-step propagator.
+
+    Args:
+        coarse_method: the solver of the initial guess that :func:`odeint_mshooting` builds (unused here).
+        fine_method: the one-interval propagator: ``'euler'`` (torchdyn's default, whose fine solver is never
+            used), ``'implicit_euler'`` or ``'ieuler'`` for a default :class:`ImplicitEuler`, or an
+            :class:`ImplicitEuler` object (to set its ``max_iters``, ``tol`` or ``predictor``).
+        max_iters, tol: when given, set on the fine :class:`ImplicitEuler`.
+
+    Raises:
+        ValueError: another ``fine_method``.
+    """
+
+    FINE_NAMES: tuple[str, ...] = ("euler", "implicit_euler", "ieuler")
+
+    def __init__(self, coarse_method: str | RungeKutta = "euler", fine_method: str | ImplicitEuler = "euler",
+                 max_iters: int | None = None, tol: float | None = None) -> None:
+        if isinstance(fine_method, ImplicitEuler):
+            fine = fine_method
+        elif isinstance(fine_method, str) and fine_method in self.FINE_NAMES:
+            fine = ImplicitEuler()
+        else:
+            got = repr(fine_method) if isinstance(fine_method, str) else f"a {type(fine_method).__name__}"
+            raise ValueError(
+                "ParallelImplicitEuler propagates each interval by one backward-Euler step, so fine_method must be "
+                f"one of {', '.join(map(repr, self.FINE_NAMES))} or an ImplicitEuler object, got {got}")
+        super().__init__(coarse_method, "euler")
+        if max_iters is not None:
+            fine.max_iters = integer("max_iters", max_iters, minimum=1)
+        if tol is not None:
+            fine.tol = number("tol", tol, minimum=0)
+        self.fine_method = fine
+
+    @property
+    def max_iters(self) -> int:
+        """The fine :class:`ImplicitEuler`'s most Newton iterations per step."""
+        return self.fine_method.max_iters
+
+    def propagate(self, solver: RungeKutta, f: Field, z: Tensor, times: list[float]) -> Tensor:
+        """The fine propagator is one backward-Euler step over the whole interval ``times[0] -> times[-1]``;
+        any other solver (the coarse guess) as the base class propagates it."""
+        if solver is self.fine_method:
+            dt = times[-1] - times[0]
+            return solver.step(f, z, time_tensor(times[0], z), dt)[1]
+        return super().propagate(solver, f, z, times)
+
+    def root_solve(self, f: Field, x: Tensor, B: Tensor, grid: ShootingGrid, maxiter: int) -> Tensor:
+        """The shooting points ``[N+1, *S]``, solved interval by interval (``B`` and ``maxiter`` unused)."""
+        points = [x]
+        for m in range(len(grid.starts)):
+            points.append(self.propagate(self.fine_method, f, points[-1], grid.times(m)))
+        return torch.stack(points)
+
+
 class _ShootingAdjoint(torch.autograd.Function):
     """The shooting solution ``B`` with the implicit-function-theorem gradient (the module docstring's recursion)."""
 
@@ -156,7 +233,8 @@ SHOOTING_SENSITIVITIES: tuple[str, ...] = ("autograd", "adjoint", "interpolated_
 
 MS_SOLVERS: dict[str, type[MultipleShootingSolver]] = {
     "mszero": MSZero, "zero": MSZero, "parareal": MSZero,
-    "msbackward": MSBackward, "backward": MSBackward, "newton": MSBackward,
+    "msbackward": MSBackward, "backward": MSBackward, "newton": MSBackward, "discrete-adjoint": MSBackward,
+    "ieuler": ParallelImplicitEuler, "parallel-implicit-euler": ParallelImplicitEuler,
 }
 
 

@@ -147,3 +147,22 @@ def test_static_datasets_is_where_the_generators_live() -> None:
     star: dict[str, object] = {}
     exec("from nodecore.datasets.static_datasets import *", star)
     assert {"ToyDataset", "generate_moons", "randnsphere", "np", "torch", "math"} <= set(star)
+
+
+def test_defuncbase_calls_the_field_with_or_without_time_and_counts() -> None:
+    from nodecore.core.defunc import DEFuncBase
+
+    x = torch.randn(3, 2)
+    timed = DEFuncBase(lambda t, x: t * x)
+    untimed = DEFuncBase(lambda x: -x, has_time_arg=False)
+    assert torch.equal(timed(torch.tensor(2.0), x), 2 * x) and torch.equal(untimed(torch.tensor(2.0), x), -x)
+
+    class WithArgs(nn.Module):
+        def forward(self, t, x, args=None):
+            return x * args["gain"]
+
+    assert torch.equal(DEFuncBase(WithArgs())(0.0, x, {"gain": 3.0}), 3 * x)
+    assert timed.nfe == 1 and untimed.nfe == 1
+    _, solution = odeint(DEFuncBase(lambda x: -x, has_time_arg=False), x.double(), torch.linspace(0, 1, 3), "tsit5",
+                         atol=1e-9, rtol=1e-9)
+    assert torch.allclose(solution[-1], x.double() * math.exp(-1), atol=1e-7)

@@ -349,6 +349,15 @@ def sde_str_to_solver(solver_name: str, sde: Any, bm: torchsde.BaseBrownian,
     return SDEStepper(sde, bm, dtype, method=solver_name)
 
 
+def __getattr__(name: str) -> object:
+    """torchdyn's module also hands out its solver base classes; loaded on first use."""
+    if name in ("DiffEqSolver", "MultipleShootingDiffeqSolver"):
+        from nodecore.numerics.solvers import templates
+
+        return getattr(templates, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DIFFUSION_SHAPES", "EulerHeun", "EulerMaruyama", "MilesteinIto", "MilesteinStratonovich", "Midpoint",
     "NOISE_TYPES", "SDESolver", "SDEStepper", "SDE_SOLVERS", "SDE_SOLVER_DICT", "SDE_SOLVER_NAMES", "SDE_TYPES",

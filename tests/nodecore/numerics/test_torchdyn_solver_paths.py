@@ -1,0 +1,160 @@
+"""torchdyn's solver module paths (numerics.solvers.ode / .hyper / .templates): solvers of your own written on
+torchdyn's templates, its lookup tables and tableau constructors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nodecore import NeuralODE
+from nodecore.numerics import HyperEuler, odeint, odeint_mshooting
+from nodecore.numerics.solvers import hyper, templates
+from nodecore.numerics.solvers.ode import (
+    MS_SOLVER_DICT,
+    SOLVER_DICT,
+    MSBackward,
+    MSForward,
+    SolverTemplate,
+    construct_dopri5,
+    construct_rk4,
+    construct_tsit5,
+    str_to_ms_solver,
+    str_to_solver,
+)
+
+F64 = torch.float64
+T_SPAN = torch.linspace(0, 1, 21, dtype=F64)
+
+
+def _x0() -> torch.Tensor:
+    return torch.randn(4, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+
+
+def _rotation(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([-x[:, 1], x[:, 0]], 1) * (1 + 0.5 * torch.cos(t))
+
+
+class HandMidpoint(SolverTemplate):
+    def __init__(self) -> None:
+        super().__init__(order=2)
+        self.stepping_class = "fixed"
+
+    def step(self, f, x, t, dt, k1=None, args=None):
+        half = x + 0.5 * dt * f(t, x)
+        return None, x + dt * f(t + 0.5 * dt, half), None
+
+
+class TableauRK4(SolverTemplate):
+    """A step of your own reading torchdyn's tableau layout, float32 until the solve syncs it."""
+
+    def __init__(self) -> None:
+        super().__init__(order=4)
+        self.stepping_class = "fixed"
+        self.tableau = construct_rk4(torch.float32)
+        self.synced: list[torch.dtype] = []
+
+    def sync_device_dtype(self, x, t_span):
+        out = super().sync_device_dtype(x, t_span)
+        self.synced.append(self.tableau[0].dtype)
+        return out
+
+    def step(self, f, x, t, dt, k1=None, args=None):
+        c, a, b, _ = self.tableau
+        k = [f(t, x)]
+        for node, row in zip(c, a):
+            k.append(f(t + node * dt, x + dt * sum(w * kj for w, kj in zip(row, k))))
+        return None, x + dt * sum(w * kj for w, kj in zip(b, k)), None
+
+
+def test_a_solver_of_your_own_on_torchdyns_template_is_stepped_through_its_step() -> None:
+    _, ours = odeint(_rotation, _x0(), T_SPAN, HandMidpoint())
+    _, nodecores = odeint(_rotation, _x0(), T_SPAN, "midpoint")
+    assert torch.allclose(ours, nodecores, atol=1e-14)
+    solver = TableauRK4()
+    _, by_tableau = odeint(_rotation, _x0(), T_SPAN, solver)
+    assert solver.synced == [F64] and by_tableau.dtype == F64  # synced to the state before the solve
+    # the same method; its weights were rounded to float32 when built (1/6 to 1e-8), as in torchdyn
+    assert torch.allclose(by_tableau, odeint(_rotation, _x0(), T_SPAN, "rk4")[1], atol=1e-6)
+    model = NeuralODE(_rotation, solver=HandMidpoint())
+    assert torch.allclose(model(_x0(), T_SPAN)[1], nodecores, atol=1e-14)
+
+
+def test_the_constructed_tableaus_satisfy_their_order_conditions() -> None:
+    for construct, order in ((construct_rk4, 4), (construct_dopri5, 5), (construct_tsit5, 5)):
+        c, a, b, b_err = construct(F64)
+        nodes = torch.cat([torch.zeros(1, dtype=F64), c])
+        assert all(row.sum().item() == pytest.approx(node.item(), abs=1e-14) for row, node in zip(a, c))
+        for q in range(1, order + 1):  # the bushy-tree conditions sum_i b_i c_i^(q-1) = 1/q
+            assert float((b * nodes[: b.numel()] ** (q - 1)).sum()) == pytest.approx(1 / q, abs=1e-13)
+        assert float(b_err.sum()) == pytest.approx(0.0, abs=1e-14)  # b - b_hat: both sum to one
+        assert c.dtype == F64 and all(row.dtype == F64 for row in a)
+
+
+def test_torchdyns_lookup_tables_and_helpers() -> None:
+    torchdyn_names = {"euler", "midpoint", "rk4", "rk-4", "RungeKutta4", "dopri5", "DormandPrince45",
+                      "DormandPrince5", "tsit5", "Tsitouras45", "Tsitouras5", "alf", "AsynchronousLeapfrog"}
+    assert torchdyn_names <= set(SOLVER_DICT)
+    assert {"mszero", "zero", "parareal", "msbackward", "backward", "discrete-adjoint"} <= set(MS_SOLVER_DICT)
+    assert type(str_to_solver("DormandPrince5", F64)).__name__ == "DormandPrince45"
+    assert isinstance(str_to_ms_solver("discrete-adjoint"), MSBackward)
+    with pytest.raises(ValueError, match="unknown solver 'rk5'; valid solvers: .*Tsitouras5"):
+        str_to_solver("rk5")
+    with pytest.raises(ValueError, match="unknown multiple-shooting solver 'ms'"):
+        str_to_ms_solver("ms")
+    _, spelled = odeint(_rotation, _x0(), T_SPAN, "DormandPrince5", atol=1e-8, rtol=1e-8)
+    _, named = odeint(_rotation, _x0(), T_SPAN, "dopri5", atol=1e-8, rtol=1e-8)
+    assert torch.equal(spelled, named)
+
+
+def test_msforward_solves_the_shooting_equations() -> None:
+    f = lambda t, x: -x  # noqa: E731
+    x0 = _x0()
+    t_span = torch.linspace(0, 1, 5, dtype=F64)
+    _, forward = odeint_mshooting(f, x0, t_span, MSForward(), fine_steps=20, maxiter=4)
+    _, backward = odeint_mshooting(f, x0, t_span, MSBackward(), fine_steps=20, maxiter=4)
+    assert torch.allclose(forward, backward, atol=1e-12)
+    assert torch.allclose(forward[-1], x0 * math.exp(-1), atol=1e-8)
+
+
+def test_the_hyper_and_templates_paths() -> None:
+    assert hyper.HyperEuler is HyperEuler
+    assert templates.MultipleShootingDiffeqSolver is MSBackward.__mro__[1]
+    with pytest.raises(ValueError, match="stepping_class 'implicit'; valid stepping classes: fixed, adaptive"):
+        templates.DiffEqSolver(order=1, stepping_class="implicit")
+    with pytest.raises(NotImplementedError, match="must define step"):
+        odeint(_rotation, _x0(), T_SPAN, templates.BaseExplicit(order=1))
+
+
+class HandHeunEuler(SolverTemplate):
+    """An adaptive solver of your own: Heun's step with Euler's as the embedded estimate."""
+
+    def __init__(self) -> None:
+        super().__init__(order=2)
+        self.stepping_class = "adaptive"
+
+    def step(self, f, x, t, dt, k1=None, args=None):
+        k1 = f(t, x) if k1 is None else k1
+        k2 = f(t + dt, x + dt * k1)
+        x_new = x + 0.5 * dt * (k1 + k2)
+        return None, x_new, x_new - (x + dt * k1)
+
+
+def test_an_adaptive_solver_of_your_own_is_error_controlled() -> None:
+    from nodecore.numerics import StepCounts  # noqa: F401  (the counts come back with return_stats)
+
+    exact = lambda x0, t: x0 * torch.exp(-t)  # noqa: E731
+    x0 = _x0()
+    t_span = torch.tensor([0.0, 2.0], dtype=F64)
+    errors, steps = [], []
+    for tol in (1e-3, 1e-5, 1e-7):
+        _, solution, counts = odeint(lambda t, x: -x, x0, t_span, HandHeunEuler(), atol=tol, rtol=tol,
+                                     return_stats=True)
+        errors.append(float((solution[-1] - exact(x0, t_span[-1])).abs().max()))
+        steps.append(counts.attempts - counts.rejected)
+    assert errors[0] > 10 * errors[1] > 100 * errors[2]  # the error follows the tolerance
+    assert steps[0] < steps[1] < steps[2] and steps[0] > 1  # by taking more, shorter steps
+    assert errors[2] < 1e-5
+    model = NeuralODE(lambda t, x: -x, solver=HandHeunEuler(), atol=1e-7, rtol=1e-7)
+    assert torch.allclose(model(x0, torch.linspace(0, 2, 5, dtype=F64))[1][-1], exact(x0, t_span[-1]), atol=1e-5)
