@@ -512,8 +512,8 @@ class NeuralODE(nn.Module):
         """Raise when this model's options need nodecore's engine; ``why`` says what asked for torchdiffeq."""
         if not (self.solver.method and self.solver_adjoint.method):
             raise ValueError(
-                f"{why} runs the solvers torchdiffeq has, got {self.solver.name} (torchdiffeq has no twin of it); use "
-                "a name from nodecore.solvers.SOLVER_NAMES"
+                f"{why} runs registered solvers by name only, got {self.solver.name} ({self.solver.description}); "
+                "use a name from nodecore.solvers.SOLVER_NAMES"
             )
         if self.integral_loss is not None or self.sensitivity == "interpolated_adjoint" or self.interpolator == "step":
             raise ValueError(

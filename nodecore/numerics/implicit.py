@@ -128,14 +128,6 @@ class ImplicitEuler(Euler):
         self.tol = None if tol is None else number("tol", tol, minimum=0)
         self.predictor = choice("predictor", predictor, PREDICTORS)
 
-    @property
-    def adaptive(self) -> bool:
-        return False
-
-    @property
-    def stepping_class(self) -> str:
-        return "fixed"
-
     def tolerance(self, like: Tensor) -> float:
         """The residual tolerance for states like ``like``: :attr:`tol`, or ``100 * eps`` of its dtype."""
         return DEFAULT_TOL_EPS * torch.finfo(like.dtype).eps if self.tol is None else self.tol

@@ -73,13 +73,14 @@ def integrate(
     """
     name = f"the {label} solve" if label else "the solve"
     stage_times = not getattr(f, "ignores_time", False)
-    ws = None if torch.is_grad_enabled() else solver.workspace(x)
+    # A step of your own builds its tensors (and a torchdyn-style solver has no tableau to size a workspace by).
+    ws = None if torch.is_grad_enabled() or type(solver).step is not RungeKutta.step else solver.workspace(x)
     if ws is not None:
         ws.stage_times = stage_times
     try:
         if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
-                                   interpolate, stage_times=stage_times, tolerances=(atol, rtol))
+                                   interpolate, stage_times=stage_times, tolerances=(atol, rtol, error_size))
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
                                max_steps=max_steps, interpolate=interpolate and solver.has_dense_output,
                                first_step=first_step, error_size=error_size, all_steps=all_steps, name=name, ws=ws,
@@ -214,7 +215,7 @@ def integrate_by_own_step(
         TooManyStepsError: more than ``max_steps`` steps.
     """
     name = f"the {label} solve" if label else "the solve"
-    tolerances = None if atol is None or rtol is None else (atol, rtol)
+    tolerances = None if atol is None or rtol is None else (atol, rtol, None)
     return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, None, args=args,
                            tolerances=tolerances)
 
@@ -255,8 +256,8 @@ def _record_dense(dense_steps: list | None, solver: RungeKutta, f: Field, y: Ten
 def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta, step_size: float | None,
                     counts: StepCounts, max_steps: int, all_steps: list | None, name: str,
                     ws: Workspace | None, dense_steps: list | None = None, interpolate: bool = False,
-                    args: object = None, stage_times: bool = True, tolerances: tuple[float, float] | None = None
-                    ) -> list[Tensor]:
+                    args: object = None, stage_times: bool = True,
+                    tolerances: tuple[float, float, int | None] | None = None) -> list[Tensor]:
     out, y, k0 = [x], x, None
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
@@ -266,8 +267,10 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
             sync(x, torch.tensor(times))
         by_override = _stepped_by_override(solver, f, counts, args)
         if solver.adaptive and step_size is None and tolerances is not None and isinstance(x, Tensor):
+            first_slope = _first_slope(f, counts) if no_args(args) else None
             return _adaptive_own_steps(by_override, x, times, solver, atol=tolerances[0], rtol=tolerances[1],
-                                       counts=counts, max_steps=max_steps, all_steps=all_steps, name=name)
+                                       error_size=tolerances[2], counts=counts, max_steps=max_steps,
+                                       all_steps=all_steps, name=name, first_slope=first_slope)
     # With a step size and a dense output, one grid spans the whole solve and inner times are interpolated;
     # otherwise each interval between output times is split into equal steps no longer than step_size.
     dense = interpolate and step_size is not None and solver.has_dense_output and not overridden
@@ -377,23 +380,42 @@ def _adaptive_steps(
     return out
 
 
+def _first_slope(f: Field, counts: StepCounts) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(t, x)`` counted: what the adaptive loop's starting-step estimate evaluates."""
+
+    def counted(t: Tensor, x: Tensor) -> Tensor:
+        counts.nfe += 1
+        return f(t, x)
+
+    return counted
+
+
 def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float], solver: RungeKutta, *,
-                        atol: float, rtol: float, counts: StepCounts, max_steps: int, all_steps: list | None,
-                        name: str) -> list[Tensor]:
+                        atol: float, rtol: float, error_size: int | None, counts: StepCounts, max_steps: int,
+                        all_steps: list | None, name: str,
+                        first_slope: Callable[[Tensor, Tensor], Tensor] | None) -> list[Tensor]:
     """torchdyn's adaptive loop around an adaptive ``step`` of your own, which returns ``(f_new, x_new, x_err,
     ...)``: stepping onto every point of ``times``.
 
-    A step is accepted when ``rms(x_err / (atol + rtol max(|x|, |x_new|))) <= 1``; the next step is the last
-    times ``safety · ratio^(-1/order)`` clipped to ``[min_factor, max_factor]`` (never shrinking after an accepted
-    step), the solver's ``safety``, ``min_factor`` and ``max_factor`` (torchdyn's 0.9, 0.2, 10 when it has none).
-    ``f_new``, when not None, is the next step's ``k1``. The first step tries the whole first interval.
+    A step is accepted when ``rms(x_err / (atol + rtol max(|x|, |x_new|))) <= 1`` (over the first ``error_size``
+    entries of the flat state when given: the adjoint's seminorm); the next step is the last times
+    ``safety · ratio^(-1/order)`` clipped to ``[min_factor, max_factor]`` (never shrinking after an accepted step),
+    the solver's ``safety``, ``min_factor`` and ``max_factor`` (torchdyn's 0.9, 0.2, 10 when it has none).
+    ``f_new``, when not None, is the next step's ``k1``. The first step is Hairer's estimate from
+    ``first_slope(t0, x0)`` (which is also the first step's ``k1``), as torchdyn's; without it (a field that needs
+    torchdyn's ``args``, which only the step hands on) a hundredth of the first interval.
     """
     safety, low, high = (float(torch.as_tensor(getattr(solver, name_, default)).reshape(-1)[0])
                          for name_, default in (("safety", 0.9), ("min_factor", 0.2), ("max_factor", 10.0)))
     exponent = 1.0 / max(int(solver.order), 1)
     out, y, t, k1 = [x], x, times[0], None
-    h = times[1] - times[0]
     direction = 1.0 if times[-1] > times[0] else -1.0
+    if first_slope is None:
+        h = 0.01 * (times[1] - times[0])
+    else:
+        k1 = first_slope(time_tensor(t, x), x)
+        h = initial_step(first_slope, t, x, k1, max(int(solver.order), 1), atol, rtol, direction,
+                         error_size=x.numel() if error_size is None else error_size)
     span_floor = abs(times[-1] - times[0]) * 1e-3
     for target in times[1:]:
         while direction * (target - t) > 4 * _EPS * max(abs(t), abs(target)):
@@ -406,8 +428,9 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
                                 "return (f_new, x_new, x_err, ...) with x_err the error estimate, got "
                                 f"{len(result)} values")
             f_new, y_new, err = result[0], result[1], result[2]
-            scale = atol + rtol * torch.maximum(y.abs(), y_new.abs())
-            ratio = float((err / scale).pow(2).mean().sqrt())
+            with torch.no_grad():
+                e, a, b = (v.detach().reshape(-1)[:error_size] for v in (err, y, y_new))
+                ratio = float((e.abs() / (atol + rtol * torch.maximum(a.abs(), b.abs()))).pow(2).mean().sqrt())
             accepted = ratio <= 1.0
             if accepted:
                 t, y, k1 = (target if landing else t + h_try), y_new, f_new

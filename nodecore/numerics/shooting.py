@@ -75,7 +75,8 @@ class MultipleShootingSolver:
         self.fine_method = solver_object(fine_method)
 
     def propagate(self, solver: RungeKutta, f: Field, z: Tensor, times: list[float]) -> Tensor:
-        """``solver`` at constant steps over ``times`` from every state in ``z`` (batched over its leading dims)."""
+        """``solver`` over ``times`` from every state in ``z`` (batched over its leading dims): a fixed-step solver one
+        step per grid interval; an adaptive one stepping onto every grid point at ``atol = rtol = 1``."""
         return integrate(f, z, times, solver, atol=1.0, rtol=1.0, controller=IntegralController(),
                          counts=StepCounts(), max_steps=10**9)[-1]
 
@@ -178,8 +179,12 @@ class ParallelImplicitEuler(MultipleShootingSolver):
 
     @property
     def max_iters(self) -> int:
-        """The fine :class:`ImplicitEuler`'s most Newton iterations per step."""
+        """The fine :class:`ImplicitEuler`'s most Newton iterations per step (settable, as in torchdyn)."""
         return self.fine_method.max_iters
+
+    @max_iters.setter
+    def max_iters(self, value: int) -> None:
+        self.fine_method.max_iters = integer("max_iters", value, minimum=1)
 
     def propagate(self, solver: RungeKutta, f: Field, z: Tensor, times: list[float]) -> Tensor:
         """The fine propagator is one backward-Euler step over the whole interval ``times[0] -> times[-1]``;

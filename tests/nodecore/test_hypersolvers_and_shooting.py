@@ -71,7 +71,7 @@ def test_a_hypersolver_inside_neural_ode_trains_its_hypernet() -> None:
 
 
 def test_a_solver_object_refuses_the_torchdiffeq_backend() -> None:
-    with pytest.raises(ValueError, match="backend='torchdiffeq' runs the solvers torchdiffeq has, got HyperEuler"):
+    with pytest.raises(ValueError, match="backend='torchdiffeq' runs registered solvers by name only, got HyperEuler"):
         NeuralODE(nn.Linear(2, 2), HyperEuler(Hypernet(zero=True)), backend="torchdiffeq")
 
 

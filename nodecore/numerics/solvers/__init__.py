@@ -196,7 +196,8 @@ class RungeKutta(nn.Module):
     """An explicit Runge–Kutta method given by :attr:`tableau`.
 
     An ``nn.Module`` like torchdyn's solvers, so that solvers with learned parts (hypersolvers) expose their
-    parameters; a subclass that overrides :meth:`step` is stepped through it (at constant steps).
+    parameters; a subclass that overrides :meth:`step` is stepped through it (at constant steps, or, when the
+    subclass is adaptive, under error control from the ``x_err`` its step returns).
 
     Args:
         dtype: accepted for torchdyn compatibility (``Euler(dtype=torch.float64)``); the coefficients follow

@@ -281,5 +281,13 @@ def test_torchdyns_names_reach_the_implicit_solvers() -> None:
     assert torch.allclose(by_name[-1], expected, rtol=1e-12)
     model = NeuralODE(lambda t, x: x @ A.T, solver="implicit_euler")
     assert torch.allclose(model(x0, t_span)[1], by_name, rtol=1e-12)
-    with pytest.raises(ValueError, match="torchdiffeq has no twin of it"):
+    with pytest.raises(ValueError, match="got ieuler .*no torchdiffeq twin"):
         NeuralODE(nn.Linear(2, 2), solver="ieuler", backend="torchdiffeq")
+
+
+def test_parallel_implicit_eulers_max_iters_is_settable() -> None:
+    solver = ParallelImplicitEuler()
+    solver.max_iters = 7
+    assert solver.fine_method.max_iters == 7
+    with pytest.raises(ValueError, match="max_iters must be an integer >= 1, got 0"):
+        solver.max_iters = 0

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nodecore import NeuralODE
-from nodecore.numerics import HyperEuler, odeint, odeint_mshooting
+from nodecore.numerics import HyperEuler, IntegralController, StepCounts, odeint, odeint_mshooting
+from nodecore.numerics.integrate import integrate
 from nodecore.numerics.solvers import hyper, templates
 from nodecore.numerics.solvers.ode import (
     MS_SOLVER_DICT,
@@ -142,8 +143,6 @@ class HandHeunEuler(SolverTemplate):
 
 
 def test_an_adaptive_solver_of_your_own_is_error_controlled() -> None:
-    from nodecore.numerics import StepCounts  # noqa: F401  (the counts come back with return_stats)
-
     exact = lambda x0, t: x0 * torch.exp(-t)  # noqa: E731
     x0 = _x0()
     t_span = torch.tensor([0.0, 2.0], dtype=F64)
@@ -158,3 +157,49 @@ def test_an_adaptive_solver_of_your_own_is_error_controlled() -> None:
     assert errors[2] < 1e-5
     model = NeuralODE(lambda t, x: -x, solver=HandHeunEuler(), atol=1e-7, rtol=1e-7)
     assert torch.allclose(model(x0, torch.linspace(0, 2, 5, dtype=F64))[1][-1], exact(x0, t_span[-1]), atol=1e-5)
+
+
+def test_an_adaptive_solver_of_your_own_starts_from_hairers_step() -> None:
+    """A whole-interval first try can have a zero error estimate (periodic forcing over one period, where Heun's
+    two slopes agree) and be accepted wrongly; the loop starts from Hairer's estimate, as torchdyn's does."""
+    f = lambda t, x: torch.cos(2 * math.pi * t) * torch.ones_like(x)  # noqa: E731  (x(1) = x(0) = 0)
+    _, solution = odeint(f, torch.zeros(1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), HandHeunEuler(),
+                         atol=1e-6, rtol=1e-6)
+    assert abs(float(solution[-1, 0])) < 1e-5
+
+
+def test_an_adaptive_solver_of_your_own_takes_complex_states_and_seminorm() -> None:
+    _, solution = odeint(lambda t, x: 1j * x, torch.ones(1, dtype=torch.complex128),
+                         torch.tensor([0.0, 1.0], dtype=F64), HandHeunEuler(), atol=1e-8, rtol=1e-8)
+    assert abs(complex(solution[-1, 0]) - complex(math.cos(1), math.sin(1))) < 1e-5
+    # the error measured on the first entries only (the adjoint's seminorm): the second, fast one is ignored
+    fast = lambda t, x: torch.stack([-x[:, 0], -50 * x[:, 1]], 1)  # noqa: E731
+    x0 = torch.ones(1, 2, dtype=F64)
+    attempts = {}
+    for size in (None, 1):
+        counts = StepCounts()
+        integrate(fast, x0, [0.0, 1.0], HandHeunEuler(), atol=1e-6, rtol=1e-6, controller=IntegralController(),
+                  counts=counts, max_steps=10**5, error_size=size)
+        attempts[size] = counts.attempts
+    assert attempts[1] < attempts[None]
+
+
+class FixedEuler(SolverTemplate):
+    def __init__(self) -> None:
+        super().__init__(order=1)
+        self.stepping_class = "fixed"
+
+    def step(self, f, x, t, dt, k1=None, args=None):
+        return None, x + dt * f(t, x), None
+
+
+def test_a_solver_of_your_own_runs_without_autograd_and_under_the_adjoint() -> None:
+    field = torch.nn.Linear(2, 2).double()
+    x0 = _x0()
+    with torch.no_grad():
+        _, plain = odeint(lambda t, x: field(x), x0, T_SPAN, FixedEuler())
+    model = NeuralODE(field, solver=FixedEuler(), sensitivity="adjoint")
+    _, trajectory = model(x0, T_SPAN)
+    assert torch.allclose(trajectory.detach(), plain, atol=1e-12)
+    trajectory[-1].sum().backward()
+    assert field.weight.grad is not None and torch.isfinite(field.weight.grad).all()
