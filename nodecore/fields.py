@@ -210,8 +210,10 @@ class VectorField(nn.Module):
 
     @property
     def ignores_time(self) -> bool:
-        """True when no part of the field can see the time: solvers may then skip computing stage times."""
-        return not self.takes_time and not self._depth_layers
+        """True when no part of the field can see the time (a field of ``x`` alone, or one whose class declares
+        ``ignores_time = True``, as nodecore's autonomous test systems do), and no depth layer inside reads it: solvers
+        may then skip computing stage times, and multiple shooting batches its intervals."""
+        return (not self.takes_time or getattr(self.vf, "ignores_time", False) is True) and not self._depth_layers
 
     # A plain list behind a property: nn.Module's __setattr__ is measurable overhead at every evaluation.
     @property

@@ -36,6 +36,8 @@ class VanDerPol(nn.Module):
         nfe: how many times the field has been evaluated (reset it by assigning 0).
     """
 
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
+
     def __init__(self, alpha: float = 10) -> None:
         super().__init__()
         self.alpha = number("alpha", alpha)
@@ -65,6 +67,8 @@ class Lorenz(nn.Module):
         p: an unused ``nn.Linear(1, 1)``, kept so that torchdyn's state dicts load and the module has
             parameters (an optimiser, or the adjoint, can be built over it).
     """
+
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
 
     def __init__(self, *, sigma: float = 10.0, rho: float = 28.0, beta: float = 8.0 / 3.0) -> None:
         super().__init__()
@@ -96,6 +100,8 @@ def _distribution(name: str, value: object) -> Distribution:
 class ODEProblem2(nn.Module):
     """Exponential growth ``x' = 0.5 x`` (any state shape): ``x(t) = x0 exp(0.5 t)``."""
 
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
+
     def forward(self, t: Tensor, x: Tensor, **kwargs: object) -> Tensor:
         """``x -> 0.5 x``; ``t`` and extra keywords are ignored."""
         return 0.5 * x
@@ -103,6 +109,8 @@ class ODEProblem2(nn.Module):
 
 class ODEProblem3(nn.Module):
     """Exponential decay ``x' = -0.1 x`` (any state shape): ``x(t) = x0 exp(-0.1 t)``."""
+
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
 
     def forward(self, t: Tensor, x: Tensor, **kwargs: object) -> Tensor:
         """``x -> -0.1 x``; ``t`` and extra keywords are ignored."""
@@ -119,6 +127,8 @@ class ODEProblem4(nn.Module):
     Args:
         alpha, gamma: the parameters (finite numbers).
     """
+
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
 
     def __init__(self, *, alpha: float = 1.1, gamma: float = 0.87) -> None:
         super().__init__()
@@ -155,6 +165,8 @@ class LTISystem(nn.Module):
     Attributes:
         l: the ``nn.Linear(dim, dim)`` holding ``A`` (``l.weight``) and ``b`` (``l.bias``).
     """
+
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
 
     def __init__(self, dim: int = 2, randomizable: bool = True) -> None:
         super().__init__()
@@ -312,6 +324,8 @@ class MatMulSystem(nn.Module):
     Attributes:
         net: the ``nn.Sequential``.
     """
+
+    ignores_time = True  # autonomous: solvers skip the stage times, multiple shooting batches its intervals
 
     _bounded = False
 

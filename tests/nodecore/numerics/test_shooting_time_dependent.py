@@ -76,3 +76,20 @@ def test_a_field_that_ignores_time_is_still_solved_as_one_batch() -> None:
                             fine_steps=20, maxiter=4)
     assert (4, 3, 2) in calls  # all four intervals in one call
     assert torch.allclose(B[-1], x0 * math.exp(-1.0), atol=1e-8)
+
+
+def test_nodecores_autonomous_systems_are_shot_as_one_batch() -> None:
+    from nodecore.numerics.systems import Lorenz
+
+    calls: list[tuple[int, ...]] = []
+
+    class Recorded(Lorenz):
+        def forward(self, t, x, **kwargs):
+            calls.append(tuple(x.shape))
+            return super().forward(t, x)
+
+    assert VectorField(Lorenz()).ignores_time  # the class's promise reaches the wrapper
+    x0 = torch.ones(3, 3, dtype=torch.float64)
+    odeint_mshooting(Recorded(), x0, torch.linspace(0, 0.1, 5, dtype=torch.float64), "mszero", fine_steps=4,
+                     maxiter=2)
+    assert (4, 3, 3) in calls
