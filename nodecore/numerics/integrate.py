@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
-from nodecore.numerics.control import PIController, initial_step
+from nodecore.numerics.control import PIController, _rms, initial_step
 from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, time_tensor
 from nodecore.numerics.stats import StepCounts
 
@@ -73,12 +73,13 @@ def integrate(
     """
     name = f"the {label} solve" if label else "the solve"
     stage_times = not getattr(f, "ignores_time", False)
+    overridden = type(solver).step is not RungeKutta.step
     # A step of your own builds its tensors (and a torchdyn-style solver has no tableau to size a workspace by).
-    ws = None if torch.is_grad_enabled() or type(solver).step is not RungeKutta.step else solver.workspace(x)
+    ws = None if torch.is_grad_enabled() or overridden else solver.workspace(x)
     if ws is not None:
         ws.stage_times = stage_times
     try:
-        if not solver.adaptive or step_size is not None or type(solver).step is not RungeKutta.step:
+        if not solver.adaptive or step_size is not None or overridden:
             return _constant_steps(f, x, times, solver, step_size, counts, max_steps, all_steps, name, ws, dense_steps,
                                    interpolate, stage_times=stage_times, tolerances=(atol, rtol, error_size))
         return _adaptive_steps(f, x, times, solver, atol=atol, rtol=rtol, controller=controller, counts=counts,
@@ -121,10 +122,7 @@ def _stepped_by_override(solver: RungeKutta, f: Field, counts: StepCounts, args:
     if not writes_own_step(solver):  # nodecore's own steps (hypersolvers): tensors, f(t, x), no args
         if not no_args(args):
             raise ValueError(f"{type(solver).__name__}'s step is nodecore's own and never reads args")
-
-        def counted(t: Tensor, x: Tensor) -> Tensor:
-            counts.nfe += 1
-            return f(t, x)
+        counted = _counted(f, counts)
 
         def step(y: Tensor, t: float, h: float, k1: Tensor | None = None) -> tuple:
             return solver.step(counted, y, time_tensor(t, y), h, k1)
@@ -267,7 +265,7 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
             sync(x, torch.tensor(times))
         by_override = _stepped_by_override(solver, f, counts, args)
         if solver.adaptive and step_size is None and tolerances is not None and isinstance(x, Tensor):
-            first_slope = _first_slope(f, counts) if no_args(args) else None
+            first_slope = _counted(f, counts) if no_args(args) else None
             return _adaptive_own_steps(by_override, x, times, solver, atol=tolerances[0], rtol=tolerances[1],
                                        error_size=tolerances[2], counts=counts, max_steps=max_steps,
                                        all_steps=all_steps, name=name, first_slope=first_slope)
@@ -380,8 +378,8 @@ def _adaptive_steps(
     return out
 
 
-def _first_slope(f: Field, counts: StepCounts) -> Callable[[Tensor, Tensor], Tensor]:
-    """``f(t, x)`` counted: what the adaptive loop's starting-step estimate evaluates."""
+def _counted(f: Field, counts: StepCounts) -> Callable[[Tensor, Tensor], Tensor]:
+    """``f(t, x)`` adding each evaluation to ``counts.nfe``."""
 
     def counted(t: Tensor, x: Tensor) -> Tensor:
         counts.nfe += 1
@@ -407,14 +405,14 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
     """
     safety, low, high = (float(torch.as_tensor(getattr(solver, name_, default)).reshape(-1)[0])
                          for name_, default in (("safety", 0.9), ("min_factor", 0.2), ("max_factor", 10.0)))
-    exponent = 1.0 / max(int(solver.order), 1)
+    order = max(int(solver.order), 1)
     out, y, t, k1 = [x], x, times[0], None
     direction = 1.0 if times[-1] > times[0] else -1.0
     if first_slope is None:
         h = 0.01 * (times[1] - times[0])
     else:
         k1 = first_slope(time_tensor(t, x), x)
-        h = initial_step(first_slope, t, x, k1, max(int(solver.order), 1), atol, rtol, direction,
+        h = initial_step(first_slope, t, x, k1, order, atol, rtol, direction,
                          error_size=x.numel() if error_size is None else error_size)
     span_floor = abs(times[-1] - times[0]) * 1e-3
     for target in times[1:]:
@@ -430,7 +428,7 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
             f_new, y_new, err = result[0], result[1], result[2]
             with torch.no_grad():
                 e, a, b = (v.detach().reshape(-1)[:error_size] for v in (err, y, y_new))
-                ratio = float((e.abs() / (atol + rtol * torch.maximum(a.abs(), b.abs()))).pow(2).mean().sqrt())
+                ratio = float(_rms(e.abs() / (atol + rtol * torch.maximum(a.abs(), b.abs()))))
             accepted = ratio <= 1.0
             if accepted:
                 t, y, k1 = (target if landing else t + h_try), y_new, f_new
@@ -438,7 +436,7 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
                     all_steps.append((t, y))
             else:
                 counts.rejected += 1
-            factor = high if ratio == 0 else safety * ratio ** -exponent if math.isfinite(ratio) else low
+            factor = high if ratio == 0 else safety * ratio ** (-1.0 / order) if math.isfinite(ratio) else low
             h = h_try * min(high, max(factor, 1.0 if accepted else low))
             if not abs(h) > 16 * _EPS * max(abs(t), span_floor):
                 raise StepSizeUnderflowError(

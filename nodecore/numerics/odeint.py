@@ -11,19 +11,18 @@ from nodecore._checks import choice, integer, positive
 from nodecore.numerics.control import IntegralController, PIController
 from nodecore.numerics.hybrid import odeint_hybrid  # noqa: F401  (torchdyn's import path)
 from nodecore.numerics.integrate import integrate, integrate_by_own_step, no_args, state_like, writes_own_step
-from nodecore.numerics.interpolators import FourthOrder, Interpolator
+from nodecore.numerics.interpolators import FourthOrder, Interpolator, str_to_interp  # noqa: F401  (see below)
 from nodecore.numerics.registry import solver_object
 from nodecore.numerics.shooting import odeint_mshooting  # noqa: F401  (torchdyn's import path)
-from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.solvers import RungeKutta, Tsitouras45  # noqa: F401  (see below)
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
 from nodecore.numerics.symplectic import SYMPLECTIC_SOLVERS, AsynchronousLeapfrog, odeint_symplectic
 
-# Names torchdyn's odeint module also hands out (its imports): `from torchdyn.numerics.odeint import X` ports.
-from nodecore.numerics.interpolators import str_to_interp  # noqa: E402, F401
-from nodecore.numerics.solvers import Tsitouras45  # noqa: E402, F401
-from nodecore.numerics.solvers.ode import str_to_ms_solver, str_to_solver  # noqa: E402, F401
-from nodecore.numerics.utils import EventState, adapt_step, hairer_norm, init_step  # noqa: E402, F401
+# Names torchdyn's odeint module also hands out (its imports), so `from torchdyn.numerics.odeint import X` ports:
+# str_to_interp, Tsitouras45 (above) and these.
+from nodecore.numerics.solvers.ode import str_to_ms_solver, str_to_solver  # noqa: F401
+from nodecore.numerics.utils import EventState, adapt_step, hairer_norm, init_step  # noqa: F401
 
 # How output times are produced: "step" (also None, the default, torchdyn's) steps onto every point; "dense"
 # (and torchdyn's "4th") reads inner points off the solver's dense output.

@@ -70,7 +70,8 @@ EXTRA_SOLVER_NAMES: tuple[str, ...] = ("ieuler", "implicit_euler")
 def _extra_solver(name: str) -> Solver:
     from nodecore.numerics.implicit import ImplicitEuler  # implicit imports the solvers, as this module does
 
-    return Solver(name, 1, False, ImplicitEuler, "", "backward (implicit) Euler by Newton's method, fixed step; no torchdiffeq twin")
+    return Solver(name, 1, False, ImplicitEuler, "",
+                  "backward (implicit) Euler by Newton's method, fixed step; no torchdiffeq twin")
 
 
 def get_solver(name: str) -> Solver:

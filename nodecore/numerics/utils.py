@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from nodecore.numerics.control import initial_step
+from nodecore.numerics.control import _rms, initial_step
 from nodecore.numerics.hybrid import EventCallback, StochasticEventCallback
 from nodecore.numerics.root import RootLogger
 
@@ -24,7 +24,7 @@ __all__ = ["EventCallback", "EventState", "RootLogger", "StochasticEventCallback
 
 def hairer_norm(tensor: Tensor) -> Tensor:
     """The root mean square of ``tensor``'s entries (Hairer's error norm)."""
-    return tensor.abs().pow(2).mean().sqrt()
+    return _rms(tensor)
 
 
 def init_step(f: Callable[[Tensor, Tensor], Tensor], f0: Tensor, x0: Tensor, t0: Tensor, order: int, atol: float,

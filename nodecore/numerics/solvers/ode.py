@@ -23,7 +23,7 @@ from torch import Tensor
 from nodecore._checks import choice
 from nodecore.numerics import tableaus
 from nodecore.numerics.implicit import ImplicitEuler
-from nodecore.numerics.registry import ALIASES, EXTRA_SOLVER_NAMES, SOLVERS, get_solver, solver_object
+from nodecore.numerics.registry import ALIASES, EXTRA_SOLVER_NAMES, SOLVERS
 from nodecore.numerics.shooting import (
     MS_SOLVERS,
     MSBackward,
@@ -73,11 +73,9 @@ def str_to_solver(solver_name: str, dtype: torch.dtype = torch.float32) -> Runge
     Raises:
         ValueError: an unknown name; the message lists the valid ones (torchdyn raises ``KeyError``).
     """
-    if isinstance(solver_name, str) and solver_name in SYMPLECTIC_SOLVERS:
-        return SYMPLECTIC_SOLVERS[solver_name]()
-    if isinstance(solver_name, str) and solver_name in SOLVER_DICT:
-        return SOLVER_DICT[solver_name](dtype)
-    return solver_object(choice("solver", solver_name, tuple(SOLVER_DICT)))
+    name = choice("solver", solver_name, tuple(SOLVER_DICT))
+    # the leapfrog's first parameter is channel_index, not dtype
+    return SYMPLECTIC_SOLVERS[name]() if name in SYMPLECTIC_SOLVERS else SOLVER_DICT[name](dtype)
 
 
 def str_to_ms_solver(solver_name: str, dtype: torch.dtype = torch.float32) -> MultipleShootingSolver:
@@ -89,7 +87,8 @@ def str_to_ms_solver(solver_name: str, dtype: torch.dtype = torch.float32) -> Mu
     return MS_SOLVER_DICT[choice("multiple-shooting solver", solver_name, tuple(MS_SOLVER_DICT))]()
 
 
-def _torchdyn_layout(tableau: tableaus.ButcherTableau, dtype: torch.dtype) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
+def _torchdyn_layout(tableau: tableaus.ButcherTableau, dtype: torch.dtype
+                     ) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
     def vec(values: tuple[float, ...]) -> Tensor:
         return torch.tensor(values, dtype=dtype)
 
@@ -99,14 +98,14 @@ def _torchdyn_layout(tableau: tableaus.ButcherTableau, dtype: torch.dtype) -> tu
 
 def construct_rk4(dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
     """The classic RK4 tableau in torchdyn's layout (see the module docstring)."""
-    return _torchdyn_layout(get_solver("rk4").cls.tableau, dtype)
+    return _torchdyn_layout(tableaus.RK4, dtype)
 
 
 def construct_dopri5(dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
     """The Dormand–Prince 5(4) tableau in torchdyn's layout (nodecore's embedded pair, Hairer's)."""
-    return _torchdyn_layout(get_solver("dopri5").cls.tableau, dtype)
+    return _torchdyn_layout(tableaus.DORMAND_PRINCE45, dtype)
 
 
 def construct_tsit5(dtype: torch.dtype = torch.float32) -> tuple[Tensor, list[Tensor], Tensor, Tensor]:
     """The Tsitouras 5(4) tableau in torchdyn's layout."""
-    return _torchdyn_layout(get_solver("tsit5").cls.tableau, dtype)
+    return _torchdyn_layout(tableaus.TSITOURAS45, dtype)
