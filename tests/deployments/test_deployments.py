@@ -60,6 +60,14 @@ def flow_run_and_tasks(run_id) -> tuple[object, dict[str, list[str]]]:
     return run, states
 
 
+@pytest.fixture(scope="module", autouse=True)
+def workers_poll_every_second():
+    """The workers these tests start (they inherit the environment) poll their pool every second, not every 10 s."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_WORKER_QUERY_SECONDS", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
 def deployed(prefect_server):
     with prefect_settings_context(prefect_server):
