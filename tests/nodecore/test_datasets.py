@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import make_circles
+from sklearn.datasets import make_circles, make_moons
 
 from nodecore.datasets import (
     DATASET_TYPES,
@@ -194,10 +194,27 @@ def test_gaussians_noise_shifts_each_gaussian_as_a_whole() -> None:
         assert torch.allclose(points, points[:1].expand_as(points))  # one shift per Gaussian, as torchdyn's
 
 
-def test_circles_equal_sklearn_unshuffled() -> None:
-    X, y = generate(201, "circles", noise=0.05, factor=0.3, seed=3)
-    X_ref, y_ref = make_circles(n_samples=201, noise=0.05, factor=0.3, shuffle=False, random_state=3)
+@pytest.mark.parametrize("n", [1, 2, 7, 201, 4096])
+def test_circles_equal_sklearn_unshuffled(n: int) -> None:
+    X, y = generate(n, "circles", noise=0.05, factor=0.3, seed=3)
+    X_ref, y_ref = make_circles(n_samples=n, noise=0.05, factor=0.3, shuffle=False, random_state=3)
     assert torch.equal(X, torch.from_numpy(X_ref.astype(np.float32))) and y.tolist() == y_ref.tolist()
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 201, 4096])
+def test_moons_without_noise_equal_sklearn_unshuffled_bit_for_bit(n: int) -> None:
+    from nodecore.datasets.static_datasets import _draw_moons
+
+    sizes = [n - n // 2, n // 2]  # the classes' sizes generate() uses
+    X, y = _draw_moons(sizes, np.random.RandomState(0), noise=0.0)
+    X_ref, y_ref = make_moons(n_samples=tuple(sizes), shuffle=False, noise=None)
+    assert X.dtype == X_ref.dtype and np.array_equal(X, X_ref) and y.tolist() == y_ref.tolist()
+
+
+def test_drawing_moons_and_circles_does_not_import_scikit_learn() -> None:
+    code = ("import sys; from nodecore.datasets import generate_points as g; g(64, 'moons', noise=.1, seed=0); "
+            "g(64, 'circles', seed=0); g(8, 'moons'); assert 'sklearn' not in sys.modules, 'sklearn imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 # --------------------------------------------------------------------------------------------------
