@@ -12,11 +12,9 @@ from typing import Callable, Iterable, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
-from torchdiffeq import odeint
 
 from nodecore._checks import choice, integer, positive
 from nodecore._shapes import explained_shapes
-from nodecore.adjoint import odeint_adjoint_flat
 from nodecore.errors import NonFiniteError, StabilityWarning, TooManyStepsError, translate_solver_assertion
 from nodecore.fields import Time, VectorField
 from nodecore.numerics.adjoint import BackwardSolve, odeint_adjoint
@@ -43,7 +41,7 @@ from nodecore.names import (  # noqa: F401  (defaults shared with the pipeline's
     SENSITIVITIES,
 )
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
-from nodecore.solvers import SOLVERS, Solver, get_solver
+from nodecore.numerics.registry import SOLVERS, Solver, get_solver
 from nodecore.stats import SolveStats, StepCounter, _PhaseCounts
 
 Sensitivity = Literal["autograd", "adjoint", "interpolated_adjoint"]
@@ -769,6 +767,7 @@ class NeuralODE(nn.Module):
                               backward=backward)
 
     def _integrate(self, func: _SolveFunc, x: Tensor, t_span: Tensor) -> Tensor:
+        odeint, odeint_adjoint_flat = _torchdiffeq()
         options = _solver_options(self.solver, self.step_size, t_span)
         if self.sensitivity == "autograd":
             return odeint(func, x, t_span, rtol=self.rtol, atol=self.atol, method=self.solver.method, options=options)
@@ -851,6 +850,16 @@ def _with_running_cost(func: Callable[[Tensor, Tensor], Tensor], cost: Callable[
         return torch.cat([running.reshape(z.shape[0], -1).sum(1, keepdim=True), func(t, x)], dim=1)
 
     return field
+
+
+def _torchdiffeq() -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+    """torchdiffeq's ``odeint`` (nodecore's tsit5 registered with it) and the adjoint on top of it, imported on first
+    use: torchdiffeq imports SciPy's integrators (about 0.35 s), which nodecore's own engine never needs."""
+    import nodecore.tsit5  # noqa: F401  (registers tsit5 with torchdiffeq)
+    from nodecore.adjoint import odeint_adjoint_flat
+    from torchdiffeq import odeint
+
+    return odeint, odeint_adjoint_flat
 
 
 def _solver_entry(solver: str | RungeKutta) -> tuple[Solver, RungeKutta]:

@@ -57,6 +57,18 @@ def test_importing_nodecore_and_the_pipeline_entry_point_loads_nothing_heavy() -
     assert "torch" in _imported_after("from nodecore import NeuralODE")  # a name, loaded on first use
 
 
+def test_the_stages_and_nodecores_own_engine_do_not_import_torchdiffeq_or_scipy() -> None:
+    """torchdiffeq imports SciPy's integrators (about 0.35 s in every stage worker and flow process): only the
+    torchdiffeq backend needs it, and it loads it when first used."""
+    stages = "import tasks.generate, tasks.field, tasks.train, tasks.evaluate, tasks.trajectories, tasks.render"
+    code = f"{stages}\nassert 'torchdiffeq' not in sys.modules"
+    assert "scipy" not in _imported_after(code)
+    backend = ("import torch; from nodecore import NeuralODE\n"
+               "NeuralODE(torch.nn.Linear(2, 2), solver='tsit5', backend='torchdiffeq')(torch.zeros(1, 2))\n"
+               "assert 'torchdiffeq' in sys.modules")
+    assert "scipy" in _imported_after(backend)
+
+
 def test_public_names_load_on_first_use() -> None:
     from nodecore.neuralode import NeuralODE
 
