@@ -35,7 +35,7 @@ def test_generate_depends_on_the_dataset_code_only() -> None:
 
 def test_training_does_not_depend_on_plotting() -> None:
     names = _names("train.py")
-    assert {"training.py", "neuralode.py", "solvers.py", "checkpoints.py"} <= names
+    assert {"training.py", "neuralode.py", "registry.py", "checkpoints.py"} <= names
     assert "plotting.py" not in names
 
 
@@ -43,7 +43,7 @@ def test_dependencies_are_followed_transitively(tmp_path: Path) -> None:
     stage = tmp_path / "stage.py"
     stage.write_text("from nodecore import checkpoints\n")  # `from nodecore import <module>` counts
     names = {path.name for path in nodecore_dependencies(stage)}
-    assert {"checkpoints.py", "neuralode.py", "solvers.py", "architectures.py"} <= names  # via checkpoints
+    assert {"checkpoints.py", "neuralode.py", "registry.py", "architectures.py"} <= names  # via checkpoints
     stage.write_text("import nodecore.plotting\nfrom nodecore.files import atomic_write\n")
     assert {"plotting.py", "files.py"} <= {path.name for path in nodecore_dependencies(stage)}
     stage.write_text("import numpy\nfrom . import nodecore\n")
@@ -96,6 +96,34 @@ def test_code_digest_follows_the_stage_source_and_the_nodecore_version(
     assert code_digest(copy) != digest
     monkeypatch.setattr(nodecore, "__version__", nodecore.__version__ + "+changed")
     assert code_digest(render) != digest
+
+
+def test_a_digest_follows_every_edit_of_a_file_it_reaches_and_a_new_module(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scans of a run's files are remembered (a stage's version is asked for twice per task run): an edit that
+    keeps the size, made at once (within one tick of the file system's clock), and a module that appears still
+    change the digest."""
+    import tasks.code_version as code_version
+
+    package = tmp_path / "nodecore"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from nodecore import b\n")
+    (package / "b.py").write_text("X = 1\n")
+    monkeypatch.setitem(code_version.TRACKED_PACKAGES, "nodecore", package)
+    stage = tmp_path / "stage.py"
+    stage.write_text("import nodecore.a\nimport nodecore.c\n")  # nodecore.c does not exist yet
+    first = code_digest(stage)
+    scans = []
+    scan = code_version._scan_imports
+    monkeypatch.setattr(code_version, "_scan_imports", lambda source: scans.append(source) or scan(source))
+    assert code_digest(stage) == first and scans == []  # remembered: nothing scanned again
+    (package / "b.py").write_text("X = 2\n")  # same size, same instant
+    second = code_digest(stage)
+    assert second != first and scans == ["X = 2\n"]  # only the edited file scanned again
+    (package / "c.py").write_text("from nodecore import b\n")
+    assert code_digest(stage) not in (first, second)
+    assert {path.name for path in nodecore_dependencies(stage)} == {"__init__.py", "a.py", "b.py", "c.py"}
 
 
 class _Finalized:
