@@ -56,6 +56,9 @@ from tasks.train_worker import Job, pack, train_in_worker
 
 RESUME = "resume.json"  # the record of the resume checkpoints: file, epoch, SHA-256, newest first
 RESUME_GENERATIONS = 2  # kept per build
+# The progress artifact is updated at each logged epoch, but not more often than this: every update is an API call
+# that the server pays for, and a short training's eight updates within two seconds showed nobody anything.
+PROGRESS_SECONDS = 1.0
 LEGACY = ""  # the attempt (build) of the earlier layout's ``resume-<epoch>.pt``, written by one build at a time
 _CHECKPOINT = re.compile(r"^resume-(?P<epoch>\d{6,})(?:-(?P<attempt>[0-9a-f]{16}))?\.pt$")
 _LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, TypeError)  # a checkpoint that does not load or fit
@@ -510,13 +513,17 @@ def train_cell(
         # The epochs after which a resume checkpoint is written (not after the last: the stage output follows).
         checkpoint_epochs = frozenset(range(training.checkpoint_every, training.epochs, training.checkpoint_every))
 
+        shown = [time.monotonic()]  # when the progress artifact was last updated
+
         def on_epoch(stats: EpochStats) -> None:
             history.epochs.append(stats)
             done = stats.epoch + 1
             if done % training.log_every == 0 or done == training.epochs:
                 logger.info("%s: epoch %d/%d loss %.4f accuracy %.4f nfe %d/%d", cell, done, training.epochs,
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
-                update_progress_artifact(progress_id, progress(done))
+                if time.monotonic() - shown[0] >= PROGRESS_SECONDS:  # 100 % is set when the training ends
+                    update_progress_artifact(progress_id, progress(done))
+                    shown[0] = time.monotonic()
             if done in checkpoint_epochs:
                 saved = save_resume(ctx.key_folder, classifier, optimizer, config=config, epoch=done, history=history,
                                     log=logger, attempt=attempt)

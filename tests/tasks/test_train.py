@@ -610,3 +610,22 @@ def test_a_store_that_fails_mid_resume_still_leaves_the_discarded_file_out_of_th
     with pytest.raises(ConnectionError):
         load_resume(tmp_path, LOG, fetch=fetch)
     assert _recorded(tmp_path) == [2] and not (tmp_path / "resume-000004.pt").exists()
+
+
+@pytest.mark.parametrize(("every_seconds", "updates"), [(0.0, 1 + 6 + 1), (3600.0, 1 + 1)])
+def test_the_progress_artifact_is_updated_at_logged_epochs_at_most_once_a_period(
+        prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, every_seconds: float,
+        updates: int) -> None:
+    """Each update is an API call the server pays for: at most one per ``PROGRESS_SECONDS``, besides the queue time
+    shown when the slot is taken and the 100 % at the end."""
+    import tasks.train
+
+    shown: list[float] = []
+    update = tasks.train.update_progress_artifact
+    monkeypatch.setattr(tasks.train, "PROGRESS_SECONDS", every_seconds)
+    monkeypatch.setattr(tasks.train, "update_progress_artifact",
+                        lambda artifact_id, progress, **kw: shown.append(progress) or update(artifact_id, progress, **kw))
+    root = tmp_path / "artifacts"
+    with flow_settings(prefect_server, tmp_path / "prefect-storage"):
+        _train_flow(tiny_config(root, *EPOCHS, "--training.log_every", "1"))
+    assert len(shown) == updates and shown[-1] == 100.0, shown
