@@ -21,15 +21,16 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.server import ServerInfo, prefect_settings_context
 from tasks.grid import device_slot
-from tasks.slots import SLOT_DIR_ENV, HeldSlot, held_slots, hold_device
+from tasks.slots import SLOT_DIR_ENV, HeldSlot, held_slots, hold_device, wait_published
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG = logging.getLogger("tests.slots")
 # Holds the device's slot until killed; prints its pid once it holds it.
 HOLDER = """
 import os, sys, time
-from tasks.slots import hold_device
+from tasks.slots import hold_device, wait_published
 with hold_device(sys.argv[1], label="holder"):
+    wait_published()  # the UI shows it held
     print("held", os.getpid(), flush=True)
     time.sleep(600)
 """
@@ -53,6 +54,8 @@ def _spawn_holder(api_url: str, device: str) -> subprocess.Popen:
 
 
 def _active_slots(device: str) -> int:
+    """What the UI shows, once this process's acquisitions and releases so far have reached it."""
+    assert wait_published()
     with get_client(sync_client=True) as client:
         return client.read_global_concurrency_limit_by_name(device_slot(device)).active_slots
 
@@ -158,6 +161,28 @@ def test_the_limit_is_read_from_the_server(prefect_server: ServerInfo) -> None:
         with hold_device(device, log=LOG) as first, hold_device(device, log=LOG) as second:
             assert (first.index, second.index) == (0, 1) and second.queue_seconds < 5
             assert _active_slots(device) == 2
+
+
+def test_a_training_never_waits_for_the_ui_to_show_its_slot(prefect_server: ServerInfo,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server answers a limit's update with 503 when another write beat it, and Prefect's client sleeps about
+    2 s before trying again: that wait is the publisher thread's, not the training's."""
+    device = "cuda:9"
+    client_class = type(get_client(sync_client=True))
+    update = client_class.update_global_concurrency_limit
+
+    def slow_update(self, name, limit):  # as a 503 and one retry
+        time.sleep(1.5)
+        return update(self, name, limit)
+
+    monkeypatch.setattr(client_class, "update_global_concurrency_limit", slow_update)
+    with prefect_settings_context(prefect_server):
+        started = time.monotonic()
+        with hold_device(device, log=LOG) as slot:
+            held_at = time.monotonic() - started
+        released_at = time.monotonic() - started
+        assert held_at < 1.0 and released_at < 1.0 and slot.queue_seconds < 1.0, (held_at, released_at)
+        assert _active_slots(device) == 0  # both shown in the end (the release last)
 
 
 # --- a server restart ----------------------------------------------------------------------------------
