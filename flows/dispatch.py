@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ from prefect.deployments import run_deployment
 from prefect.states import Cancelling
 
 from flows.cell_flow import CELL_FLOW_NAME, SupersededOutput, UnverifiedOutput, read_cell_result
-from flows.zombies import heartbeat_env
+from flows.zombies import crash_if_silent, heartbeat_env
 from tasks.config import PipelineConfig
 from tasks.grid import Cell
 from tasks.cache import StageOutput
@@ -50,14 +51,38 @@ def _lost_cells_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def wait_for_run(flow_run_id: Any, *, timeout: float, silent_after: float | None = None, poll_seconds: float = 1.0
+                 ) -> Any:
+    """The flow run once it is final, or as it is after ``timeout`` seconds; with ``silent_after``, a running one
+    that the server has no event of for that long is set Crashed here first (:func:`flows.zombies.crash_if_silent`,
+    checked every ``silent_after / 3`` seconds, 10 at most)."""
+    started = checked = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            now = time.monotonic()
+            if silent_after is not None and now - checked >= min(silent_after / 3, 10.0):
+                checked = now
+                if crash_if_silent(client, run, silent_after):
+                    return client.read_flow_run(flow_run_id)
+            if now - started >= timeout:
+                return run
+            time.sleep(poll_seconds)
+
+
 @task(name="dispatch-cell", cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=_lost_cells_only)
 def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str, env: dict[str, str],
-                  dataset: StageOutput, field: StageOutput) -> dict[str, StageOutput]:
+                  dataset: StageOutput, field: StageOutput, silent_after: float | None = None
+                  ) -> dict[str, StageOutput]:
     """Run ``cell`` as a deployment run on ``pool`` and return its stage outputs.
 
     A flow run that does not end within ``run.cell_timeout_seconds`` (its host died, or stalled) is cancelled
     and raises :class:`CellLost`, as does one that crashed; the training flow retries those dispatches (any
     worker of the pool may take the new run, and its training resumes from the checkpoint in the store).
+    ``silent_after`` (seconds; :func:`flows.zombies.silence_watch`, where the server has no automation for it):
+    a running cell run without a heartbeat for that long is crashed by this dispatch itself.
 
     Raises:
         CellLost: the flow run timed out or crashed, another build of one of its keys replaced an output, or an
@@ -77,10 +102,10 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         f"{CELL_FLOW_NAME}/{cell_deployment_name(pool)}",
         parameters=parameters,
         job_variables={"env": {**heartbeat_env(), **env}},  # it beats as often as the zombie window assumes
-        timeout=config.run.cell_timeout_seconds,
-        poll_interval=1,
+        timeout=0,  # created; waited for below
         flow_run_name=f"cell-{cell.name}",
     )
+    flow_run = wait_for_run(flow_run.id, timeout=config.run.cell_timeout_seconds, silent_after=silent_after)
     state = flow_run.state
     if state is None or not state.is_final():  # timed out: do not leave it holding a device
         with get_client(sync_client=True) as client:

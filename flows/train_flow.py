@@ -38,7 +38,7 @@ from tasks.offload import stage_processes, worker_processes
 from flows.cli import check_artifacts_store
 from flows.dispatch import dispatch_cell, pool_and_device
 from flows.placement import training_placements
-from flows.zombies import ensure_zombie_detection
+from flows.zombies import ensure_zombie_detection, silence_watch
 from tasks.report import publish_report
 
 
@@ -139,9 +139,11 @@ def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], datase
         runner = _dask_runner(config) if config.run.executor == "dask" else _process_runner()
         return cells_flow.with_options(task_runner=runner)(config, cells, dataset, fields)
     within = ensure_zombie_detection()  # a dead host's cell run is marked Crashed, so its dispatch retries it
-    if within is not None:
-        get_run_logger().info("a cell run without a heartbeat for %.0f s is marked Crashed and dispatched again",
-                              within.total_seconds())
+    silent_after = silence_watch(within)  # where the server has no automation, each dispatch watches its cell
+    if within is not None or silent_after is not None:
+        get_run_logger().info("a cell run without a heartbeat for %.0f s is marked Crashed (by %s) and dispatched "
+                              "again", within.total_seconds() if within else silent_after,
+                              "the server" if within else "its dispatch")
     upstream, by_kind = _submit_upstream(stages, cells, dataset, fields)
     dataset, *outputs = _resolved([upstream, *by_kind.values()])
     by_kind = dict(zip(by_kind, outputs))
@@ -152,7 +154,7 @@ def _run_cells(config: PipelineConfig, stages: Stages, cells: list[Cell], datase
         futures.append(dispatch_cell.with_options(task_run_name=f"dispatch-{cell.name}", retries=config.run.retries,
                                                   retry_delay_seconds=config.run.retry_delay_seconds).submit(
             config=config, cell=cell, pool=pool, device=device, env=env, dataset=dataset,
-            field=by_kind[cell.field_key]))
+            field=by_kind[cell.field_key], silent_after=silent_after))
     return resolve(futures)
 
 

@@ -13,13 +13,18 @@ The automation is one per server, so a live run is never crashed by a window tha
   for, whatever the worker host's own setting;
 * the window only grows: a dispatcher whose period is shorter than the one the window was made for keeps the
   longer window (its cells then send more heartbeats than needed, which is harmless).
+
+Where the server refuses the automation (an API key without the permission, a server without automations), the
+dispatcher watches its own cells instead (:func:`silence_watch`, :func:`crash_if_silent`): it reads each running
+cell run's newest event and sets the run Crashed itself once the same window has passed without one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from flows.cell_flow import CELL_FLOW_NAME
 
@@ -39,6 +44,42 @@ def heartbeat_seconds() -> int | None:
     return max(int(value), 30) if value else FlowsSettings.model_fields["heartbeat_frequency"].default
 
 
+def silence_watch(automation: timedelta | None) -> float | None:
+    """How long a dispatcher lets a running cell run go without an event before it crashes the run itself: None
+    where the server's automation does it (``automation``, from :func:`ensure_zombie_detection`) or where cell runs
+    send no heartbeats; else :data:`MISSED_HEARTBEATS` periods of :func:`heartbeat_seconds`."""
+    period = heartbeat_seconds()
+    if automation is not None or period is None:
+        return None
+    return float(MISSED_HEARTBEATS * period)
+
+
+def crash_if_silent(client: Any, run: Any, silent_after: float) -> bool:
+    """Set the running flow run ``run`` Crashed if the server has no event of it (a heartbeat, a state change) from
+    the last ``silent_after`` seconds, nor its Running state; whether it did. A failure to read the events counts
+    as a sign of life (logged): this watch never crashes a run on a guess."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+    from prefect.states import Crashed
+
+    now = datetime.now(timezone.utc)
+    since = now - timedelta(seconds=silent_after)
+    if run.state is None or not run.state.is_running() or run.state.timestamp >= since:
+        return False
+    try:
+        page = client.read_events(filter=EventFilter(
+            occurred=EventOccurredFilter(since=since, until=now + timedelta(seconds=60)),
+            event=EventNameFilter(prefix=["prefect.flow-run."]),
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])), limit=1)
+    except Exception as err:  # noqa: BLE001 - the server's own errors vary; the cell timeout still holds
+        _log.warning("could not read the events of flow run %s to see whether its host is alive: %s", run.id, err)
+        return False
+    if page.events:
+        return False
+    client.set_flow_run_state(run.id, Crashed(message=f"no heartbeat for {silent_after:.0f} s: its host is gone "
+                                                      "(noticed by its dispatcher: the server has no automation)"))
+    return True
+
+
 def heartbeat_env() -> dict[str, str]:
     """The environment a dispatched cell run gets so that it beats as often as the window assumes."""
     period = heartbeat_seconds()
@@ -50,8 +91,8 @@ def ensure_zombie_detection(heartbeat: int | None = None, *, missed: int = MISSE
     """Create or update the server's automation :data:`AUTOMATION_NAME`; return its window (how long a silent
     run lives), None if there is none.
 
-    Best effort: a server that refuses (permissions, an outage) gets a warning and no automation, and a dead
-    host's cell is then noticed only by ``run.cell_timeout_seconds``.
+    Best effort: a server that refuses (permissions, an outage) gets a warning and no automation; each dispatcher
+    then watches its own cells (:func:`silence_watch`).
 
     Args:
         heartbeat: the cell runs' heartbeat period in seconds (default: :func:`heartbeat_seconds`). None where
@@ -66,8 +107,8 @@ def ensure_zombie_detection(heartbeat: int | None = None, *, missed: int = MISSE
     try:
         return _ensure(timedelta(seconds=missed * max(heartbeat, 30)), replace=replace)
     except Exception as err:  # the server's own errors vary (HTTP 403, connection refused, ...)
-        _log.warning("could not set up the automation %r that crashes cell runs whose hosts died (%s): a dead "
-                     "host's cell is noticed only by run.cell_timeout_seconds", AUTOMATION_NAME, err)
+        _log.warning("could not set up the automation %r that crashes cell runs whose hosts died (%s): each "
+                     "dispatcher watches its own cells' heartbeats instead", AUTOMATION_NAME, err)
         return None
 
 

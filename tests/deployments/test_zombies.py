@@ -93,6 +93,50 @@ def test_a_cell_run_whose_heartbeats_stop_is_crashed_and_another_flows_run_is_le
                     client.delete_automation(automation.id)
 
 
+def _running(run_id: UUID, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _state(run_id) != "RUNNING":
+        assert time.monotonic() < deadline, _state(run_id)
+        time.sleep(0.2)
+
+
+def test_without_the_automation_the_dispatch_crashes_a_silent_cell_run_itself(
+        prefect_server: ServerInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the server refuses the automation, the dispatcher reads its cell's newest event: a live run is left
+    alone (and so is one whose events cannot be read), a killed one is set Crashed within the window, not at the
+    cell timeout."""
+    from flows.dispatch import wait_for_run
+    from flows.zombies import crash_if_silent, silence_watch
+
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    assert silence_watch(timedelta(seconds=540)) is None  # the server's automation does it
+    assert silence_watch(None) == 3 * 60.0  # three missed heartbeats of the period the cells are given
+    script = tmp_path / "host.py"
+    script.write_text(SCRIPT)
+    with prefect_settings_context(prefect_server):
+        cell, cell_id = _start(CELL_FLOW_NAME, script, prefect_server)
+        try:
+            _running(cell_id)
+            with get_client(sync_client=True) as client:
+                assert not crash_if_silent(client, client.read_flow_run(cell_id), 20.0)  # it just started
+            os.killpg(cell.pid, signal.SIGKILL)  # the host dies: no state change, no more heartbeats
+            cell.wait()
+            time.sleep(3.5)
+            with get_client(sync_client=True) as client, pytest.MonkeyPatch.context() as patch:
+                def unreadable(*args, **kwargs):
+                    raise ConnectionError("the events API does not answer")
+
+                patch.setattr(type(client), "read_events", unreadable)
+                assert not crash_if_silent(client, client.read_flow_run(cell_id), 3.0)  # no guess
+            started = time.monotonic()
+            run = wait_for_run(cell_id, timeout=120, silent_after=3.0, poll_seconds=0.2)
+            assert run.state.is_crashed() and time.monotonic() - started < 20, (run.state, time.monotonic() - started)
+            assert "no heartbeat for 3 s" in run.state.message and "dispatcher" in run.state.message
+        finally:
+            if cell.poll() is None:
+                os.killpg(cell.pid, signal.SIGKILL)
+
+
 def test_a_server_that_refuses_the_automation_leaves_the_run_going_with_a_warning(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     import flows.zombies
@@ -103,7 +147,7 @@ def test_a_server_that_refuses_the_automation_leaves_the_run_going_with_a_warnin
     monkeypatch.setattr(flows.zombies, "_ensure", refused)
     with caplog.at_level("WARNING", logger="flows.zombies"):
         assert ensure_zombie_detection(60) is None
-    assert "403" in caplog.text and "cell_timeout_seconds" in caplog.text
+    assert "403" in caplog.text and "dispatcher watches its own cells" in caplog.text
 
 
 def test_a_dispatched_cell_beats_as_often_as_the_window_assumes(monkeypatch: pytest.MonkeyPatch) -> None:
