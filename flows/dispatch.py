@@ -51,23 +51,25 @@ def _lost_cells_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def wait_for_run(flow_run_id: Any, *, timeout: float, silent_after: float | None = None, poll_seconds: float = 1.0
-                 ) -> Any:
-    """The flow run once it is final, or as it is after ``timeout`` seconds; with ``silent_after``, a running one
-    that the server has no event of for that long is set Crashed here first (:func:`flows.zombies.crash_if_silent`,
-    checked every ``silent_after / 3`` seconds, 10 at most)."""
+def wait_for_run(flow_run: Any, *, timeout: float | None, silent_after: float | None = None,
+                 poll_seconds: float = 1.0) -> Any:
+    """``flow_run`` once it is final, or as it is after ``timeout`` seconds (None: no limit); with ``silent_after``, a
+    running one that the server has no event of for that long is set Crashed here first
+    (:func:`flows.zombies.crash_if_silent`, checked every ``silent_after / 3`` seconds, 10 at most)."""
+    if flow_run.state is not None and flow_run.state.is_final():
+        return flow_run
     started = checked = time.monotonic()
     with get_client(sync_client=True) as client:
         while True:
-            run = client.read_flow_run(flow_run_id)
+            run = client.read_flow_run(flow_run.id)
             if run.state is not None and run.state.is_final():
                 return run
             now = time.monotonic()
             if silent_after is not None and now - checked >= min(silent_after / 3, 10.0):
                 checked = now
                 if crash_if_silent(client, run, silent_after):
-                    return client.read_flow_run(flow_run_id)
-            if now - started >= timeout:
+                    return client.read_flow_run(flow_run.id)
+            if timeout is not None and now - started >= timeout:
                 return run
             time.sleep(poll_seconds)
 
@@ -105,7 +107,7 @@ def dispatch_cell(*, config: PipelineConfig, cell: Cell, pool: str, device: str,
         timeout=0,  # created; waited for below
         flow_run_name=f"cell-{cell.name}",
     )
-    flow_run = wait_for_run(flow_run.id, timeout=config.run.cell_timeout_seconds, silent_after=silent_after)
+    flow_run = wait_for_run(flow_run, timeout=config.run.cell_timeout_seconds, silent_after=silent_after)
     state = flow_run.state
     if state is None or not state.is_final():  # timed out: do not leave it holding a device
         with get_client(sync_client=True) as client:

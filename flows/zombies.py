@@ -56,8 +56,12 @@ def silence_watch(automation: timedelta | None) -> float | None:
 
 def crash_if_silent(client: Any, run: Any, silent_after: float) -> bool:
     """Set the running flow run ``run`` Crashed if the server has no event of it (a heartbeat, a state change) from
-    the last ``silent_after`` seconds, nor its Running state; whether it did. A failure to read the events counts
-    as a sign of life (logged): this watch never crashes a run on a guess."""
+    the last ``silent_after`` seconds, nor its Running state; whether it did (the server accepted it).
+
+    Never on a guess: an events API that does not answer, a server that has recorded no event of the run at all
+    (it does not keep events) and a refused or failed state change each leave the run alone, with a warning.
+    """
+    from prefect.client.schemas.objects import StateType
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
     from prefect.states import Crashed
 
@@ -65,19 +69,28 @@ def crash_if_silent(client: Any, run: Any, silent_after: float) -> bool:
     since = now - timedelta(seconds=silent_after)
     if run.state is None or not run.state.is_running() or run.state.timestamp >= since:
         return False
-    try:
-        page = client.read_events(filter=EventFilter(
-            occurred=EventOccurredFilter(since=since, until=now + timedelta(seconds=60)),
+
+    def newest_since(moment: datetime) -> list[Any]:
+        return client.read_events(filter=EventFilter(
+            occurred=EventOccurredFilter(since=moment, until=now + timedelta(seconds=60)),
             event=EventNameFilter(prefix=["prefect.flow-run."]),
-            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])), limit=1)
+            resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])), limit=1).events
+
+    try:
+        if newest_since(since):
+            return False
+        if not newest_since(run.start_time or run.state.timestamp):
+            _log.warning("the server has no event of flow run %s at all (does it keep events?): not taking its "
+                         "silence for a dead host", run.id)
+            return False
+        result = client.set_flow_run_state(run.id, Crashed(
+            message=f"no heartbeat for {silent_after:.0f} s: its host is gone (noticed by its dispatcher: the server "
+                    "has no automation)"))
     except Exception as err:  # noqa: BLE001 - the server's own errors vary; the cell timeout still holds
-        _log.warning("could not read the events of flow run %s to see whether its host is alive: %s", run.id, err)
+        _log.warning("could not check or crash flow run %s, whose heartbeats seem to have stopped: %s", run.id, err)
         return False
-    if page.events:
-        return False
-    client.set_flow_run_state(run.id, Crashed(message=f"no heartbeat for {silent_after:.0f} s: its host is gone "
-                                                      "(noticed by its dispatcher: the server has no automation)"))
-    return True
+    state = getattr(result, "state", None)
+    return state is not None and state.type == StateType.CRASHED
 
 
 def heartbeat_env() -> dict[str, str]:

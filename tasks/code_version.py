@@ -53,11 +53,18 @@ _SCANS: dict[Path, tuple[bytes, tuple, list[Path]]] = {}  # file -> (its bytes, 
 def _tree() -> tuple:
     """Every file and folder name of the tracked packages: which import names resolve to a file (:func:`_module_file`)
     changes only with them."""
-    listing, pending = [], list(TRACKED_PACKAGES.values())
+    listing, pending, seen = [], list(TRACKED_PACKAGES.values()), set()
     while pending:
         folder = pending.pop()
-        with os.scandir(folder) as scan:
-            entries = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in scan if e.name != "__pycache__")
+        if (real := os.path.realpath(folder)) in seen:  # a symlinked folder is followed once (a loop ends)
+            continue
+        seen.add(real)
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted((e.name, e.is_dir()) for e in scan if e.name != "__pycache__")
+        except OSError as err:  # a folder that vanished or cannot be read: no module resolves inside it
+            listing.append((folder, repr(err)))
+            continue
         listing.append((folder, tuple(entries)))
         pending.extend(folder / name for name, is_folder in entries if is_folder)
     return tuple(listing)
@@ -70,7 +77,8 @@ def _imported_files(source_file: Path, tree: tuple) -> list[Path]:
     scanned = _SCANS.get(source_file)
     if scanned is not None and scanned[0] == source and scanned[1] == tree:
         return scanned[2]
-    files = [f for f in map(_module_file, _scan_imports(source.decode())) if f is not None]
+    text = source.decode().replace("\r\n", "\n").replace("\r", "\n")  # universal newlines, as read_text()
+    files = [f for f in map(_module_file, _scan_imports(text)) if f is not None]
     _SCANS[source_file] = (source, tree, files)
     return files
 

@@ -38,6 +38,7 @@ does not).
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import fcntl
 import json
@@ -160,6 +161,7 @@ _PUBLISHING = threading.Condition()
 _queued: dict[str, tuple[int, Any, contextvars.Context]] = {}  # limit name -> what its next publication needs
 _unfinished = 0  # publications queued or running
 _publisher: threading.Thread | None = None
+_EXIT_WAIT_SECONDS = 5.0  # how long an ending process waits for its last publications
 
 
 def _publish_soon(name: str, limit: int, log: Any) -> None:
@@ -174,9 +176,11 @@ def _publish_soon(name: str, limit: int, log: Any) -> None:
             _unfinished += 1
         _queued[name] = (limit, log, contextvars.copy_context())
         if _publisher is None or not _publisher.is_alive():
-            # A daemon: a run that ends does not wait for the display (the next acquisition or release corrects it).
+            # A daemon, waited for at exit at most _EXIT_WAIT_SECONDS: a server that does not answer never holds a
+            # process back for long (the next acquisition or release on the host corrects what it missed).
             _publisher = threading.Thread(target=_publish_queued, name="nodecore-slot-publisher", daemon=True)
             _publisher.start()
+            atexit.register(wait_published, _EXIT_WAIT_SECONDS)  # a process that ends soon after a release shows it
         _PUBLISHING.notify_all()
 
 
@@ -189,11 +193,20 @@ def _publish_queued() -> None:
             name = next(iter(_queued))
             limit, log, context = _queued.pop(name)
         try:
-            context.run(_publish, name, limit, log)
+            context.run(_publish_with_own_client, name, limit, log)
         finally:
             with _PUBLISHING:
                 _unfinished -= 1
                 _PUBLISHING.notify_all()
+
+
+def _publish_with_own_client(name: str, limit: int, log: Any) -> None:
+    """:func:`_publish` with a client of its own: the copied context may carry the caller's, which its task or flow
+    run closes when it ends (a closed client cannot be entered again)."""
+    import prefect.context
+
+    prefect.context.SyncClientContext.__var__.set(None)  # in this copy of the context only
+    _publish(name, limit, log)
 
 
 def wait_published(timeout: float = 30.0) -> bool:

@@ -129,7 +129,9 @@ def test_without_the_automation_the_dispatch_crashes_a_silent_cell_run_itself(
                 patch.setattr(type(client), "read_events", unreadable)
                 assert not crash_if_silent(client, client.read_flow_run(cell_id), 3.0)  # no guess
             started = time.monotonic()
-            run = wait_for_run(cell_id, timeout=120, silent_after=3.0, poll_seconds=0.2)
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(cell_id)
+            run = wait_for_run(run, timeout=120, silent_after=3.0, poll_seconds=0.2)
             assert run.state.is_crashed() and time.monotonic() - started < 20, (run.state, time.monotonic() - started)
             assert "no heartbeat for 3 s" in run.state.message and "dispatcher" in run.state.message
         finally:

@@ -100,3 +100,76 @@ def test_a_cell_run_is_started_with_the_heartbeat_period_and_a_crashed_one_is_st
                                         field=output)
     assert sent["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "45", "CUDA_VISIBLE_DEVICES": "1"}
     assert states == [("run-1", "CANCELLING", True)]
+
+
+class _Runs:
+    """A client whose flow run goes through ``states`` (one per read); it records the states set on it."""
+
+    def __init__(self, states: list, events: list | None = None, accept: bool = True) -> None:
+        self.states, self.events, self.accept, self.set = list(states), events or [], accept, []
+
+    def __enter__(self) -> "_Runs":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def read_flow_run(self, run_id: str):
+        from types import SimpleNamespace
+
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        return SimpleNamespace(id=run_id, state=state, start_time=state.timestamp)
+
+    def read_events(self, filter, limit: int):
+        from types import SimpleNamespace
+
+        since = filter.occurred.since
+        return SimpleNamespace(events=[e for e in self.events if e >= since][:limit])
+
+    def set_flow_run_state(self, run_id: str, state, force: bool = False):
+        from types import SimpleNamespace
+
+        self.set.append(state.type.value)
+        if self.accept:
+            self.states = [state]
+        return SimpleNamespace(state=state if self.accept else self.states[0])
+
+
+def _state(kind: str, seconds_ago: float = 0.0):
+    from datetime import datetime, timedelta, timezone
+
+    from prefect import states
+
+    state = getattr(states, kind)()
+    state.timestamp = datetime.now(timezone.utc) - timedelta(seconds=seconds_ago)
+    return state
+
+
+def test_without_a_cell_timeout_the_dispatch_waits_until_the_run_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run.cell_timeout_seconds`` is None by default: no limit (as run_deployment's own wait)."""
+    from types import SimpleNamespace
+
+    client = _Runs([_state("Running"), _state("Running"), _state("Completed")])
+    monkeypatch.setattr(flows.dispatch, "get_client", lambda sync_client: client)
+    run = flows.dispatch.wait_for_run(SimpleNamespace(id="run-1", state=_state("Scheduled")), timeout=None,
+                                      poll_seconds=0)
+    assert run.state.is_completed()
+
+
+@pytest.mark.parametrize(("events_ago", "accept", "crashed"), [
+    ([], True, False),  # the server keeps no event of the run at all: no guess
+    ([30.0], True, True),  # it beat, then went silent: crashed
+    ([30.0, 1.0], True, False),  # it beat just now: alive
+    ([30.0], False, False),  # the server refused the Crashed state: not taken for crashed
+])
+def test_the_dispatchers_watch_crashes_only_a_run_it_heard_before_and_not_since(
+        events_ago: list, accept: bool, crashed: bool) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from flows.zombies import crash_if_silent
+
+    now = datetime.now(timezone.utc)
+    client = _Runs([_state("Running", seconds_ago=60)], events=[now - timedelta(seconds=s) for s in events_ago],
+                   accept=accept)
+    assert crash_if_silent(client, client.read_flow_run("run-1"), 10.0) is crashed
+    assert client.set == (["CRASHED"] if len(events_ago) == 1 else [])

@@ -185,6 +185,26 @@ def test_a_training_never_waits_for_the_ui_to_show_its_slot(prefect_server: Serv
         assert _active_slots(device) == 0  # both shown in the end (the release last)
 
 
+def test_the_publisher_uses_a_client_of_its_own(prefect_server: ServerInfo, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Publications run in a copy of the caller's context, which may carry its task run's client: that one is closed
+    when the task ends, possibly before the publication runs."""
+    import prefect.context
+
+    import tasks.slots
+
+    device, closed = "cuda:10", threading.Event()
+    publish = tasks.slots._publish
+    monkeypatch.setattr(tasks.slots, "_publish", lambda *args: (closed.wait(10), publish(*args)))
+    with prefect_settings_context(prefect_server):
+        with prefect.context.SyncClientContext.get_or_create():  # as a task run's client
+            with hold_device(device, log=LOG):
+                pass
+        closed.set()  # that client is closed now; the two publications have not run yet
+        assert _active_slots(device) == 0
+    assert "could not show the held slots" not in caplog.text, caplog.text
+
+
 # --- a server restart ----------------------------------------------------------------------------------
 
 
