@@ -27,8 +27,9 @@ The limit itself stays a Prefect global concurrency limit named by :func:`tasks.
 on first use with :func:`tasks.grid.slot_limit` slots, its ``limit`` read at each acquisition (and every
 ``recheck_seconds`` while waiting), so it is changed in the UI as before. Its ``active_slots`` is set to the
 slots held on this host after each acquisition and release (by a thread of its own, so a training never waits for
-the display: :func:`wait_published`), so the UI's concurrency page shows the occupancy; a holder killed with ``kill -9`` is corrected there by the next acquisition or release on the
-host. Only ``limit`` is read: a limit of 0 holds every training back; ``active`` is not looked at.
+the display: :func:`wait_published`), so the UI's concurrency page shows the occupancy; a holder killed with
+``kill -9`` is corrected there by the next acquisition or release on the host. Only ``limit`` is read: a limit of
+0 holds every training back; ``active`` is not looked at.
 
 Slots are not handed out in arrival order: waiters poll every ``poll_seconds`` (a freed slot is taken
 within that time, against about 1 s for Prefect's hand-off). A child process forked while a slot is held
@@ -162,6 +163,7 @@ _queued: dict[str, tuple[int, Any, contextvars.Context]] = {}  # limit name -> w
 _unfinished = 0  # publications queued or running
 _publisher: threading.Thread | None = None
 _EXIT_WAIT_SECONDS = 5.0  # how long an ending process waits for its last publications
+_publisher_started_once = threading.Lock()  # taken when the exit hook is registered
 
 
 def _publish_soon(name: str, limit: int, log: Any) -> None:
@@ -180,7 +182,8 @@ def _publish_soon(name: str, limit: int, log: Any) -> None:
             # process back for long (the next acquisition or release on the host corrects what it missed).
             _publisher = threading.Thread(target=_publish_queued, name="nodecore-slot-publisher", daemon=True)
             _publisher.start()
-            atexit.register(wait_published, _EXIT_WAIT_SECONDS)  # a process that ends soon after a release shows it
+            if _publisher_started_once.acquire(blocking=False):  # once per process, however often it is restarted
+                atexit.register(wait_published, _EXIT_WAIT_SECONDS)  # a process ending soon after a release shows it
         _PUBLISHING.notify_all()
 
 
