@@ -368,7 +368,7 @@ def _adaptive_steps(
                 all_steps.append((t, _kept(y, ws)))
         else:
             counts.rejected += 1
-        h = controller.next_step(h_try, ratio, previous_ratio, exponent, accepted)
+        h = _after_landing(controller.next_step(h_try, ratio, previous_ratio, exponent, accepted), h, h_try, accepted)
         if not abs(h) > 16 * _EPS * max(abs(t), span_floor):  # NaN too
             cause = "the field returned NaN or Inf" if not math.isfinite(ratio) else "the dynamics are too stiff"
             raise StepSizeUnderflowError(
@@ -376,6 +376,16 @@ def _adaptive_steps(
                 "inputs, loosen atol/rtol, or use a fixed-step solver"
             )
     return out
+
+
+def _after_landing(proposed: float, planned: float, tried: float, accepted: bool) -> float:
+    """The next step after an attempt of size ``tried``: the controller's ``proposed`` one, but after an accepted
+    step shortened from ``planned`` to land on an output time at least ``planned`` (the short step says nothing
+    against it; torchdyn's rule). Without it every output time cut the step size down and it grew back over the
+    next steps."""
+    if accepted and abs(tried) < abs(planned):
+        return math.copysign(max(abs(proposed), abs(planned)), planned)
+    return proposed
 
 
 def _counted(f: Field, counts: StepCounts) -> Callable[[Tensor, Tensor], Tensor]:
@@ -437,7 +447,7 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
             else:
                 counts.rejected += 1
             factor = high if ratio == 0 else safety * ratio ** (-1.0 / order) if math.isfinite(ratio) else low
-            h = h_try * min(high, max(factor, 1.0 if accepted else low))
+            h = _after_landing(h_try * min(high, max(factor, 1.0 if accepted else low)), h, h_try, accepted)
             if not abs(h) > 16 * _EPS * max(abs(t), span_floor):
                 raise StepSizeUnderflowError(
                     f"{name}: the adaptive step size underflowed to {abs(h):.3g} at t={t:.6g} (error ratio "

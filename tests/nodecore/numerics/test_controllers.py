@@ -365,3 +365,19 @@ def test_return_all_eval(name, direction):
     if not SOLVERS[name].adaptive:
         # 0 .. 0.7 in ceil(0.7 / 0.25) = 3 steps, 0.7 .. 2.0 in 6.
         assert counts.steps == 9
+
+
+def test_a_step_shortened_to_land_on_an_output_time_does_not_shrink_the_next_one() -> None:
+    """Stepping onto every output time (``interpolator="step"``, torchdyn's way): a point just after the start costs
+    the one short step that lands on it, and the next step goes on at the size planned before (torchdyn's rule);
+    before, it restarted from the short step and took extra steps to grow back."""
+    from nodecore import NeuralODE
+
+    def steps(times: list[float]) -> int:
+        model = NeuralODE(lambda t, x: -x, solver="dopri5", atol=1e-6, rtol=1e-6, interpolator="step")
+        with torch.no_grad():
+            _, solution = model(torch.ones(3, 1, dtype=torch.float64), torch.tensor(times, dtype=torch.float64))
+        assert torch.allclose(solution[-1], torch.full((3, 1), math.exp(-10), dtype=torch.float64), atol=1e-6)
+        return model.stats.steps_forward
+
+    assert steps([0.0, 1e-3, 10.0]) == steps([0.0, 10.0]) + 1
