@@ -163,7 +163,7 @@ _queued: dict[str, tuple[int, Any, contextvars.Context]] = {}  # limit name -> w
 _unfinished = 0  # publications queued or running
 _publisher: threading.Thread | None = None
 _EXIT_WAIT_SECONDS = 5.0  # how long an ending process waits for its last publications
-_publisher_started_once = threading.Lock()  # taken when the exit hook is registered
+_exit_hook = False  # whether wait_published is registered to run at exit
 
 
 def _publish_soon(name: str, limit: int, log: Any) -> None:
@@ -172,7 +172,7 @@ def _publish_soon(name: str, limit: int, log: Any) -> None:
     Prefect's client then sleeps about 2 s before trying again (measured: trainings held back 1.7-2 s in a 3-cell
     run). One publication per limit is queued at a time; it counts the held slots when it runs, so it shows every
     change made before it. It runs in the caller's context (the run's Prefect API and logger)."""
-    global _publisher, _unfinished
+    global _publisher, _unfinished, _exit_hook
     with _PUBLISHING:
         if name not in _queued:
             _unfinished += 1
@@ -182,8 +182,9 @@ def _publish_soon(name: str, limit: int, log: Any) -> None:
             # process back for long (the next acquisition or release on the host corrects what it missed).
             _publisher = threading.Thread(target=_publish_queued, name="nodecore-slot-publisher", daemon=True)
             _publisher.start()
-            if _publisher_started_once.acquire(blocking=False):  # once per process, however often it is restarted
+            if not _exit_hook:  # once per process, however often the thread is restarted
                 atexit.register(wait_published, _EXIT_WAIT_SECONDS)  # a process ending soon after a release shows it
+                _exit_hook = True
         _PUBLISHING.notify_all()
 
 

@@ -513,17 +513,18 @@ def train_cell(
         # The epochs after which a resume checkpoint is written (not after the last: the stage output follows).
         checkpoint_epochs = frozenset(range(training.checkpoint_every, training.epochs, training.checkpoint_every))
 
-        shown = [time.monotonic()]  # when the progress artifact was last updated
+        shown = time.monotonic()  # when the progress artifact was last updated
 
         def on_epoch(stats: EpochStats) -> None:
+            nonlocal shown
             history.epochs.append(stats)
             done = stats.epoch + 1
             if done % training.log_every == 0 or done == training.epochs:
                 logger.info("%s: epoch %d/%d loss %.4f accuracy %.4f nfe %d/%d", cell, done, training.epochs,
                             stats.loss, stats.accuracy, stats.nfe_forward, stats.nfe_backward)
-                if time.monotonic() - shown[0] >= PROGRESS_SECONDS:  # 100 % is set when the training ends
+                if time.monotonic() - shown >= PROGRESS_SECONDS:  # 100 % is set when the training ends
                     update_progress_artifact(progress_id, progress(done))
-                    shown[0] = time.monotonic()
+                    shown = time.monotonic()
             if done in checkpoint_epochs:
                 saved = save_resume(ctx.key_folder, classifier, optimizer, config=config, epoch=done, history=history,
                                     log=logger, attempt=attempt)
