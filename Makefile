@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-env clean
+.PHONY: install run test bench bench-env device-wheels clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -46,6 +46,13 @@ bench-env: $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BENCH_PY) bench/tutorial_bench.py --threads 1
+
+# What bench/gpu_check.sh needs on a GPU machine with PyTorch and torchdiffeq but no package registry: pure-Python
+# wheels of the libraries nodecore and the benchmark import beside those (Python 3.12 there).
+device-wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_17_x86_64 -d .whl torchsde==0.2.6 trampoline==0.1.2 torchode==1.0.1 \
+		torchtyping==0.1.5 typeguard==2.13.3
 
 clean:
 	rm -rf artifacts/* .pytest_cache

@@ -363,7 +363,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--solve-field", choices=("trained", "initial"), default="trained")
     parser.add_argument("--seminorm", choices=("default", "on", "off"), default="default",
                         help="adjoint step control over the parameter gradients too ('off') or not ('on')")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="e.g. cuda:0")
+    parser.add_argument("--batch", type=int, default=N_TRAIN,
+                        help=f"training moons, all in one full batch (default {N_TRAIN}, the tutorial's)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--variants", nargs="*", default=None, help="only these variant names")
     parser.add_argument("--json", default=None, help="also write the results as JSON to this path")
@@ -387,16 +389,16 @@ def available_variants(only: list[str] | None) -> list[Variant]:
     return variants
 
 
-def make_data(device: torch.device) -> tuple[Tensor, ...]:
-    X, y = ToyDataset().generate(N_TRAIN, "moons", noise=NOISE, seed=0)
+def make_data(device: torch.device, n_train: int = N_TRAIN) -> tuple[Tensor, ...]:
+    X, y = ToyDataset().generate(n_train, "moons", noise=NOISE, seed=0)
     X_test, y_test = ToyDataset().generate(N_TEST, "moons", noise=NOISE, seed=1)
     return tuple(t.to(device) for t in (X, y, X_test, y_test))
 
 
 def main() -> None:
     args = parse_args()
-    if args.epochs < 1 or args.repeats < 1 or args.solve_repeats < 1:
-        sys.exit("--epochs, --repeats and --solve-repeats must be >= 1")
+    if args.epochs < 1 or args.repeats < 1 or args.solve_repeats < 1 or args.batch < 1:
+        sys.exit("--epochs, --repeats, --solve-repeats and --batch must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -405,7 +407,7 @@ def main() -> None:
     if not variants:
         sys.exit("no variant can run")
 
-    data = make_data(device)
+    data = make_data(device, args.batch)
     t_span = torch.linspace(0, 1, 5, device=device)
     torch.manual_seed(0)
     init = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
@@ -428,8 +430,8 @@ def main() -> None:
             samples[variant.name].append((seconds, nfe, time_bare_loop(solve_net, data[0], int(nfe), device)))
     solve_table = solve_rows(samples)
 
-    print(f"\nmoons tutorial: {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, adjoint atol=rtol={ATOL_ADJOINT}, "
-          f"seminorm {args.seminorm}, device {device}, {torch.get_num_threads()} thread(s), "
+    print(f"\nmoons tutorial: {args.batch} training moons, {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, "
+          f"adjoint atol=rtol={ATOL_ADJOINT}, seminorm {args.seminorm}, device {device}, {torch.get_num_threads()} thread(s), "
           f"median of {args.repeats}; ratios are wall time over the named variant's")
     print_training(train_table)
     print(f"\nno-grad {SOLVER} solve of the {args.solve_field} field on a {tuple(data[0].shape)} state, "
@@ -439,7 +441,7 @@ def main() -> None:
     report = {
         "job": {"epochs": args.epochs, "repeats": args.repeats, "warmup_epochs": args.warmup_epochs,
                 "solver": SOLVER, "atol": ATOL, "rtol": RTOL, "atol_adjoint": ATOL_ADJOINT,
-                "rtol_adjoint": RTOL_ADJOINT, "seminorm": args.seminorm, "n_train": N_TRAIN, "n_test": N_TEST,
+                "rtol_adjoint": RTOL_ADJOINT, "seminorm": args.seminorm, "n_train": args.batch, "n_test": N_TEST,
                 "noise": NOISE, "lr": LR, "t_span": t_span.tolist()},
         "training": train_table,
         "solve": {"field": args.solve_field, "state_shape": list(data[0].shape),

@@ -105,7 +105,8 @@ class _Stepper:
 
     def __call__(self, y: Tensor, t: float, h: float, k0: Tensor | None) -> tuple[Tensor, Tensor | None, float | None]:
         if self.overridden:
-            return self.solver.step(self.counted, y, torch.tensor(t, dtype=y.dtype, device=y.device), h)[1], None, None
+            t_now = torch.full((), t, dtype=y.dtype, device=y.device)
+            return self.solver.step(self.counted, y, t_now, h)[1], None, None
         attempt = self.solver.attempt(self.f, y, t, h, k0, self.counts, need_error=self.adaptive, atol=self.atol,
                                       rtol=self.rtol, error_size=self.error_size)
         return attempt.y1, attempt.last, attempt.error_ratio if self.adaptive else None
@@ -125,7 +126,7 @@ def _check_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
 
 def _fired(callbacks: list[Callback], t: float, y: Tensor) -> list[int]:
     """The indices of the callbacks whose event set holds ``y`` at ``t``."""
-    tt = torch.tensor(t, dtype=y.dtype, device=y.device)
+    tt = torch.full((), t, dtype=y.dtype, device=y.device)
     found = []
     for i, cb in enumerate(callbacks):
         flag = cb.check_event(tt, y)
@@ -141,7 +142,7 @@ def _fired(callbacks: list[Callback], t: float, y: Tensor) -> list[int]:
 
 
 def _jump(callbacks: list[Callback], i: int, t: float, y: Tensor) -> Tensor:
-    new = callbacks[i].jump_map(torch.tensor(t, dtype=y.dtype, device=y.device), y)
+    new = callbacks[i].jump_map(torch.full((), t, dtype=y.dtype, device=y.device), y)
     if not isinstance(new, Tensor) or new.shape != y.shape:
         got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
         raise ValueError(f"callbacks[{i}].jump_map must return a tensor shaped like the state {tuple(y.shape)}, "
@@ -253,7 +254,7 @@ def odeint_hybrid(
             out.append(y)
     k0, h = None, math.inf
     if step.adaptive and jumps < j_span:
-        k0 = f(torch.tensor(t, dtype=x.dtype, device=x.device), y)
+        k0 = f(torch.full((), t, dtype=x.dtype, device=x.device), y)
         h = initial_step(f, t, y, k0, solver.order, atol, rtol, 1.0, error_size)
         counts.nfe += 2
         h = min(max(h, controller.min_step), controller.max_step)

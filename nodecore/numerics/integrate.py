@@ -16,7 +16,7 @@ from torch import Tensor
 
 from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import PIController, _rms, initial_step
-from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, time_tensor
+from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, real_dtype, time_tensor
 from nodecore.numerics.stats import StepCounts
 
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -261,8 +261,9 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
     if overridden:
         ws = None  # the override builds its own tensors
         sync = getattr(solver, "sync_device_dtype", None)  # torchdyn's hook of a solver of your own, per solve
-        if callable(sync):
-            sync(x, torch.tensor(times))
+        if callable(sync):  # handed t_span as torchdyn's loop has it: on the state's device, in its precision
+            like = state_like(x)
+            sync(x, torch.tensor(times, dtype=real_dtype(like.dtype), device=like.device))
         by_override = _stepped_by_override(solver, f, counts, args)
         if solver.adaptive and step_size is None and tolerances is not None and isinstance(x, Tensor):
             first_slope = _counted(f, counts) if no_args(args) else None

@@ -233,7 +233,7 @@ def _adaptive(f: Field, xv: Tensor, times: list[float], solver: AsynchronousLeap
     x0, _ = solver.split(xv)
     t = times[0]
     with torch.no_grad():
-        k0 = g(torch.tensor(t, dtype=xv.dtype, device=xv.device), x0)
+        k0 = g(torch.full((), t, dtype=xv.dtype, device=xv.device), x0)
     h = initial_step(g, t, x0, k0, solver.order, atol, rtol, direction)
     out_t, out, y, j = [t], [xv], xv, 1
     exponent = 1.0 / (solver.order + 1)

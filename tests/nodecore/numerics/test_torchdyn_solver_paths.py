@@ -55,10 +55,12 @@ class TableauRK4(SolverTemplate):
         self.stepping_class = "fixed"
         self.tableau = construct_rk4(torch.float32)
         self.synced: list[torch.dtype] = []
+        self.t_spans: list[torch.Tensor] = []
 
     def sync_device_dtype(self, x, t_span):
         out = super().sync_device_dtype(x, t_span)
         self.synced.append(self.tableau[0].dtype)
+        self.t_spans.append(t_span)
         return out
 
     def step(self, f, x, t, dt, k1=None, args=None):
@@ -76,6 +78,8 @@ def test_a_solver_of_your_own_on_torchdyns_template_is_stepped_through_its_step(
     solver = TableauRK4()
     _, by_tableau = odeint(_rotation, _x0(), T_SPAN, solver)
     assert solver.synced == [F64] and by_tableau.dtype == F64  # synced to the state before the solve
+    (seen,) = solver.t_spans  # the hook sees t_span as torchdyn's loop hands it: the state's device and precision
+    assert seen.dtype == F64 and seen.device == _x0().device and torch.equal(seen, T_SPAN.to(F64))
     # the same method; its weights were rounded to float32 when built (1/6 to 1e-8), as in torchdyn
     assert torch.allclose(by_tableau, odeint(_rotation, _x0(), T_SPAN, "rk4")[1], atol=1e-6)
     model = NeuralODE(_rotation, solver=HandMidpoint())
