@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from nodecore._checks import integer
+from nodecore._compile import compiling
 from nodecore.numerics.solvers import time_tensor
 
 Time = Union[Tensor, float, int]
@@ -186,7 +187,8 @@ class VectorField(nn.Module):
 
     Attributes:
         vf: the wrapped module.
-        nfe: number of evaluations since construction or since the user last set it to 0.
+        nfe: number of evaluations since construction or since the user last set it to 0; evaluations inside a
+            ``torch.compile`` graph are not counted (``NeuralODE.stats`` counts those of every solve).
     """
 
     def __init__(self, vf: nn.Module | Callable[..., Tensor]) -> None:
@@ -226,7 +228,8 @@ class VectorField(nn.Module):
 
     def forward(self, t: Time, x: Tensor) -> Tensor:
         """Evaluate ``dx/dt = f(t, x)``; ``x [..., D] -> [..., D]``."""
-        self._nfe[0] += 1
+        if not compiling():  # a counter read in a compiled graph is guarded on: the graph would recompile each call
+            self._nfe[0] += 1
         for layer in self._depth_layers:
             layer.t = t
         if self.takes_time:

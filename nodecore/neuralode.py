@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from nodecore._checks import choice, integer, positive
+from nodecore._compile import compiling
 from nodecore._shapes import explained_shapes
 from nodecore.errors import NonFiniteError, StabilityWarning, TooManyStepsError, translate_solver_assertion
 from nodecore.fields import Time, VectorField
@@ -331,7 +332,8 @@ class _ArgsField(VectorField):
         )
 
     def _call(self, t: Time, x: object, *extra: object, **named: object) -> object:
-        self._nfe[0] += 1
+        if not compiling():
+            self._nfe[0] += 1
         for layer in self._depth_layers:
             layer.t = t
         if not self.takes_time:
@@ -803,8 +805,12 @@ class NeuralODE(nn.Module):
                 f"order={self.order} needs x = {_state_blocks(self.order)} concatenated on the last dim "
                 f"({size}{cost}), got shape {tuple(x.shape)}"
             )
-        # Full-batch training passes the same x every step: its values are checked once while it is unmodified.
-        if not self._finite_state.holds(x):
+        # Full-batch training passes the same x every step: its values are checked once while it is unmodified
+        # (under torch.compile every time: the cache keeps tensors by identity and version, which Dynamo cannot trace).
+        if compiling():
+            if not torch.isfinite(x).all():
+                raise ValueError("x contains NaN or Inf; the initial state must be finite")
+        elif not self._finite_state.holds(x):
             if not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or Inf; the initial state must be finite")
             self._finite_state.remember(x)
@@ -821,8 +827,10 @@ class NeuralODE(nn.Module):
         # Training passes the same t_span every step: check its values once, while it is unmodified. The
         # cache holds the tensor itself, so an identical object is never a different tensor.
         seen, version, device, dtype, checked = self._checked_t_span
-        if not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
-                and (device, dtype) == (x.device, x.dtype)):
+        if compiling():
+            checked = check_t_span(t_span, x)
+        elif not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
+                  and (device, dtype) == (x.device, x.dtype)):
             checked = check_t_span(t_span, x)
             if isinstance(t_span, Tensor) and not t_span.is_inference():  # inference tensors keep no version
                 self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from nodecore._checks import integer
+from nodecore._compile import compiling
 from nodecore.fields import Time, VectorField
 from nodecore.models.sde import SDEFunc
 from nodecore.numerics.solvers import time_tensor
@@ -103,7 +104,8 @@ class _Field(VectorField):
     def forward(self, t: Time, x: Tensor, args: Mapping[str, object] | None = None) -> Tensor:  # type: ignore[override]
         if not self.passes_args:
             return super().forward(t, x)
-        self._nfe[0] += 1
+        if not compiling():
+            self._nfe[0] += 1
         for layer in self._depth_layers:
             layer.t = t
         if not isinstance(t, Tensor):

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from nodecore._compile import compiling, outside_graph
 from nodecore.numerics.control import PIController
 from nodecore.numerics.integrate import integrate
 from nodecore.numerics.solvers import RungeKutta, real_dtype
@@ -201,4 +202,11 @@ def odeint_adjoint(
         backward: the backward solve's settings.
     """
     params = tuple(p for p in params if p.requires_grad)
+    if compiling():  # Dynamo would trace the backward solve into the graph, which it cannot; it runs as in eager
+        return _adjoint_outside_graph(solve, func, backward, times, x0, *params)
     return _AdjointSolve.apply(solve, func, backward, times, x0, *params)
+
+
+@outside_graph
+def _adjoint_outside_graph(*args: Any) -> Tensor:
+    return _AdjointSolve.apply(*args)

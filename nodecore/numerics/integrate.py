@@ -14,6 +14,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from nodecore._compile import compiling
 from nodecore.errors import NonFiniteError, StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import PIController, _rms, initial_step
 from nodecore.numerics.solvers import Attempt, RungeKutta, Workspace, real_dtype, time_tensor
@@ -74,8 +75,9 @@ def integrate(
     name = f"the {label} solve" if label else "the solve"
     stage_times = not getattr(f, "ignores_time", False)
     overridden = type(solver).step is not RungeKutta.step
-    # A step of your own builds its tensors (and a torchdyn-style solver has no tableau to size a workspace by).
-    ws = None if torch.is_grad_enabled() or overridden else solver.workspace(x)
+    # A step of your own builds its tensors (and a torchdyn-style solver has no tableau to size a workspace by);
+    # torch.compile traces the plain ops (the workspace's in-place buffers and identity caches are host-side).
+    ws = None if torch.is_grad_enabled() or overridden or compiling() else solver.workspace(x)
     if ws is not None:
         ws.stage_times = stage_times
     try:

@@ -163,6 +163,20 @@ def test_an_adaptive_solver_of_your_own_is_error_controlled() -> None:
     assert torch.allclose(model(x0, torch.linspace(0, 2, 5, dtype=F64))[1][-1], exact(x0, t_span[-1]), atol=1e-5)
 
 
+def test_an_adaptive_solver_of_your_own_goes_on_at_the_planned_step_after_landing_on_a_time() -> None:
+    """torchdyn's rule in the loop around a step of your own: a point just after the start costs the one short step
+    that lands on it, and the next step is at least the one planned before (it used to restart from the short step
+    and grow back over extra steps)."""
+
+    def steps(times: list[float]) -> int:
+        _, solution, counts = odeint(lambda t, x: -x, _x0(), torch.tensor(times, dtype=F64), HandHeunEuler(),
+                                     atol=1e-4, rtol=1e-4, return_stats=True)
+        assert torch.allclose(solution[-1], _x0() * math.exp(-10), atol=1e-3)
+        return counts.attempts - counts.rejected
+
+    assert steps([0.0, 1e-3, 10.0]) == steps([0.0, 10.0]) + 1
+
+
 def test_an_adaptive_solver_of_your_own_starts_from_hairers_step() -> None:
     """A whole-interval first try can have a zero error estimate (periodic forcing over one period, where Heun's
     two slopes agree) and be accepted wrongly; the loop starts from Hairer's estimate, as torchdyn's does."""
