@@ -68,7 +68,13 @@ class MultipleShootingSolver:
 
     Args:
         coarse_method, fine_method: solver names or objects, used at constant steps.
+
+    Attributes:
+        reads_guess: whether :meth:`root_solve` starts from the guess ``B``; when False, :func:`odeint_mshooting`
+            does not compute the coarse sweep and hands ``x`` repeated instead.
     """
+
+    reads_guess: bool = True
 
     def __init__(self, coarse_method: str | RungeKutta = "euler", fine_method: str | RungeKutta = "rk4") -> None:
         self.coarse_method = solver_object(coarse_method)
@@ -141,8 +147,9 @@ class ParallelImplicitEuler(MultipleShootingSolver):
     solve, with ``f`` at the right time ``t_{m+1}`` — sequential, not parallel in time, despite the name. The result
     equals ``odeint(f, x, t_span, ImplicitEuler())``.
 
-    As in torchdyn, the guess ``B`` (the coarse solver's sweep) and ``maxiter`` are not used (each step is solved to
-    convergence), and neither is ``fine_steps``: every interval is a single step. Gradients: with
+    As in torchdyn, the guess ``B`` and ``maxiter`` are not used (each step is solved to convergence), and neither is
+    ``fine_steps``: every interval is a single step. Unlike torchdyn, the coarse solver's sweep that would make the
+    guess is not computed either (:attr:`reads_guess` is False). Gradients: with
     ``sensitivity='autograd'`` through each step's implicit-function-theorem Newton step; with ``'adjoint'``
     :func:`odeint_mshooting`'s discrete adjoint through the same one-step propagator.
 
@@ -158,6 +165,7 @@ class ParallelImplicitEuler(MultipleShootingSolver):
     """
 
     FINE_NAMES: tuple[str, ...] = ("euler", "implicit_euler", "ieuler")
+    reads_guess = False  # every interval is solved from the end of the one before
 
     def __init__(self, coarse_method: str | RungeKutta = "euler", fine_method: str | ImplicitEuler = "euler",
                  max_iters: int | None = None, tol: float | None = None) -> None:
@@ -316,7 +324,10 @@ def odeint_mshooting(
 
 
 def _coarse_sweep(solver: MultipleShootingSolver, f: Field, x: Tensor, grid: ShootingGrid) -> Tensor:
-    """The default initial guess: the coarse solver's sequential sweep from ``x``, ``[N+1, *x.shape]``."""
+    """The default initial guess: the coarse solver's sequential sweep from ``x``, ``[N+1, *x.shape]`` (``x`` repeated,
+    a view, for a solver that never reads the guess)."""
+    if not solver.reads_guess:
+        return x.detach().expand(len(grid.starts) + 1, *x.shape)
     states = [x]
     for m in range(len(grid.starts)):
         states.append(solver.propagate(solver.coarse_method, f, states[-1], grid.times(m)))
