@@ -24,6 +24,7 @@ from torch.distributions import Exponential
 from nodecore._checks import choice, integer, positive
 from nodecore.errors import StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import IntegralController, PIController, initial_step
+from nodecore.numerics.integrate import own_error_ratio
 from nodecore.numerics.registry import solver_object
 from nodecore.numerics.solvers import RungeKutta
 from nodecore.numerics.spans import TSpan, check_t_span
@@ -96,8 +97,10 @@ class _Stepper:
                  counts: StepCounts) -> None:
         self.f, self.solver, self.atol, self.rtol = f, solver, atol, rtol
         self.error_size, self.counts = error_size, counts
-        self.overridden = type(solver).step is not RungeKutta.step  # a hypersolver or custom step: fixed steps
-        self.adaptive = solver.adaptive and not self.overridden
+        # A hypersolver or a step of your own goes through its step; an adaptive one of your own (stepping_class
+        # 'adaptive') is error-controlled from the x_err its step returns.
+        self.overridden = type(solver).step is not RungeKutta.step
+        self.adaptive = solver.adaptive
 
     def counted(self, t: Tensor, x: Tensor) -> Tensor:
         self.counts.nfe += 1
@@ -106,7 +109,10 @@ class _Stepper:
     def __call__(self, y: Tensor, t: float, h: float, k0: Tensor | None) -> tuple[Tensor, Tensor | None, float | None]:
         if self.overridden:
             t_now = torch.full((), t, dtype=y.dtype, device=y.device)
-            return self.solver.step(self.counted, y, t_now, h)[1], None, None
+            result = self.solver.step(self.counted, y, t_now, h, *(() if k0 is None else (k0,)))
+            if not self.adaptive:
+                return result[1], None, None
+            return result[1], result[0], own_error_ratio(self.solver, result, y, self.atol, self.rtol, self.error_size)
         attempt = self.solver.attempt(self.f, y, t, h, k0, self.counts, need_error=self.adaptive, atol=self.atol,
                                       rtol=self.rtol, error_size=self.error_size)
         return attempt.y1, attempt.last, attempt.error_ratio if self.adaptive else None
@@ -193,8 +199,8 @@ def odeint_hybrid(
     """Solve a hybrid system: flow by ``dx/dt = f(t, x)``, jump by the first callback whose event fires.
 
     torchdyn's signature (``return_all_eval`` and the keyword-only options are nodecore's). Adaptive solvers
-    step onto every point of ``t_span`` under error control; fixed-step solvers take one step per interval
-    (cut at events). Differentiable by autograd through the flow and the jump maps, with each event's time
+    step onto every point of ``t_span`` under error control (an adaptive solver of your own from the ``x_err`` its
+    step returns); fixed-step solvers take one step per interval (cut at events). Differentiable by autograd through the flow and the jump maps, with each event's time
     held fixed (its dependence on the parameters is not differentiated).
 
     Args:

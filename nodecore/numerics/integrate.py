@@ -434,14 +434,7 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
             h_try = target - t if landing else h
             _count_attempt(counts, max_steps, t, h_try, name)
             result = step(y, t, h_try, k1)
-            if len(result) < 3 or not isinstance(result[2], Tensor):
-                raise TypeError(f"{type(solver).__name__} is adaptive (stepping_class 'adaptive'), so its step must "
-                                "return (f_new, x_new, x_err, ...) with x_err the error estimate, got "
-                                f"{len(result)} values")
-            f_new, y_new, err = result[0], result[1], result[2]
-            with torch.no_grad():
-                e, a, b = (v.detach().reshape(-1)[:error_size] for v in (err, y, y_new))
-                ratio = float(_rms(e.abs() / (atol + rtol * torch.maximum(a.abs(), b.abs()))))
+            f_new, y_new, ratio = result[0], result[1], own_error_ratio(solver, result, y, atol, rtol, error_size)
             accepted = ratio <= 1.0
             if accepted:
                 t, y, k1 = (target if landing else t + h_try), y_new, f_new
@@ -458,6 +451,23 @@ def _adaptive_own_steps(step: Callable[..., tuple], x: Tensor, times: list[float
                 )
         out.append(y)
     return out
+
+
+def own_error_ratio(solver: RungeKutta, result: tuple, y: Tensor, atol: float, rtol: float,
+                    error_size: int | None) -> float:
+    """The error ratio of an adaptive step of your own from ``y``, which returned ``result = (f_new, x_new, x_err,
+    ...)``: ``rms(x_err / (atol + rtol max(|y|, |x_new|)))`` over the first ``error_size`` entries of the flat state
+    (all when None). A host sync; the step is accepted when it is at most 1.
+
+    Raises:
+        TypeError: ``result`` has no tensor ``x_err``.
+    """
+    if len(result) < 3 or not isinstance(result[2], Tensor):
+        raise TypeError(f"{type(solver).__name__} is adaptive (stepping_class 'adaptive'), so its step must return "
+                        f"(f_new, x_new, x_err, ...) with x_err the error estimate, got {len(result)} values")
+    with torch.no_grad():
+        e, a, b = (v.detach().reshape(-1)[:error_size] for v in (result[2], y, result[1]))
+        return float(_rms(e.abs() / (atol + rtol * torch.maximum(a.abs(), b.abs()))))
 
 
 def _time_for(ws: Workspace | None, t: float, like: Tensor) -> Tensor:

@@ -67,6 +67,11 @@ class DiffEqSolver(RungeKutta):
     def has_dense_output(self) -> bool:
         return False
 
+    @property
+    def error_exponent(self) -> float:
+        """The step-size exponent ``1 / order``: torchdyn's rule ``dt * safety * ratio^(-1/order)``."""
+        return 1.0 / max(int(self.order), 1)
+
     def sync_device_dtype(self, x: Tensor | dict[str, Tensor], t_span: Tensor) -> tuple[object, Tensor]:
         """Moves the step-size factors to the state's device and a tensor ``tableau`` (torchdyn's ``(c, a, b,
         b_err)``) to its dtype and device; returns ``(x, t_span on that device)``.

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from nodecore.errors import TooManyStepsError
 from nodecore.numerics import EventCallback, StochasticEventCallback, odeint_hybrid
+from nodecore.numerics.solvers.templates import DiffEqSolver
 
 F64 = torch.float64
 G, E, H0 = 9.81, 0.8, 1.0  # gravity, restitution, drop height
@@ -255,3 +256,43 @@ def test_bad_input_is_refused_with_a_clear_message():
         odeint_hybrid(Falling(), X0, t_span, 3, "tsit5", [Shrinking()])
     with pytest.raises(TooManyStepsError, match="max_steps=5"):
         odeint_hybrid(Falling(), X0, torch.linspace(0, 1, 20, dtype=F64), 3, "tsit5", cbs, max_steps=5)
+
+
+class Dragged(nn.Module):
+    """A falling ball with quadratic air drag, ``x' = v, v' = -g - c v|v|``: no polynomial solution, so the steps
+    must adapt."""
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        v = x[..., 1:2]
+        return torch.cat([v, -G - 0.5 * v * v.abs()], -1)
+
+
+class OwnHeunEuler(DiffEqSolver):
+    """Heun's step with Euler's as its error estimate, written as a solver of your own (torchdyn's template)."""
+
+    def __init__(self) -> None:
+        super().__init__(order=2, stepping_class="adaptive")
+
+    def step(self, f, x, t, dt, k1=None, args=None):
+        k1 = f(t, x) if k1 is None else k1
+        k2 = f(t + dt, x + dt * k1)
+        x_new = x + 0.5 * dt * (k1 + k2)
+        return None, x_new, x_new - (x + dt * k1)
+
+
+def test_an_adaptive_solver_of_your_own_is_error_controlled_between_events():
+    """It steps as nodecore's own Heun–Euler pair does (the same method, the same error estimate), not at one
+    constant step per interval."""
+    t_span = torch.linspace(0, 2, 3, dtype=F64)
+    runs = {}
+    for name, solver in (("own", OwnHeunEuler()), ("nodecore", "adaptive_heun")):
+        for tol in (1e-4, 1e-6):
+            runs[name, tol] = odeint_hybrid(Dragged(), X0, t_span, 100, solver, [Ground()], atol=tol, rtol=tol,
+                                            event_tol=1e-8, return_stats=True)
+    for tol in (1e-4, 1e-6):
+        (t_own, x_own, own), (t_ref, x_ref, ref) = runs["own", tol], runs["nodecore", tol]
+        torch.testing.assert_close(t_own, t_ref, rtol=0, atol=1e-9)  # the same steps, to round-off
+        torch.testing.assert_close(x_own, x_ref, rtol=0, atol=1e-8)
+        assert (own.attempts, own.rejected) == (ref.attempts, ref.rejected)
+    assert len(jumps_of(runs["own", 1e-6][0])) >= 2  # it bounces
+    assert runs["own", 1e-6][2].attempts > 5 * runs["own", 1e-4][2].attempts > 5 * len(t_span)
