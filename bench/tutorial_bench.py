@@ -419,6 +419,26 @@ def main() -> None:
         for variant in variants:  # interleaved, so drift on a noisy machine hits every variant alike
             runs[variant.name].append(train(variant, init, data, t_span, args.epochs, seminorm, device))
     train_table = training_rows(runs)
+    print(f"\nmoons tutorial: {args.batch} training moons, {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, "
+          f"adjoint atol=rtol={ATOL_ADJOINT}, seminorm {args.seminorm}, device {device}, "
+          f"{torch.get_num_threads()} thread(s), median of {args.repeats}; ratios are wall time over the named "
+          "variant's")
+    print_training(train_table)
+    report = {
+        "job": {"epochs": args.epochs, "repeats": args.repeats, "warmup_epochs": args.warmup_epochs,
+                "solver": SOLVER, "atol": ATOL, "rtol": RTOL, "atol_adjoint": ATOL_ADJOINT,
+                "rtol_adjoint": RTOL_ADJOINT, "seminorm": args.seminorm, "n_train": args.batch, "n_test": N_TEST,
+                "noise": NOISE, "lr": LR, "t_span": t_span.tolist()},
+        "training": train_table,
+        "solve": None,  # written once measured: a run cut off in the solves keeps its training table
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+                        "processor": cpu_model(), "machine": platform.machine(),
+                        "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                        "python": platform.python_version(), "versions": library_versions(),
+                        "nodecore_path": os.path.dirname(nodecore.__file__),
+                        "nodecore_backends": list(nodecore.BACKENDS)},
+    }
+    write_json(args.json, report)
 
     trained = runs.get(SOLVE_FIELD_FROM, next(iter(runs.values())))[0].trained
     solve_net = copy.deepcopy(init if args.solve_field == "initial" else trained).to(device)
@@ -429,35 +449,20 @@ def main() -> None:
             seconds, nfe = time_solve(variant, solve_net, data[0], t_span, device)
             samples[variant.name].append((seconds, nfe, time_bare_loop(solve_net, data[0], int(nfe), device)))
     solve_table = solve_rows(samples)
-
-    print(f"\nmoons tutorial: {args.batch} training moons, {args.epochs} epochs, {SOLVER} atol=rtol={ATOL}, "
-          f"adjoint atol=rtol={ATOL_ADJOINT}, seminorm {args.seminorm}, device {device}, {torch.get_num_threads()} thread(s), "
-          f"median of {args.repeats}; ratios are wall time over the named variant's")
-    print_training(train_table)
     print(f"\nno-grad {SOLVER} solve of the {args.solve_field} field on a {tuple(data[0].shape)} state, "
           f"median of {args.solve_repeats}")
     print_solve(solve_table)
+    report["solve"] = {"field": args.solve_field, "state_shape": list(data[0].shape),
+                       "repeats": args.solve_repeats, "results": solve_table}
+    write_json(args.json, report)
 
-    report = {
-        "job": {"epochs": args.epochs, "repeats": args.repeats, "warmup_epochs": args.warmup_epochs,
-                "solver": SOLVER, "atol": ATOL, "rtol": RTOL, "atol_adjoint": ATOL_ADJOINT,
-                "rtol_adjoint": RTOL_ADJOINT, "seminorm": args.seminorm, "n_train": args.batch, "n_test": N_TEST,
-                "noise": NOISE, "lr": LR, "t_span": t_span.tolist()},
-        "training": train_table,
-        "solve": {"field": args.solve_field, "state_shape": list(data[0].shape),
-                  "repeats": args.solve_repeats, "results": solve_table},
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-                        "processor": cpu_model(), "machine": platform.machine(),
-                        "platform": platform.platform(), "cpu_count": os.cpu_count(),
-                        "python": platform.python_version(), "versions": library_versions(),
-                        "nodecore_path": os.path.dirname(nodecore.__file__),
-                        "nodecore_backends": list(nodecore.BACKENDS)},
-    }
-    if args.json:
-        with open(args.json, "w") as handle:
+
+def write_json(path: str | None, report: dict) -> None:
+    """Write ``report`` to ``path`` (when given), replacing what an earlier call wrote."""
+    if path:
+        with open(path, "w") as handle:
             json.dump(report, handle, indent=2)
-        print(f"\nwrote {args.json}")
-
+        print(f"\nwrote {path}")
 
 if __name__ == "__main__":
     main()

@@ -188,7 +188,7 @@ class VectorField(nn.Module):
     Attributes:
         vf: the wrapped module.
         nfe: number of evaluations since construction or since the user last set it to 0; evaluations inside a
-            ``torch.compile`` graph are not counted (``NeuralODE.stats`` counts those of every solve).
+            ``torch.compile`` graph are not counted (``NeuralODE.stats`` counts every solve's).
     """
 
     def __init__(self, vf: nn.Module | Callable[..., Tensor]) -> None:

@@ -262,8 +262,10 @@ def _constant_steps(f: Field, x: Tensor, times: list[float], solver: RungeKutta,
     overridden = type(solver).step is not RungeKutta.step
     if overridden:
         ws = None  # the override builds its own tensors
-        sync = getattr(solver, "sync_device_dtype", None)  # torchdyn's hook of a solver of your own, per solve
-        if callable(sync):  # handed t_span as torchdyn's loop has it: on the state's device, in its precision
+        # torchdyn's hook of a solver of your own, once per solve. It gets t_span on the state's device in the
+        # state's real precision (torchdyn hands on the user's t_span as given; the engine keeps only its values).
+        sync = getattr(solver, "sync_device_dtype", None)
+        if callable(sync):
             like = state_like(x)
             sync(x, torch.tensor(times, dtype=real_dtype(like.dtype), device=like.device))
         by_override = _stepped_by_override(solver, f, counts, args)

@@ -104,7 +104,9 @@ class AsynchronousLeapfrog(nn.Module):
         Richardson error estimate ``(two_halves - one_leap) / 3`` in ``x``, zero in ``v``. ``k1`` and ``args``
         are accepted for torchdyn compatibility and not used.
         """
-        t = torch.as_tensor(t, dtype=xv.dtype, device=xv.device)
+        # a number is filled on the device: a copy from host memory would wait for a GPU's queue at every step
+        t = (torch.as_tensor(t, dtype=xv.dtype, device=xv.device) if isinstance(t, Tensor)
+             else torch.full((), float(t), dtype=xv.dtype, device=xv.device))
         h = float(dt)
         x, v = self.split(xv)
         if not self.adaptive:

@@ -133,17 +133,17 @@ def test_a_constant_step_solve_waits_for_the_gpu_a_constant_number_of_times(solv
 def test_the_adjoint_backward_solve_waits_once_per_step_attempt():
     """Beyond the error ratio of each backward step, a fixed number of syncs per output interval."""
     extra = []
-    for tolerance in (1e-3, 1e-7):
+    for tolerance in (1e-3, 1e-8):
         model = NeuralODE(_TimedField().to(DEVICE), solver="dopri5", sensitivity="adjoint", atol=tolerance,
                           rtol=tolerance, atol_adjoint=tolerance, rtol_adjoint=tolerance, interpolator="dense")
         x = torch.randn(256, 2, device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(0))
-        t_span = torch.linspace(0, 2, 9, device=DEVICE)
+        t_span = torch.linspace(0, 2, 3, device=DEVICE)  # few intervals: each restarts the backward solve
         model(x, t_span)[1].pow(2).sum().backward()  # warm-up
         loss = model(x, t_span)[1].pow(2).sum()
         syncs = _host_syncs(loss.backward)
         stats = model.stats
         extra.append((syncs - stats.steps_backward - stats.rejected_backward, stats.steps_backward))
-    assert extra[1][1] > 2 * extra[0][1], extra
+    assert extra[1][1] > 3 * extra[0][1], extra  # on the CPU: 5 and 23 backward steps
     # a constant per output interval (each restarts its solve: a starting step and a look at the incoming gradient)
     assert extra[0][0] == extra[1][0] and 0 <= extra[0][0] <= 3 * (len(t_span) - 1) + 2, extra
 

@@ -480,12 +480,13 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def time_tensor(t: float, like: Tensor) -> Tensor:
-    """``t`` as the 0-dim time tensor handed to the field: real, in the precision of ``like``.
+    """``t`` (a number) as the 0-dim time tensor handed to the field: real, in the precision of ``like``.
 
     Filled on ``like``'s device from the host number (no host-to-device copy, so no wait for a GPU's queue; on the
-    CPU also half the cost of ``torch.tensor``), rounded to that precision as ``torch.tensor`` rounds it.
+    CPU also half the cost of ``torch.tensor``), rounded to that precision as ``torch.tensor`` rounds it (within
+    the precision's range: beyond it ``torch.full`` raises where ``torch.tensor`` gives inf).
     """
-    return torch.full((), t, dtype=real_dtype(like.dtype), device=like.device)
+    return torch.full((), float(t), dtype=real_dtype(like.dtype), device=like.device)
 
 
 # Python floats straight into a CPU tensor's memory: a third of the cost of torch.tensor(list).

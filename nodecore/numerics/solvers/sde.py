@@ -266,7 +266,9 @@ class SDEStepper(nn.Module):
 
     def step(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[None, Tensor, None]:
         """torchdyn's one step: ``(None, x(t + dt), None)``."""
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        # a number is filled on the device: a copy from host memory would wait for a GPU's queue at every step
+        t = (torch.as_tensor(t, dtype=x.dtype, device=x.device) if isinstance(t, Tensor)
+             else torch.full((), float(t), dtype=x.dtype, device=x.device))
         return None, self.advance(x, t, t + dt), None
 
     def extra_repr(self) -> str:
