@@ -165,11 +165,28 @@ def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:
     """The part of a checkpoint config that rebuilds a plain Neural ODE: ``{"kind", "field", "ode"}``.
 
     Raises:
-        ValueError: ``spec`` is not a field of ``model.order`` (``spec.order != model.order``).
+        ValueError: ``spec`` is not a field of ``model.order`` (``spec.order != model.order``), or not the
+            architecture of ``model``'s field (other layers, sizes or activation): the checkpoint would reload
+            another model than the one saved.
     """
     ode = model.options()
     _check_order(spec, ode, "model_config")
+    with torch.random.fork_rng(devices=[]):  # building the spec's field draws weights: leave the caller's RNG be
+        described = _layers(build_field(spec))
+    actual = _layers(model.vf.vf) if isinstance(model.vf.vf, nn.Module) else [type(model.vf.vf).__name__]
+    if described != actual:
+        raise ValueError(
+            f"model_config: the spec describes the field {' -> '.join(described)}, but the model's field is "
+            f"{' -> '.join(actual)}, so a checkpoint saved with this config would reload another model. Give the "
+            "MLPFieldSpec of the model's field, or, for a field no MLPFieldSpec describes, save any config and "
+            "rebuild the model yourself: model.load_state_dict(load_checkpoint(path).state_dict)"
+        )
     return {"kind": "node", "field": spec.to_dict(), "ode": ode}
+
+
+def _layers(module: nn.Module) -> list[str]:
+    """``module``'s leaf modules as their reprs (class, sizes, options): what a field spec decides."""
+    return [repr(m) for m in module.modules() if next(m.children(), None) is None]
 
 
 def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpec | None = None,
@@ -200,13 +217,30 @@ def classifier_config(kind: str, *, dim: int, n_classes: int, field: MLPFieldSpe
                      "augment_dims": augment_dims}
 
 
+# What build_model reads of a config, per model kind.
+_REQUIRED_KEYS: dict[str, tuple[str, ...]] = {"node": ("field", "ode"), "anode": ("field", "ode", "n_classes",
+                                                                              "augment_dims"),
+                                             "deq": ("dim", "hidden", "n_classes", "deq")}
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """Build an untrained model from a config made by :func:`model_config` or :func:`classifier_config`.
 
     Raises:
-        ValueError: an unknown kind, or a field spec that is not the field of the order the ``ode`` options give.
+        ValueError: an unknown kind, a config without what that kind needs (one not made by those functions), or a
+            field spec that is not the field of the order the ``ode`` options give.
     """
     kind = config.get("kind", "node")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; valid kinds: {', '.join(MODEL_KINDS)}")
+    missing = [key for key in _REQUIRED_KEYS[kind] if key not in config]
+    if missing:
+        raise ValueError(
+            f"the config does not describe a {kind!r} model: it has no {', '.join(map(repr, missing))} (configs made "
+            "by model_config or classifier_config have them; the config saved was "
+            f"{{{', '.join(map(repr, sorted(config)))}}}); build the model yourself and load the weights: "
+            "model.load_state_dict(load_checkpoint(path).state_dict)"
+        )
     if kind == "deq":
         return DEQClassifier(config["dim"], config["hidden"], config["n_classes"], **config["deq"])
     spec = MLPFieldSpec.from_dict(config["field"])
@@ -258,9 +292,13 @@ def load_model(path: str | os.PathLike[str], *, device: str | torch.device = "cp
     """Rebuild the model saved at ``path`` (a ``NeuralODE`` or another kind) with its weights, on ``device``.
 
     Raises:
-        ValueError: not a readable nodecore checkpoint (see :func:`load_checkpoint`), or weights that do not fit
-            the model the config describes: the message names the file and each mismatching parameter.
+        ValueError: not a readable nodecore checkpoint (see :func:`load_checkpoint`), a config that describes no
+            model (not made by :func:`model_config` or :func:`classifier_config`), or weights that do not fit the
+            model the config describes: the message names the file (and each mismatching parameter).
     """
     checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint.config)
+    try:
+        model = build_model(checkpoint.config)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return load_weights(model, checkpoint.state_dict, source=path).to(device), checkpoint

@@ -448,6 +448,7 @@ class NeuralODE(nn.Module):
         sensitivity = choice("sensitivity", sensitivity, SENSITIVITIES, plural="sensitivities")
         max_steps = integer("max_steps", max_steps, minimum=1)
         return_t_eval = choice("return_t_eval", return_t_eval, (True, False), plural="values")
+        seminorm = choice("seminorm", seminorm, (True, False), plural="values")
         self.backend = choice("backend", backend, BACKENDS)
         self.interpolator = interpolator_name(interpolator)  # a torchdyn FourthOrder() is kept as "4th"
         self._interpolate = interpolates(self.interpolator)

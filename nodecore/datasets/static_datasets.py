@@ -56,7 +56,7 @@ __all__ = [
 ]
 # `from torchdyn.datasets import *` also hands out the modules it imported (it has no __all__), and
 # torchdyn's tutorials use them without importing them: the same here for a star import.
-__all__ += ["math", "np", "torch"]
+__all__ += ["Tensor", "math", "np", "torch"]
 
 Arrays = tuple[np.ndarray, Optional[np.ndarray]]  # X [N, D] float64, y [N] int or None
 Labelled = tuple[Tensor, Tensor]

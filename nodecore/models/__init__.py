@@ -20,8 +20,14 @@ from nodecore.numerics.odeint import odeint  # noqa: F401  (torchdyn's models pa
 
 MultipleShootingProblem = MultipleShootingLayer  # torchdyn's name of the base class; one class here
 
-import torch
-from torch import nn
+# Handed out by a star import, as torchdyn's models package hands them out (see __all__ below).
+from functools import partial  # noqa: E402, F401
+
+import torch  # noqa: E402
+import torchsde  # noqa: E402, F401
+from torch import Tensor, nn  # noqa: E402, F401
+from torch.autograd import grad  # noqa: E402, F401
+from torch.autograd.functional import hessian, jacobian  # noqa: E402, F401
 
 __all__ = [
     "CNF",
@@ -49,9 +55,9 @@ __all__ = [
     "autograd_trace",
     "hutch_trace",
 ]
-# `from torchdyn.models import *` also hands out the modules it imported, and torchdyn's tutorials use them
-# without importing them: the same here for a star import.
-__all__ += ["nn", "torch"]
+# `from torchdyn.models import *` also hands out what it imported, and torchdyn's tutorials use those names
+# without importing them: the same here for a star import (all but `pl`, pytorch_lightning, an optional extra here).
+__all__ += ["Tensor", "grad", "hessian", "jacobian", "nn", "odeint", "partial", "torch", "torchsde"]
 
 
 def __getattr__(name: str) -> object:

@@ -241,7 +241,8 @@ def test_corrupt_file_error_survives_pickling(dataset_file: Path) -> None:
 
 def test_weights_of_another_width_name_the_file_and_each_parameter(tmp_path: Path) -> None:
     trained = NeuralODE(build_field(MLPFieldSpec(dim=3)))
-    path = save_checkpoint(tmp_path / "m.pt", trained, config=model_config(MLPFieldSpec(dim=2), trained))
+    config = model_config(MLPFieldSpec(dim=3), trained) | {"field": MLPFieldSpec(dim=2).to_dict()}  # edited
+    path = save_checkpoint(tmp_path / "m.pt", trained, config=config)
     with pytest.raises(ValueError) as info:
         load_model(path)
     message = str(info.value)
@@ -249,6 +250,25 @@ def test_weights_of_another_width_name_the_file_and_each_parameter(tmp_path: Pat
     assert "vf.vf.0.weight is [16, 3] in the file but [16, 2] in the model" in message
     assert "vf.vf.2.bias is [3] in the file but [2] in the model" in message
     assert "size mismatch" not in message  # not torch's bare message
+
+
+def test_a_spec_that_is_not_the_models_field_is_refused_before_anything_is_saved() -> None:
+    """A ReLU field saved with the default (Tanh) spec would reload as another model, silently."""
+    relu = NeuralODE(nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2)))
+    with pytest.raises(ValueError, match=r"the spec describes the field Linear\(in_features=2, out_features=16, "
+                                         r"bias=True\) -> Tanh\(\) -> .* but the model's field is .*ReLU\(\)"):
+        model_config(MLPFieldSpec(dim=2, hidden=16), relu)
+    state = torch.random.get_rng_state()
+    assert model_config(MLPFieldSpec(dim=2, hidden=16, activation="relu"), relu)["field"]["activation"] == "relu"
+    assert torch.equal(torch.random.get_rng_state(), state)  # checking the spec draws no random numbers of yours
+
+
+def test_a_checkpoint_whose_config_describes_no_model_names_the_file_and_what_is_missing(tmp_path: Path) -> None:
+    model = NeuralODE(build_field(MLPFieldSpec(dim=2)))
+    path = save_checkpoint(tmp_path / "m.pt", model, config={"solver": "rk4"})
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r": the config does not describe a 'node' model: it "
+                                         r"has no 'field', 'ode' .*\{'solver'\}.*load_state_dict"):
+        load_model(path)
 
 
 def test_missing_and_unexpected_weights_are_listed(tmp_path: Path) -> None:

@@ -197,6 +197,13 @@ def test_field_returning_the_wrong_shape(field, got: str) -> None:
     assert "Augmenter" in message  # what to do when the field changes the dimension on purpose
 
 
+@pytest.mark.parametrize("option", ["seminorm", "return_t_eval"])
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_a_flag_that_is_not_true_or_false_is_refused(option: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=rf"unknown {option} {bad!r}; valid values: True, False"):
+        NeuralODE(nn.Linear(2, 2), **{option: bad})
+
+
 def test_non_callable_field_is_refused() -> None:
     with pytest.raises(TypeError, match="vector field must be an nn.Module or callable, got int"):
         NeuralODE(3)  # type: ignore[arg-type]

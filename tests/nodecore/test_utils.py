@@ -5,6 +5,7 @@ How they use pyplot (which figure, what they return, what stays open) is tested 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 
+import nodecore.numerics
 from nodecore import NeuralODE, ToyDataset
 from nodecore.nn import DataControl, DepthCat
 from nodecore.utils import (
@@ -100,6 +102,11 @@ def test_a_star_import_hands_out_the_modules_torchdyn_tutorials_rely_on() -> Non
     assert {"torch", "nn", "np", "plt", "mpl", "math", "CNF", "ToyDataset", "plot_3D_dataset", "plot_traj_vf_1D",
             "plot_2d_flows", "plot_2d_boundary"} <= set(names)
     assert names["nn"] is torch.nn and names["plt"].__name__ == "matplotlib.pyplot"
+    # what torchdyn's models and datasets hand out besides their own names (all but pytorch_lightning's `pl`)
+    assert names["Tensor"] is torch.Tensor and names["grad"] is torch.autograd.grad
+    assert names["jacobian"] is torch.autograd.functional.jacobian and names["hessian"].__name__ == "hessian"
+    assert names["partial"] is functools.partial and names["torchsde"].__name__ == "torchsde"
+    assert names["odeint"] is nodecore.numerics.odeint
 
 
 
