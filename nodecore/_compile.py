@@ -24,7 +24,6 @@ def compiling() -> bool:
     return _is_compiling()
 
 
-
 def outside_graph(function: _F) -> _F:
     """``function`` run eagerly even when called from compiled code (``torch.compiler.disable``; Dynamo splits the
     graph around the call): for code Dynamo cannot trace, such as an ``autograd.Function`` whose backward solves."""
