@@ -167,9 +167,13 @@ def _resolved(values: list[Any]) -> list[Any]:
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
-def check_dask_reaches_api(config: PipelineConfig, api_url: str) -> None:
+def check_dask_reaches_api(config: PipelineConfig, api_url: str | None = None) -> None:
     """Refuse a remote Dask cluster with a loopback Prefect API: prefect-dask ships this process's settings
     with every task, so each worker would call *its own* loopback (and fail, or report to another server).
+
+    Args:
+        api_url: the API the run will use; by default the one the user configured or else this checkout's local
+            server (a loopback address), known before any server is started.
 
     Raises:
         ValueError: naming the API URL and what to set instead.
@@ -179,6 +183,10 @@ def check_dask_reaches_api(config: PipelineConfig, api_url: str) -> None:
     address = config.run.dask_address
     if config.run.executor != "dask" or not address:
         return
+    if api_url is None:
+        from flows.server import user_api_url
+
+        api_url = user_api_url() or "http://127.0.0.1/api"  # ensure_server's own server listens on loopback
     scheduler = urlsplit(address if "://" in address else f"tcp://{address}").hostname
     if urlsplit(api_url).hostname in _LOOPBACK and scheduler not in _LOOPBACK:
         raise ValueError(f"the Dask workers at {address} would call the Prefect API at {api_url}, their own "
@@ -228,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "--devices: ": lambda: resolve_devices(config.devices, cuda_count=cuda_device_count(),
                                                check=config.run.executor != "deployments"),
         "--run.artifacts_dir: ": lambda: check_artifacts_store(config.run.artifacts_dir),
+        "--run.dask_address: ": lambda: check_dask_reaches_api(config),
         "": validate_faults,  # its message names NODECORE_FAULTS
     }
     for option, check in preflight.items():
@@ -236,10 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             source.root_parser.error(f"{option}{err}")
     server = ensure_server()
-    try:
-        check_dask_reaches_api(config, server.api_url)
-    except ValueError as err:
-        source.root_parser.error(f"--run.dask_address: {err}")
     import shlex
 
     from flows.server import exit_if_api_lost

@@ -92,3 +92,15 @@ def test_a_remote_dask_cluster_needs_an_api_its_workers_reach(address: str, api_
     with pytest.raises(ValueError, match=f"workers at {address} would call the Prefect API at {api_url}.*"
                                          "set PREFECT_API_URL"):
         check_dask_reaches_api(config, api_url)
+
+
+def test_a_remote_dask_cluster_without_an_api_it_reaches_is_refused_before_a_server_starts(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No API configured: the run would start this checkout's server on loopback, which the workers cannot reach."""
+    monkeypatch.setattr(flows.server, "user_api_url", lambda: None)
+    root = tmp_path / "artifacts"
+    err = _refused(capsys, tiny_argv(root, "--run.executor", "dask", "--run.dask_address", "tcp://10.0.0.5:8786"))
+    assert "--run.dask_address: the Dask workers at tcp://10.0.0.5:8786 would call the Prefect API at " in err
+    assert "http://127.0.0.1" in err and "set PREFECT_API_URL" in err
+    assert not root.exists()
