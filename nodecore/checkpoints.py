@@ -171,21 +171,37 @@ def model_config(spec: MLPFieldSpec, model: NeuralODE) -> dict[str, Any]:
     """
     ode = model.options()
     _check_order(spec, ode, "model_config")
-    with torch.random.fork_rng(devices=[]):  # building the spec's field draws weights: leave the caller's RNG be
-        described = _layers(build_field(spec))
-    actual = _layers(model.vf.vf) if isinstance(model.vf.vf, nn.Module) else [type(model.vf.vf).__name__]
-    if described != actual:
+    with torch.device("meta"):  # the spec's field without drawing weights: no allocation, no RNG of the caller's
+        described = build_field(spec)
+    field = model.vf.vf
+    if not isinstance(field, nn.Module) or _architecture(described) != _architecture(field):
+        actual = _leaves(field) if isinstance(field, nn.Module) else [type(field).__name__]
         raise ValueError(
-            f"model_config: the spec describes the field {' -> '.join(described)}, but the model's field is "
-            f"{' -> '.join(actual)}, so a checkpoint saved with this config would reload another model. Give the "
-            "MLPFieldSpec of the model's field, or, for a field no MLPFieldSpec describes, save any config and "
-            "rebuild the model yourself: model.load_state_dict(load_checkpoint(path).state_dict)"
+            f"model_config: the spec describes the field {' -> '.join(_leaves(described))} (an nn.Sequential), but "
+            f"the model's field is {type(field).__name__}: {' -> '.join(actual)}, so a checkpoint saved with this "
+            "config would reload another model. Give the MLPFieldSpec of the model's field, or, for a field no "
+            "MLPFieldSpec describes, save any config and rebuild the model yourself: "
+            "model.load_state_dict(load_checkpoint(path).state_dict)"
         )
     return {"kind": "node", "field": spec.to_dict(), "ode": ode}
 
 
-def _layers(module: nn.Module) -> list[str]:
-    """``module``'s leaf modules as their reprs (class, sizes, options): what a field spec decides."""
+def _architecture(module: nn.Module) -> tuple:
+    """What rebuilding ``module`` from a spec must reproduce: every submodule's place, class and numeric settings
+    (sizes, an activation's constants), and every weight's name and shape."""
+    modules = tuple((name, type(m).__name__, _settings(m)) for name, m in module.named_modules())
+    return modules, tuple((name, tuple(v.shape)) for name, v in module.state_dict().items())
+
+
+def _settings(module: nn.Module) -> tuple:
+    """A module's public numeric attributes, as floats (``Softplus(beta=1)`` is the default ``beta=1.0``); flags such
+    as ``inplace`` do not change the numbers and are left out."""
+    return tuple(sorted((key, float(value)) for key, value in vars(module).items()
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and not key.startswith("_")))
+
+
+def _leaves(module: nn.Module) -> list[str]:
+    """``module``'s leaf modules as their reprs, for messages."""
     return [repr(m) for m in module.modules() if next(m.children(), None) is None]
 
 

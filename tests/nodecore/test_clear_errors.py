@@ -262,6 +262,18 @@ def test_a_spec_that_is_not_the_models_field_is_refused_before_anything_is_saved
     assert model_config(MLPFieldSpec(dim=2, hidden=16, activation="relu"), relu)["field"]["activation"] == "relu"
     assert torch.equal(torch.random.get_rng_state(), state)  # checking the spec draws no random numbers of yours
 
+    class Residual(nn.Sequential):  # the same layers, another forward: it would reload as a plain Sequential
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + super().forward(x)
+
+    for other in (Residual(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2)),
+                  nn.Sequential(nn.Sequential(nn.Linear(2, 16), nn.Tanh()), nn.Linear(16, 2))):
+        with pytest.raises(ValueError, match="would reload another model"):
+            model_config(MLPFieldSpec(dim=2, hidden=16), NeuralODE(other))
+    # the same numbers written another way are the same model
+    softplus = NeuralODE(nn.Sequential(nn.Linear(2, 16), nn.Softplus(beta=1, threshold=20), nn.Linear(16, 2)))
+    assert model_config(MLPFieldSpec(dim=2, hidden=16, activation="softplus"), softplus)["kind"] == "node"
+
 
 def test_a_checkpoint_whose_config_describes_no_model_names_the_file_and_what_is_missing(tmp_path: Path) -> None:
     model = NeuralODE(build_field(MLPFieldSpec(dim=2)))

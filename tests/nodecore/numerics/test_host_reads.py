@@ -38,8 +38,9 @@ class _Timed(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
+        with torch.random.fork_rng(devices=[]):  # the same weights every time, the global RNG left as it was
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 2))
 
     def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return 3 * self.net(x) * torch.cos(t)
