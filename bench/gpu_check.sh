@@ -2,7 +2,7 @@
 # The CUDA checks and the GPU benchmark of issue 8 in one run, on a GPU machine that has PyTorch and torchdiffeq
 # but no package registry (this project's lent device machines):
 #
-#   make device-wheels                 # here, once: torchsde, torchode and their small needs into .whl/ (~150 KB)
+#   make device-wheels                 # here, once: torchsde, torchode and their small needs into .whl/ (~130 KB)
 #   bash bench/gpu_check.sh OUT_DIR    # there, from the repository root, with .whl/ carried along
 #
 # It writes to OUT_DIR (default artifacts/gpu): gpu.txt (the card), cuda_tests.log (tests/nodecore/test_cuda.py:

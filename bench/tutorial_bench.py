@@ -464,5 +464,6 @@ def write_json(path: str | None, report: dict) -> None:
             json.dump(report, handle, indent=2)
         print(f"\nwrote {path}")
 
+
 if __name__ == "__main__":
     main()

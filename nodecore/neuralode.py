@@ -806,15 +806,15 @@ class NeuralODE(nn.Module):
                 f"order={self.order} needs x = {_state_blocks(self.order)} concatenated on the last dim "
                 f"({size}{cost}), got shape {tuple(x.shape)}"
             )
-        # Full-batch training passes the same x every step: its values are checked once while it is unmodified
-        # (under torch.compile every time: the cache keeps tensors by identity and version, which Dynamo cannot trace).
-        if compiling():
+        # Full-batch training passes the same x and t_span every step: their values are checked once while they
+        # are unmodified (under torch.compile every time: the caches keep tensors by identity and version counter,
+        # which Dynamo cannot trace).
+        cached = not compiling()
+        if not (cached and self._finite_state.holds(x)):
             if not torch.isfinite(x).all():
                 raise ValueError("x contains NaN or Inf; the initial state must be finite")
-        elif not self._finite_state.holds(x):
-            if not torch.isfinite(x).all():
-                raise ValueError("x contains NaN or Inf; the initial state must be finite")
-            self._finite_state.remember(x)
+            if cached:
+                self._finite_state.remember(x)
         param = _first_parameter(self.vf)
         # A complex state may meet real parameters of its precision (torch promotes real * complex); a real
         # state may not meet complex ones (the field would leave the real state space).
@@ -825,15 +825,12 @@ class NeuralODE(nn.Module):
                 f"x is {x.dtype} on {x.device} but the vector field's parameters are {param.dtype} on "
                 f"{param.device}; {hint}"
             )
-        # Training passes the same t_span every step: check its values once, while it is unmodified. The
-        # cache holds the tensor itself, so an identical object is never a different tensor.
+        # The t_span cache holds the tensor itself, so an identical object is never a different tensor.
         seen, version, device, dtype, checked = self._checked_t_span
-        if compiling():
+        if not (cached and isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
+                and (device, dtype) == (x.device, x.dtype)):
             checked = check_t_span(t_span, x)
-        elif not (isinstance(t_span, Tensor) and t_span is seen and t_span._version == version
-                  and (device, dtype) == (x.device, x.dtype)):
-            checked = check_t_span(t_span, x)
-            if isinstance(t_span, Tensor) and not t_span.is_inference():  # inference tensors keep no version
+            if cached and isinstance(t_span, Tensor) and not t_span.is_inference():  # inference: no version
                 self._checked_t_span = (t_span, t_span._version, x.device, x.dtype, checked)
         t_span = checked
         if self.sensitivity != "autograd" and t_span.requires_grad:

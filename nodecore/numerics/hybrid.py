@@ -26,7 +26,7 @@ from nodecore.errors import StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import IntegralController, PIController, initial_step
 from nodecore.numerics.integrate import own_error_ratio
 from nodecore.numerics.registry import solver_object
-from nodecore.numerics.solvers import RungeKutta
+from nodecore.numerics.solvers import RungeKutta, time_tensor
 from nodecore.numerics.spans import TSpan, check_t_span
 from nodecore.numerics.stats import StepCounts
 
@@ -108,8 +108,7 @@ class _Stepper:
 
     def __call__(self, y: Tensor, t: float, h: float, k0: Tensor | None) -> tuple[Tensor, Tensor | None, float | None]:
         if self.overridden:
-            t_now = torch.full((), t, dtype=y.dtype, device=y.device)
-            result = self.solver.step(self.counted, y, t_now, h, *(() if k0 is None else (k0,)))
+            result = self.solver.step(self.counted, y, time_tensor(t, y), h, *(() if k0 is None else (k0,)))
             if not self.adaptive:
                 return result[1], None, None
             return result[1], result[0], own_error_ratio(self.solver, result, y, self.atol, self.rtol, self.error_size)
@@ -132,7 +131,7 @@ def _check_callbacks(callbacks: Sequence[Callback]) -> list[Callback]:
 
 def _fired(callbacks: list[Callback], t: float, y: Tensor) -> list[int]:
     """The indices of the callbacks whose event set holds ``y`` at ``t``."""
-    tt = torch.full((), t, dtype=y.dtype, device=y.device)
+    tt = time_tensor(t, y)
     found = []
     for i, cb in enumerate(callbacks):
         flag = cb.check_event(tt, y)
@@ -148,7 +147,7 @@ def _fired(callbacks: list[Callback], t: float, y: Tensor) -> list[int]:
 
 
 def _jump(callbacks: list[Callback], i: int, t: float, y: Tensor) -> Tensor:
-    new = callbacks[i].jump_map(torch.full((), t, dtype=y.dtype, device=y.device), y)
+    new = callbacks[i].jump_map(time_tensor(t, y), y)
     if not isinstance(new, Tensor) or new.shape != y.shape:
         got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
         raise ValueError(f"callbacks[{i}].jump_map must return a tensor shaped like the state {tuple(y.shape)}, "
@@ -200,8 +199,9 @@ def odeint_hybrid(
 
     torchdyn's signature (``return_all_eval`` and the keyword-only options are nodecore's). Adaptive solvers
     step onto every point of ``t_span`` under error control (an adaptive solver of your own from the ``x_err`` its
-    step returns); fixed-step solvers take one step per interval (cut at events). Differentiable by autograd through the flow and the jump maps, with each event's time
-    held fixed (its dependence on the parameters is not differentiated).
+    step returns); fixed-step solvers take one step per interval (cut at events). Differentiable by autograd
+    through the flow and the jump maps, with each event's time held fixed (its dependence on the parameters is not
+    differentiated).
 
     Args:
         f: the flow field, ``f(t, x)`` with ``t`` a 0-dim tensor.
@@ -260,7 +260,7 @@ def odeint_hybrid(
             out.append(y)
     k0, h = None, math.inf
     if step.adaptive and jumps < j_span:
-        k0 = f(torch.full((), t, dtype=x.dtype, device=x.device), y)
+        k0 = f(time_tensor(t, x), y)
         h = initial_step(f, t, y, k0, solver.order, atol, rtol, 1.0, error_size)
         counts.nfe += 2
         h = min(max(h, controller.min_step), controller.max_step)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from nodecore._checks import choice, integer, positive
 from nodecore.errors import StepSizeUnderflowError, TooManyStepsError
 from nodecore.numerics.control import IntegralController, initial_step
+from nodecore.numerics.solvers import time_tensor
 from nodecore.numerics.spans import TSpan, check_t_span, save_at_indices
 from nodecore.numerics.stats import StepCounts
 
@@ -104,9 +105,7 @@ class AsynchronousLeapfrog(nn.Module):
         Richardson error estimate ``(two_halves - one_leap) / 3`` in ``x``, zero in ``v``. ``k1`` and ``args``
         are accepted for torchdyn compatibility and not used.
         """
-        # a number is filled on the device: a copy from host memory would wait for a GPU's queue at every step
-        t = (torch.as_tensor(t, dtype=xv.dtype, device=xv.device) if isinstance(t, Tensor)
-             else torch.full((), float(t), dtype=xv.dtype, device=xv.device))
+        t = torch.as_tensor(t, dtype=xv.dtype, device=xv.device) if isinstance(t, Tensor) else time_tensor(t, xv)
         h = float(dt)
         x, v = self.split(xv)
         if not self.adaptive:
@@ -235,7 +234,7 @@ def _adaptive(f: Field, xv: Tensor, times: list[float], solver: AsynchronousLeap
     x0, _ = solver.split(xv)
     t = times[0]
     with torch.no_grad():
-        k0 = g(torch.full((), t, dtype=xv.dtype, device=xv.device), x0)
+        k0 = g(time_tensor(t, xv), x0)
     h = initial_step(g, t, x0, k0, solver.order, atol, rtol, direction)
     out_t, out, y, j = [t], [xv], xv, 1
     exponent = 1.0 / (solver.order + 1)

@@ -26,6 +26,7 @@ from torchsde._core import base_sde as _torchsde_sde
 from torchsde._core import methods as _torchsde_methods
 
 from nodecore._checks import choice
+from nodecore.numerics.solvers import time_tensor
 
 NoiseType = Literal["diagonal", "general", "scalar", "additive"]
 SDEType = Literal["ito", "stratonovich"]
@@ -266,9 +267,7 @@ class SDEStepper(nn.Module):
 
     def step(self, x: Tensor, t: Tensor, dt: Tensor) -> tuple[None, Tensor, None]:
         """torchdyn's one step: ``(None, x(t + dt), None)``."""
-        # a number is filled on the device: a copy from host memory would wait for a GPU's queue at every step
-        t = (torch.as_tensor(t, dtype=x.dtype, device=x.device) if isinstance(t, Tensor)
-             else torch.full((), float(t), dtype=x.dtype, device=x.device))
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device) if isinstance(t, Tensor) else time_tensor(t, x)
         return None, self.advance(x, t, t + dt), None
 
     def extra_repr(self) -> str:
